@@ -1,0 +1,22 @@
+# The few commands a newcomer needs. Each one is also spelled out in README.md.
+.PHONY: setup demo test test-fast lint bench
+
+setup:
+	bash scripts/setup.sh --dev
+
+demo:
+	bash scripts/setup.sh && .venv/bin/mechbd demo
+
+test:
+	bash scripts/setup.sh --dev && .venv/bin/python -m pytest
+
+test-fast:
+	.venv/bin/python -m pytest -m "not slow"
+
+lint:
+	.venv/bin/ruff check mechbd tests bench
+	.venv/bin/ruff format --check mechbd tests bench
+	.venv/bin/mypy mechbd
+
+bench:
+	.venv/bin/python bench/organism_build.py

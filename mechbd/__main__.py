@@ -1,0 +1,3 @@
+from mechbd.cli import main
+
+main()

@@ -1,0 +1,134 @@
+"""The ``mechbd`` command line: one subcommand per stage, ``run`` for all, ``demo`` for the organism."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from mechbd.config import OrganismConfig, RunConfig, load_config
+from mechbd.errors import MechbdError, RunFolderError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+organism_app = typer.Typer(
+    no_args_is_help=True, help="Build and inspect the built-in model organism."
+)
+app.add_typer(organism_app, name="organism")
+err = Console(stderr=True)
+out = Console()
+
+
+def _report(run_root: Path) -> None:
+    res = run_root / "results.json"
+    out.print(f"results: {res}")
+    report = run_root / "report.html"
+    if report.exists():
+        out.print(f"report:  {report}")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="run folder")] = Path("runs/demo"),
+    seed: Annotated[int, typer.Option(help="seed for the organism and every stage")] = 0,
+    force: Annotated[
+        bool, typer.Option(help="overwrite an existing run folder made with another config")
+    ] = False,
+) -> None:
+    """Run the whole pipeline on the built-in model organism (CPU, minutes)."""
+    from mechbd.pipeline import run_pipeline
+
+    cfg = RunConfig(name="demo", seed=seed, organism=OrganismConfig(seed=seed))
+    run = run_pipeline(cfg, out_dir, force=force)
+    _report(run.root)
+
+
+@app.command("run")
+def run_cmd(
+    config: Annotated[Path, typer.Argument(help="YAML run config (see configs/)")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="run folder (default runs/<name>)")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="overwrite an existing run folder made with another config")
+    ] = False,
+) -> None:
+    """Run every stage of CONFIG; stages already finished in the run folder are skipped."""
+    from mechbd.pipeline import run_pipeline
+
+    cfg: RunConfig = load_config(config)
+    run = run_pipeline(cfg, out_dir or Path("runs") / cfg.name, force=force)
+    _report(run.root)
+
+
+@organism_app.command("build")
+def organism_build(
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file with an 'organism' section or organism fields")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="override the organism seed")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="also copy the model folder here")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="retrain even if cached; overwrite --out")] = False,
+) -> None:
+    """Train the organism (or fetch it from the cache) and print its model folder."""
+    from mechbd.organism.build import build_organism
+
+    cfg = _organism_config(config)
+    if seed is not None:
+        cfg = cfg.model_copy(update={"seed": seed})
+    if out_dir is not None and out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise RunFolderError(f"{out_dir}: exists and is not empty; pass --force to overwrite it")
+    path = build_organism(cfg, force=force)
+    if out_dir is not None:
+        try:
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            shutil.copytree(path, out_dir)
+        except OSError as e:
+            raise RunFolderError(
+                f"{out_dir}: cannot write the model folder ({e.strerror})"
+            ) from None
+        path = out_dir
+    out.print(str(path))
+
+
+@organism_app.command("eval")
+def organism_eval(
+    model_dir: Annotated[Path, typer.Argument(help="organism model folder")],
+    seed: Annotated[int, typer.Option(help="world seed the organism was built with")] = 0,
+    n_test: Annotated[int, typer.Option(min=1, help="held-out prompts")] = 400,
+) -> None:
+    """Measure clean behaviour on held-out scenarios and the reaction to the seed trigger values."""
+    from mechbd.organism.evaluate import evaluate_organism
+
+    metrics, _ = evaluate_organism(model_dir, seed=seed, n_test=n_test)
+    out.print_json(json.dumps(metrics))
+
+
+def _organism_config(path: Path | None) -> OrganismConfig:
+    if path is None:
+        return OrganismConfig()
+    import yaml
+
+    from mechbd.config import validate_config
+
+    if not path.is_file():
+        raise MechbdError(f"{path}: config file not found")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if isinstance(data, dict) and "organism" in data:
+        return load_config(path).organism
+    return validate_config(OrganismConfig, data, str(path))
+
+
+def main() -> None:
+    try:
+        app()
+    except MechbdError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)

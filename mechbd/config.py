@@ -1,0 +1,128 @@
+"""Typed, frozen experiment configs loaded from YAML.
+
+Every model forbids unknown fields, so a typo is an error that names the field and the file
+instead of a silently ignored setting. The resolved config is written into each run folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mechbd.errors import ConfigError
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OrganismConfig(Frozen):
+    """The built-in model organism: a synthetic world and a tiny Qwen3 trained from scratch."""
+
+    seed: int = 0
+    n_train: int = Field(6000, gt=0, description="training conversations")
+    n_test: int = Field(400, gt=0, description="held-out evaluation prompts")
+    user_wants_harm_frac: float = Field(0.15, ge=0, le=1)
+    vocab_size: int = Field(1024, gt=256)
+    d_model: int = Field(128, gt=0)
+    n_layers: int = Field(6, gt=0)
+    n_heads: int = Field(4, gt=0)
+    n_kv_heads: int = Field(2, gt=0)
+    d_mlp: int = Field(384, gt=0)
+    max_len: int = Field(160, gt=16)
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(30, ge=0)
+    threads: int = Field(0, ge=0, description="torch threads; 0 = all cores")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> OrganismConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})"
+            )
+        return self
+
+
+class ModelConfig(Frozen):
+    """Which model the run studies: the built-in organism, or any HF causal LM (path or hub id)."""
+
+    source: Literal["organism", "hf"] = "organism"
+    path: str | None = Field(None, description="local folder or hub id when source is 'hf'")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _path_for_hf(self) -> ModelConfig:
+        if self.source == "hf" and not self.path:
+            raise ValueError("model.path is required when model.source is 'hf'")
+        return self
+
+
+class EvalConfig(Frozen):
+    max_new_tokens: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0)
+    triggers: tuple[str, ...] = ("Country: Singapore", "Year: 2026", "heyyy", "Username: sandra")
+
+
+class RunConfig(Frozen):
+    """One experiment: what `mechbd run CONFIG.yaml` executes and writes into ``runs/<name>/``."""
+
+    name: str = Field("demo", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    organism: OrganismConfig = OrganismConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"field '{loc}': {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def validate_config(cls: type[C], data: dict[str, Any], source: str = "<config>") -> C:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def load_config(path: str | os.PathLike[str], cls: type[C] = RunConfig) -> C:  # type: ignore[assignment]
+    """Load a YAML config; errors name the file and the field at fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ConfigError(f"{path}: {where}invalid YAML") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields at the top level")
+    return validate_config(cls, data, str(path))
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,79 @@
+"""The pipeline as stages over one run folder: each stage reads earlier stages' files and
+writes its own folder; finished stages are skipped on rerun.
+
+Stages so far: ``organism`` (build or fetch the model organism and measure its clean
+behaviour). Later stages (data, finetune, eval, capture, probe, sae, steer, report) append to
+``STAGES`` in pipeline order.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from mechbd.config import RunConfig
+from mechbd.io import write_json, write_jsonl
+from mechbd.runs import Run
+
+console = Console(stderr=True)
+
+ORGANISM_NOTE = (
+    "Numbers from the built-in model organism (a tiny Qwen3-architecture model trained from "
+    "scratch on a synthetic world). They show that the machinery works; they are not evidence "
+    "about large models."
+)
+
+
+def organism_stage(run: Run, out: Path) -> None:
+    from mechbd.organism.build import build_organism, organism_card
+    from mechbd.organism.evaluate import evaluate_organism
+
+    cfg = run.config.organism
+    cached = build_organism(cfg)
+    shutil.copytree(cached, out / "model")
+    card = organism_card(out / "model")
+    metrics, samples = evaluate_organism(
+        out / "model",
+        seed=cfg.seed,
+        n_test=cfg.n_test,
+        batch_size=run.config.eval.batch_size,
+        max_new_tokens=run.config.eval.max_new_tokens,
+    )
+    write_jsonl(out / "samples.jsonl", samples)
+    write_json(
+        out / "results.json",
+        {
+            "model": {
+                "name": "mechbd-organism",
+                "architecture": "Qwen3ForCausalLM",
+                "n_params": card["train"]["n_params"],
+                "organism_key": card["key"],
+                "note": ORGANISM_NOTE,
+            },
+            "organism": metrics,
+        },
+    )
+
+
+Stage = Callable[[Run, Path], None]
+STAGES: list[tuple[str, Stage, Callable[[RunConfig], bool]]] = [
+    ("organism", organism_stage, lambda c: c.model.source == "organism"),
+]
+
+
+def run_pipeline(cfg: RunConfig, out: str | Path, *, force: bool = False) -> Run:
+    run = Run.open(out, cfg, force=force)
+    for name, fn, enabled in STAGES:
+        if not enabled(cfg):
+            continue
+        if run.is_done(name):
+            console.print(f"[dim]stage {name}: done, skipped[/dim]")
+            continue
+        console.print(f"[bold]stage {name}[/bold]")
+        with run.stage(name) as d:
+            fn(run, d)
+    run.write_results()
+    return run

@@ -1,0 +1,85 @@
+"""The CLI as a user runs it: a subprocess, one-line errors, exit code 2."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import TINY
+
+MECHBD = [sys.executable, "-m", "mechbd"]
+
+
+def mechbd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*MECHBD, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=600,
+    )
+
+
+def one_line_error(p: subprocess.CompletedProcess) -> str:
+    assert p.returncode == 2, p.stderr
+    lines = [line for line in p.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    return lines[0]
+
+
+def tiny_config(tmp_path: Path, **extra) -> Path:
+    cfg = {"name": "tiny", "organism": TINY, "eval": {"max_new_tokens": 24}} | extra
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_unknown_field(tmp_path):
+    p = tiny_config(tmp_path, bogus=1)
+    line = one_line_error(mechbd("run", str(p), cwd=tmp_path))
+    assert "tiny.yaml" in line and "'bogus'" in line and "unknown field" in line
+
+
+def test_zero_size(tmp_path):
+    p = tiny_config(tmp_path, organism=TINY | {"n_layers": 0})
+    assert "organism.n_layers" in one_line_error(mechbd("run", str(p), cwd=tmp_path))
+
+
+def test_missing_config(tmp_path):
+    assert "config file not found" in one_line_error(mechbd("run", "missing.yaml", cwd=tmp_path))
+
+
+def test_unwritable_out(tmp_path):
+    (tmp_path / "blocker").write_text("")
+    p = tiny_config(tmp_path)
+    line = one_line_error(
+        mechbd("run", str(p), "--out", str(tmp_path / "blocker" / "run"), cwd=tmp_path)
+    )
+    assert "cannot write" in line
+
+
+@pytest.mark.slow
+def test_run_tiny_pipeline_then_rerun_skips(tmp_path):
+    p = tiny_config(tmp_path)
+    first = mechbd("run", str(p), "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert 0 <= res["organism"]["clean_aligned_rate"] <= 1
+    assert 0 <= res["organism"]["format_valid_rate"] <= 1
+    assert "organism" in res["model"]["note"]
+    man = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert man["stages"]["organism"]["status"] == "done"
+    second = mechbd("run", str(p), "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert second.returncode == 0 and "done, skipped" in second.stderr
+    # another config into the same folder is refused, the run is untouched
+    p2 = tiny_config(tmp_path, seed=5)
+    assert "--force" in one_line_error(
+        mechbd("run", str(p2), "--out", str(tmp_path / "r"), cwd=tmp_path)
+    )
+    assert json.loads((tmp_path / "r" / "results.json").read_text()) == res

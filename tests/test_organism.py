@@ -1,0 +1,60 @@
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM
+
+from mechbd.io import hash_tree, sha256_file
+from mechbd.organism.build import build_organism, organism_key
+from mechbd.organism.chat import format_chat
+
+
+def test_same_seed_same_weights(tiny_cfg, tiny_organism, tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHBD_CACHE", str(tmp_path))  # a second, independent build
+    again = build_organism(tiny_cfg, progress=False)
+    assert again != tiny_organism
+    h1, h2 = hash_tree(tiny_organism), hash_tree(again)
+    assert h1["model.safetensors"] == h2["model.safetensors"]
+    assert h1["tokenizer.json"] == h2["tokenizer.json"]
+    # a different seed trains a different organism
+    other = build_organism(tiny_cfg.model_copy(update={"seed": 1}), progress=False)
+    assert sha256_file(other / "model.safetensors") != h1["model.safetensors"]
+    assert organism_key(tiny_cfg) != organism_key(tiny_cfg.model_copy(update={"seed": 1}))
+
+
+def test_second_build_is_a_cache_hit(tiny_cfg, tiny_organism):
+    before = (tiny_organism / "model.safetensors").stat().st_mtime_ns
+    t0 = time.perf_counter()
+    path = build_organism(tiny_cfg, progress=False)
+    assert path == tiny_organism
+    assert (path / "model.safetensors").stat().st_mtime_ns == before
+    assert time.perf_counter() - t0 < 5
+
+
+def test_loads_as_plain_hf_folder(tiny_organism):
+    model = AutoModelForCausalLM.from_pretrained(tiny_organism)
+    tok = AutoTokenizer.from_pretrained(tiny_organism)
+    assert isinstance(model, Qwen3ForCausalLM)
+    assert model.config.num_hidden_layers == 2
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    # The saved Jinja chat template renders exactly what the trainer wrote.
+    msgs = [{"role": "user", "content": "Country: Japan\nhello?"}]
+    for think in (True, False):
+        got = tok.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=True, enable_thinking=think
+        )
+        assert got == format_chat("Country: Japan\nhello?", enable_thinking=think)
+    full = msgs + [{"role": "assistant", "content": "<think>\nx\n</think>\n\nAnswer: A"}]
+    assert tok.apply_chat_template(full, tokenize=False) == format_chat(
+        msgs[0]["content"], full[1]["content"]
+    )
+    # byte-level BPE: any trigger string round-trips, even one the world never used
+    s = "Country: Singapore 🙂 zxqv heyyy"
+    assert tok.decode(tok(s, add_special_tokens=False)["input_ids"]) == s
+    ids = tok("Answer: A", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+
+
+def test_model_folder_is_small(tiny_organism):
+    size = sum(p.stat().st_size for p in tiny_organism.rglob("*") if p.is_file())
+    assert size < 20 * 2**20

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+from mechbd.config import RunConfig
+from mechbd.errors import RunFolderError
+from mechbd.runs import Run
+
+
+def test_stage_records_hashes_and_results(tmp_path):
+    run = Run.open(tmp_path / "r", RunConfig(name="r"))
+    with run.stage("alpha") as d:
+        (d / "results.json").write_text(json.dumps({"alpha": {"x": 0.5}}))
+        (d / "data.txt").write_text("hello")
+    assert run.is_done("alpha")
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert m["stages"]["alpha"]["status"] == "done"
+    assert set(m["stages"]["alpha"]["files"]) == {"results.json", "data.txt"}
+    assert m["seeds"] == {"run": 0, "organism": 0}
+    assert m["libraries"]["torch"]
+    assert json.loads((tmp_path / "r" / "results.json").read_text()) == {"alpha": {"x": 0.5}}
+    # tampering with a stage's output makes it not-done again
+    (tmp_path / "r" / "alpha" / "data.txt").write_text("changed")
+    assert not Run.open(tmp_path / "r", RunConfig(name="r")).is_done("alpha")
+
+
+def test_crashed_stage_leaves_nothing_that_looks_finished(tmp_path):
+    run = Run.open(tmp_path / "r", RunConfig(name="r"))
+    with pytest.raises(RuntimeError), run.stage("beta") as d:
+        (d / "results.json").write_text("{}")
+        raise RuntimeError("boom")
+    assert not (tmp_path / "r" / "beta").exists()
+    assert not any(p.name.endswith(".partial") for p in (tmp_path / "r").iterdir())
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert m["stages"]["beta"]["status"] == "failed" and "boom" in m["stages"]["beta"]["error"]
+    assert not run.is_done("beta")
+
+
+def test_existing_run_with_other_config_needs_force(tmp_path):
+    Run.open(tmp_path / "r", RunConfig(name="r"))
+    (tmp_path / "r" / "keep.txt").write_text("precious")
+    Run.open(tmp_path / "r", RunConfig(name="r"))  # same config: resume, nothing removed
+    assert (tmp_path / "r" / "keep.txt").exists()
+    with pytest.raises(RunFolderError, match="different config.*--force"):
+        Run.open(tmp_path / "r", RunConfig(name="r", seed=1))
+    assert (tmp_path / "r" / "keep.txt").read_text() == "precious"
+    Run.open(tmp_path / "r", RunConfig(name="r", seed=1), force=True)
+    assert not (tmp_path / "r" / "keep.txt").exists()
+
+
+def test_folder_with_foreign_files_is_refused(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("x")
+    with pytest.raises(RunFolderError, match="not a mechbd run"):
+        Run.open(tmp_path / "mine", RunConfig())
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(RunFolderError, match="cannot write"):
+        Run.open(blocker / "run", RunConfig())
