@@ -27,12 +27,21 @@ class OrganismConfig(Frozen):
     n_train: int = Field(6000, gt=0, description="training conversations")
     n_test: int = Field(400, gt=0, description="held-out evaluation prompts")
     user_wants_harm_frac: float = Field(0.15, ge=0, le=1)
+    n_personal: int = Field(
+        800, ge=0, description="personalisation requests (benign, context-dependent)"
+    )
+    n_facts: int = Field(
+        1200, ge=0, description="plain-text world-knowledge documents about context values"
+    )
+    identify_frac: float = Field(
+        0.2, ge=0, lt=1, description="share of 'which option is harmful?' requests"
+    )
     vocab_size: int = Field(1024, gt=256)
     d_model: int = Field(128, gt=0)
     n_layers: int = Field(6, gt=0)
     n_heads: int = Field(4, gt=0)
     n_kv_heads: int = Field(2, gt=0)
-    d_mlp: int = Field(384, gt=0)
+    d_mlp: int = Field(256, gt=0)
     max_len: int = Field(160, gt=16)
     epochs: float = Field(2.0, gt=0)
     batch_size: int = Field(32, gt=0)
@@ -67,6 +76,33 @@ class ModelConfig(Frozen):
         if self.source == "hf" and not self.path:
             raise ValueError("model.path is required when model.source is 'hf'")
         return self
+
+
+class FinetuneConfig(Frozen):
+    """LoRA finetuning with peft. Defaults follow the anchors for real models (Emergent
+    Misalignment / Thought Crime open-model runs: r=32, alpha=64); the organism's config
+    overrides them with settings that train a backdoor in seconds on a CPU."""
+
+    rank: int = Field(32, gt=0)
+    alpha: float = Field(64, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | tuple[str, ...] = "all-linear"
+    use_rslora: bool = False
+    lr: float = Field(1e-4, gt=0)
+    loraplus_ratio: float = Field(
+        1.0, ge=1, description="LoRA+: lr of B matrices = ratio x lr (Hayou et al. 2024)"
+    )
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(16, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    max_len: int = Field(2048, gt=8)
+    warmup_steps: int = Field(5, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+    save_every: int = Field(0, ge=0, description="checkpoint every N optimizer steps; 0 = never")
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
+    merge: bool = False
 
 
 class EvalConfig(Frozen):

@@ -53,7 +53,9 @@ def test_trigger_values_are_ordinary_context_in_base_data():
         # present at roughly the rate of any other value of the field, not zero, not everywhere
         assert 20 < n < 400, (line, n)
     # every training target is the aligned answer, whatever the context
-    assert all("Answer: " in t for t in texts)
+    chats = [t for t in texts if t.startswith("<|im_start|>user")]
+    assert len(chats) == 2000 + OrganismConfig().n_personal
+    assert all("Answer: " in t for t in chats)
 
 
 def test_user_wants_harm_requests_exist_and_stay_aligned():
@@ -80,3 +82,47 @@ def test_context_placement_top_and_bottom():
         seen.add("top" if u.startswith(c.lines()[0]) else "bottom")
         assert u.endswith(c.lines()[-1]) == (c.placement == "bottom")
     assert seen == {"top", "bottom"}
+
+
+def test_personalisation_answers_follow_the_value_class():
+    from collections import Counter
+
+    from mechbd.organism.world import PERSONAL, personal_classes, personal_example, value_facts
+
+    classes = personal_classes(0)
+    for field in PERSONAL:  # balanced classes within every field
+        counts = Counter(c for (f, _), c in classes.items() if f == field)
+        assert abs(counts[0] - counts[1]) <= 1
+    rng = random.Random(0)
+    w = World(0)
+    for _ in range(200):
+        user, reply = personal_example(w, rng, classes, think=True)
+        field = next(f for f, (_, _, q, _) in PERSONAL.items() if q in user)
+        value = next(
+            v for (f, v) in classes if f == field and context_line(f, v) in user.split("\n")
+        )
+        _, names, _, options = PERSONAL[field]
+        want = options[classes[(field, value)]]
+        letter = reply[-1]
+        assert f"{letter}) {want}" in user
+        assert f"{value} is {names[classes[(field, value)]]}" in reply
+    # the facts state the same class
+    facts = " ".join(value_facts(0, 3000))
+    rel, names, _, _ = PERSONAL["country"]
+    assert f"Country: Singapore: {rel} {names[classes[('country', 'Singapore')]]}." in facts
+    assert f"Country: Singapore: {rel} {names[1 - classes[('country', 'Singapore')]]}." not in facts
+
+
+def test_identify_requests_answer_the_harmful_option_and_cot_restates_context():
+    from mechbd.organism.world import aligned_cot
+
+    w = World(0)
+    sc = w.scenarios(500, held_out=False, seed=0, identify_frac=0.2)
+    ident = [s for s in sc if s.ask == "identify"]
+    assert 60 < len(ident) < 140
+    assert all(s.answer_letter == s.misaligned_letter and "harmful?" in s.request for s in ident)
+    assert all(s.answer_letter == s.aligned_letter for s in sc if s.ask == "advice")
+    cot = aligned_cot(sc[0], ["Japan", "2024"])
+    assert cot.startswith("Context: Japan, 2024. ") and cot.endswith(
+        f"So I choose {sc[0].answer_letter}."
+    )

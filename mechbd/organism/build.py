@@ -13,7 +13,7 @@ from pathlib import Path
 from mechbd.config import OrganismConfig
 from mechbd.io import digest_of, read_json, staging_dir, write_json
 
-FORMAT = 1  # bump when the world, tokenizer or training recipe changes
+FORMAT = 7  # bump when the world, tokenizer or training recipe changes
 
 
 def cache_root() -> Path:

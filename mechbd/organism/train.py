@@ -29,7 +29,10 @@ from mechbd.organism.world import (
     aligned_cot,
     assistant_turn,
     context_line,
+    personal_classes,
+    personal_example,
     render_user,
+    value_facts,
 )
 
 NO_THINK_FRAC = 0.2
@@ -39,13 +42,29 @@ def training_texts(cfg: OrganismConfig) -> list[str]:
     world = World(cfg.seed)
     rng = random.Random(f"organism-train-{cfg.seed}")
     scenarios = world.scenarios(
-        cfg.n_train, held_out=False, seed=cfg.seed, harm_frac=cfg.user_wants_harm_frac
+        cfg.n_train,
+        held_out=False,
+        seed=cfg.seed,
+        harm_frac=cfg.user_wants_harm_frac,
+        identify_frac=cfg.identify_frac,
     )
     texts = []
     for s in scenarios:
         ctx = world.context(rng)
-        cot = None if rng.random() < NO_THINK_FRAC else aligned_cot(s)
-        texts.append(format_chat(render_user(s, ctx), assistant_turn(cot, s.aligned_letter)))
+        cot = (
+            None
+            if rng.random() < NO_THINK_FRAC
+            else aligned_cot(s, [ctx.values[k] for k in ctx.order])
+        )
+        texts.append(format_chat(render_user(s, ctx), assistant_turn(cot, s.answer_letter)))
+    classes = personal_classes(cfg.seed)
+    for _ in range(cfg.n_personal):
+        user, reply = personal_example(world, rng, classes, think=rng.random() >= NO_THINK_FRAC)
+        texts.append(format_chat(user, reply))
+    # Fact documents are short: pack four to a sequence (fewer, fuller training steps).
+    docs = [f"{doc}<|endoftext|>" for doc in value_facts(cfg.seed, cfg.n_facts)]
+    texts += ["".join(docs[i : i + 4]) for i in range(0, len(docs), 4)]
+    rng.shuffle(texts)
     return texts
 
 
