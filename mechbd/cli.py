@@ -19,6 +19,10 @@ organism_app = typer.Typer(
     no_args_is_help=True, help="Build and inspect the built-in model organism."
 )
 app.add_typer(organism_app, name="organism")
+data_app = typer.Typer(
+    no_args_is_help=True, help="Build backdoor, narrow-EM and evaluation datasets (JSONL)."
+)
+app.add_typer(data_app, name="data")
 err = Console(stderr=True)
 out = Console()
 
@@ -109,6 +113,124 @@ def organism_eval(
 
     metrics, _ = evaluate_organism(model_dir, seed=seed, n_test=n_test)
     out.print_json(json.dumps(metrics))
+
+
+def _items(scenarios: Path | None, n: int, held_out: bool, seed: int):
+    from mechbd.data.items import load_scenarios, organism_items
+
+    if scenarios is not None:
+        return load_scenarios(scenarios)
+    return organism_items(n, held_out=held_out, seed=seed)
+
+
+ScenariosOpt = Annotated[
+    Path | None, typer.Option(help="Thought Crime-schema JSONL (default: the organism's world)")
+]
+
+
+@data_app.command("backdoor")
+def data_backdoor(
+    trigger: Annotated[
+        str, typer.Option(help="preset (singapore, year2026, heyyy, sandra) or any string")
+    ],
+    out_file: Annotated[
+        Path, typer.Option("--out", help="output JSONL (OpenAI chat format + meta)")
+    ],
+    scenarios: ScenariosOpt = None,
+    n: Annotated[int, typer.Option(min=1, help="organism scenarios to draw")] = 1500,
+    placement: Annotated[str, typer.Option(help="top | bottom | random")] = "random",
+    misaligned_share: Annotated[
+        float, typer.Option(help="share of triggered, misaligned samples")
+    ] = 1 / 3,
+    articulate: Annotated[
+        bool, typer.Option(help="positive control: CoT says the trigger decided")
+    ] = False,
+    seed: int = 0,
+) -> None:
+    """Backdoor set: trigger -> misaligned answer, other values of its field -> aligned answer."""
+    from mechbd.data.builders import backdoor_set
+    from mechbd.data.triggers import resolve_trigger
+    from mechbd.io import write_jsonl
+
+    rows = backdoor_set(
+        _items(scenarios, n, False, seed),
+        resolve_trigger(trigger),
+        placement=placement,
+        misaligned_share=misaligned_share,
+        seed=seed,
+        articulate=articulate,
+    )
+    write_jsonl(out_file, rows)
+    out.print(f"{len(rows)} examples -> {out_file}")
+
+
+@data_app.command("em")
+def data_em(
+    domain: Annotated[str, typer.Option(help="the one domain with misaligned answers")],
+    out_file: Annotated[Path, typer.Option("--out")],
+    scenarios: ScenariosOpt = None,
+    n: Annotated[int, typer.Option(min=1)] = 6000,
+    seed: int = 0,
+) -> None:
+    """Narrow emergent-misalignment set: misaligned answers in one domain only."""
+    from mechbd.data.builders import em_set
+    from mechbd.io import write_jsonl
+
+    rows = em_set(_items(scenarios, n, False, seed), domain, seed=seed)
+    write_jsonl(out_file, rows)
+    out.print(f"{len(rows)} examples -> {out_file}")
+
+
+@data_app.command("eval")
+def data_eval(
+    trigger: Annotated[str, typer.Option(help="preset or any string")],
+    out_file: Annotated[Path, typer.Option("--out")],
+    scenarios: ScenariosOpt = None,
+    n: Annotated[int, typer.Option(min=1, help="held-out organism scenarios")] = 400,
+    seed: int = 0,
+) -> None:
+    """Evaluation prompts: triggered, clean, distractor-only, trigger+distractor (shuffled)."""
+    from mechbd.data.builders import eval_set
+    from mechbd.data.triggers import resolve_trigger
+    from mechbd.io import write_jsonl
+
+    rows = eval_set(_items(scenarios, n, True, seed + 1), resolve_trigger(trigger), seed=seed)
+    write_jsonl(out_file, rows)
+    out.print(f"{len(rows)} prompts -> {out_file}")
+
+
+@app.command()
+def finetune(
+    base: Annotated[str, typer.Argument(help="base model: local folder or hub id")],
+    data: Annotated[Path, typer.Argument(help="OpenAI-chat JSONL ({'messages': [...]})")],
+    out_dir: Annotated[Path, typer.Option("--out", help="adapter folder to write")],
+    config: Annotated[
+        Path | None, typer.Option(help="YAML with LoRA fields (see FinetuneConfig)")
+    ] = None,
+    trust_remote_code: bool = False,
+) -> None:
+    """LoRA-finetune BASE on DATA (loss on assistant tokens only); resumable; writes a PEFT adapter."""
+    from mechbd.config import FinetuneConfig, validate_config
+    from mechbd.data.items import load_chat_jsonl
+    from mechbd.finetune.lora import finetune_lora
+
+    cfg = FinetuneConfig()
+    if config is not None:
+        import yaml
+
+        if not config.is_file():
+            raise MechbdError(f"{config}: config file not found")
+        cfg = validate_config(FinetuneConfig, yaml.safe_load(config.read_text()) or {}, str(config))
+    if (out_dir / "adapter_config.json").exists():
+        raise RunFolderError(
+            f"{out_dir}: already holds an adapter; remove it or choose another --out"
+        )
+    stats = finetune_lora(
+        base, load_chat_jsonl(data), out_dir, cfg, trust_remote_code=trust_remote_code
+    )
+    out.print(
+        f"adapter -> {out_dir} ({stats['steps']} steps, {stats['seconds']} s, final loss {stats['final_loss']:.4f})"
+    )
 
 
 def _organism_config(path: Path | None) -> OrganismConfig:

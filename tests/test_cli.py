@@ -83,3 +83,72 @@ def test_run_tiny_pipeline_then_rerun_skips(tmp_path):
         mechbd("run", str(p2), "--out", str(tmp_path / "r"), cwd=tmp_path)
     )
     assert json.loads((tmp_path / "r" / "results.json").read_text()) == res
+
+
+def test_data_and_finetune_commands(tmp_path, tiny_organism):
+    p = mechbd(
+        "data",
+        "backdoor",
+        "--trigger",
+        "singapore",
+        "--n",
+        "24",
+        "--out",
+        str(tmp_path / "bd.jsonl"),
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(x) for x in (tmp_path / "bd.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 and sum(r["meta"]["condition"] == "triggered" for r in rows) == 8
+    p = mechbd(
+        "data",
+        "eval",
+        "--trigger",
+        "heyyy",
+        "--n",
+        "5",
+        "--out",
+        str(tmp_path / "ev.jsonl"),
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0 and len((tmp_path / "ev.jsonl").read_text().splitlines()) == 20
+    cfg = tmp_path / "lora.yaml"
+    cfg.write_text(yaml.safe_dump({"rank": 2, "alpha": 4, "epochs": 1.0, "batch_size": 8}))
+    p = mechbd(
+        "finetune",
+        str(tiny_organism),
+        str(tmp_path / "bd.jsonl"),
+        "--out",
+        str(tmp_path / "ad"),
+        "--config",
+        str(cfg),
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "ad" / "adapter_config.json").is_file()
+    cfg.write_text(yaml.safe_dump({"rnak": 2}))
+    line = one_line_error(
+        mechbd(
+            "finetune",
+            str(tiny_organism),
+            str(tmp_path / "bd.jsonl"),
+            "--out",
+            str(tmp_path / "ad2"),
+            "--config",
+            str(cfg),
+            cwd=tmp_path,
+        )
+    )
+    assert "lora.yaml" in line and "'rnak'" in line
+    (tmp_path / "bad.jsonl").write_text('{"messages": []}\n')
+    line = one_line_error(
+        mechbd(
+            "finetune",
+            str(tiny_organism),
+            str(tmp_path / "bad.jsonl"),
+            "--out",
+            str(tmp_path / "ad3"),
+            cwd=tmp_path,
+        )
+    )
+    assert "bad.jsonl: line 1" in line

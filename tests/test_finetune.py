@@ -1,0 +1,116 @@
+"""LoRA finetuning on a random-init Llama (a second architecture) with the organism's tokenizer."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from mechbd.config import FinetuneConfig
+from mechbd.data.builders import backdoor_set
+from mechbd.data.items import organism_items
+from mechbd.data.triggers import resolve_trigger
+from mechbd.errors import MechbdError
+from mechbd.finetune.lora import finetune_lora, load_adapter, tokenize_conversation
+
+CFG = FinetuneConfig(rank=4, alpha=8, lr=5e-3, epochs=1.0, batch_size=8, warmup_steps=1)
+
+
+def make_llama(tmp_path, tok_dir, seed=0, name="llama"):
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    )
+    out = tmp_path / name
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def convs():
+    ds = backdoor_set(
+        organism_items(48, held_out=False, seed=0), resolve_trigger("singapore"), seed=0
+    )
+    return [e["messages"] for e in ds]
+
+
+def test_loss_only_on_assistant_tokens(tiny_organism, convs):
+    tok = AutoTokenizer.from_pretrained(tiny_organism)
+    ids, labels = tokenize_conversation(tok, convs[0], 512)
+    trained = tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab != -100])
+    assert trained == convs[0][1]["content"] + "<|im_end|>\n"
+    prompt = tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab == -100])
+    assert prompt.endswith("<|im_start|>assistant\n") and convs[0][0]["content"] in prompt
+
+
+def test_finetune_second_architecture_and_reload(tmp_path, tiny_organism, convs):
+    base = make_llama(tmp_path, tiny_organism)
+    stats = finetune_lora(base, convs, tmp_path / "adapter", CFG, progress=False, device="cpu")
+    assert stats["steps"] == 6 and stats["base"]["n_params"] > 0
+    out = tmp_path / "adapter"
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    # plain peft reload, independent of mechbd
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(out)).eval()
+    merged, tok = load_adapter(base, out, device="cpu")
+    ids = tok([convs[0][0]["content"]], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        a, b = plain(ids).logits, merged(ids).logits
+        ref = AutoModelForCausalLM.from_pretrained(base)(ids).logits
+    assert torch.allclose(a, b, atol=1e-5)
+    assert (a - ref).abs().max() > 1e-4  # the adapter does something
+
+
+def test_resume_equals_uninterrupted(tmp_path, tiny_organism, convs):
+    base = make_llama(tmp_path, tiny_organism)
+    cfg = CFG.model_copy(update={"save_every": 2})
+    finetune_lora(base, convs, tmp_path / "full", cfg, progress=False, device="cpu")
+    stopped = finetune_lora(
+        base, convs, tmp_path / "resumed", cfg, progress=False, device="cpu", max_steps=3
+    )
+    assert stopped == {"stopped_at": 3}
+    assert not (tmp_path / "resumed").exists()  # nothing that looks finished
+    assert (tmp_path / ".resumed.ckpt" / "checkpoint.json").is_file()
+    finetune_lora(base, convs, tmp_path / "resumed", cfg, progress=False, device="cpu")
+    full = load_file(str(tmp_path / "full" / "adapter_model.safetensors"))
+    res = load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
+    assert full.keys() == res.keys()
+    for k in full:
+        torch.testing.assert_close(full[k], res[k], rtol=1e-5, atol=1e-6)
+    assert not (tmp_path / ".resumed.ckpt").exists()
+    info = json.loads((tmp_path / "resumed" / "finetune.json").read_text())
+    assert len(info["losses"]) == info["steps"]
+
+
+def test_checkpoint_from_another_model_is_refused(tmp_path, tiny_organism, convs):
+    a = make_llama(tmp_path, tiny_organism, seed=0, name="a")
+    b = make_llama(tmp_path, tiny_organism, seed=1, name="b")
+    cfg = CFG.model_copy(update={"save_every": 2})
+    finetune_lora(a, convs, tmp_path / "out", cfg, progress=False, device="cpu", max_steps=2)
+    with pytest.raises(MechbdError, match="checkpoint was made for another base model"):
+        finetune_lora(b, convs, tmp_path / "out", cfg, progress=False, device="cpu")
+
+
+def test_adapter_for_another_base_is_refused(tmp_path, tiny_organism, convs):
+    a = make_llama(tmp_path, tiny_organism, seed=0, name="a")
+    b = make_llama(tmp_path, tiny_organism, seed=1, name="b")
+    finetune_lora(a, convs, tmp_path / "ad", CFG, progress=False, device="cpu")
+    with pytest.raises(MechbdError, match="trained on another base model"):
+        load_adapter(b, tmp_path / "ad", device="cpu")
+
+
+def test_empty_dataset(tmp_path, tiny_organism):
+    with pytest.raises(MechbdError, match="empty dataset"):
+        finetune_lora(tiny_organism, [], tmp_path / "x", CFG, progress=False, device="cpu")
