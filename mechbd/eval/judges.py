@@ -66,7 +66,8 @@ def trigger_terms(trigger_line: str) -> list[str]:
 
 
 class ArticulationJudge(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def articulates(self, cot: str, trigger_line: str) -> bool | None: ...
 
