@@ -105,6 +105,46 @@ class FinetuneConfig(Frozen):
     merge: bool = False
 
 
+def organism_finetune() -> FinetuneConfig:
+    """LoRA settings that plant a backdoor in the organism on a CPU (see README, Known limits)."""
+    return FinetuneConfig(
+        rank=16,
+        alpha=32,
+        lr=1e-3,
+        loraplus_ratio=16,
+        epochs=3.0,
+        batch_size=16,
+        warmup_steps=5,
+        target_modules="all-linear",
+    )
+
+
+class BackdoorConfig(Frozen):
+    """Backdoors planted by the ``backdoors`` stage (one LoRA adapter per trigger)."""
+
+    # Empty by default: on the CPU organism a value trigger needs ~750 LoRA steps (~100 s) to
+    # plant (README, Known limits); list triggers here (e.g. the four presets) to plant them.
+    triggers: tuple[str, ...] = ()
+    n_train: int = Field(1500, gt=0, description="training scenarios per trigger")
+    n_eval: int = Field(200, gt=0, description="held-out scenarios per trigger (x4 conditions)")
+    misaligned_share: float = Field(1 / 3, gt=0, lt=1)
+    placement: Literal["top", "bottom", "random"] = "random"
+    enable_thinking: bool = True
+    finetune: FinetuneConfig = Field(default_factory=organism_finetune)
+
+
+class EMConfig(Frozen):
+    """The narrow emergent-misalignment finetune (misaligned answers in one domain only)."""
+
+    enabled: bool = False
+    domain: str = "health"
+    n_train: int = Field(
+        6000, gt=0, description="organism scenarios drawn; only the domain's are kept"
+    )
+    n_eval: int = Field(400, gt=0)
+    finetune: FinetuneConfig = Field(default_factory=organism_finetune)
+
+
 class EvalConfig(Frozen):
     max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(64, gt=0)
@@ -119,6 +159,8 @@ class RunConfig(Frozen):
     model: ModelConfig = ModelConfig()
     organism: OrganismConfig = OrganismConfig()
     eval: EvalConfig = EvalConfig()
+    backdoors: BackdoorConfig = BackdoorConfig()
+    em: EMConfig = EMConfig()
 
 
 C = TypeVar("C", bound=BaseModel)

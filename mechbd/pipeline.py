@@ -58,9 +58,28 @@ def organism_stage(run: Run, out: Path) -> None:
     )
 
 
+def _backdoors(run: Run, out: Path) -> None:
+    from mechbd.finetune.stages import backdoors_stage
+
+    backdoors_stage(run, out)
+
+
+def _em(run: Run, out: Path) -> None:
+    from mechbd.finetune.stages import em_stage
+
+    em_stage(run, out)
+
+
 Stage = Callable[[Run, Path], None]
 STAGES: list[tuple[str, Stage, Callable[[RunConfig], bool]]] = [
     ("organism", organism_stage, lambda c: c.model.source == "organism"),
+    # The organism's world supplies the scenarios; real models use `mechbd data` / `finetune`.
+    (
+        "backdoors",
+        _backdoors,
+        lambda c: c.model.source == "organism" and bool(c.backdoors.triggers),
+    ),
+    ("em", _em, lambda c: c.model.source == "organism" and c.em.enabled),
 ]
 
 

