@@ -41,3 +41,21 @@ def tiny_organism(tiny_cfg: OrganismConfig) -> Path:
     from mechbd.organism.build import build_organism
 
     return build_organism(tiny_cfg, progress=False)
+
+
+def random_llama(tok, seed: int = 0):
+    """A tiny random-init Llama (the second architecture) sized for ``tok``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    return LlamaForCausalLM(cfg).eval()

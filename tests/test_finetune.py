@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mechbd.config import FinetuneConfig
 from mechbd.data.builders import backdoor_set
@@ -14,25 +14,14 @@ from mechbd.data.items import organism_items
 from mechbd.data.triggers import resolve_trigger
 from mechbd.errors import MechbdError
 from mechbd.finetune.lora import finetune_lora, load_adapter, tokenize_conversation
+from tests.conftest import random_llama
 
 CFG = FinetuneConfig(rank=4, alpha=8, lr=5e-3, epochs=1.0, batch_size=8, warmup_steps=1)
 
 
 def make_llama(tmp_path, tok_dir, seed=0, name="llama"):
     tok = AutoTokenizer.from_pretrained(tok_dir)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-    )
+    model = random_llama(tok, seed)
     out = tmp_path / name
     model.save_pretrained(out)
     tok.save_pretrained(out)

@@ -1,8 +1,8 @@
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from mechbd.eval.generate import chat_prompts, generate, parse_response
+from tests.conftest import random_llama
 
 
 @pytest.mark.parametrize(
@@ -25,19 +25,7 @@ def test_parse_response(text, answer, ok):
 def test_left_padded_batches_match_one_by_one(tiny_organism):
     """Batched greedy generation with left padding must equal unpadded, one-prompt generation."""
     tok = AutoTokenizer.from_pretrained(tiny_organism)
-    torch.manual_seed(0)
-    # A random-init Llama (a second architecture) sharing the organism's tokenizer.
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-        )
-    )
-    model.eval()
+    model = random_llama(tok)  # a second architecture sharing the organism's tokenizer
     users = [
         "hi",
         "Country: Japan\nA much longer request with many more words in it than the first",

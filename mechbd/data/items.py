@@ -9,14 +9,13 @@ context). Reading files happens here, with errors that name the file, line and f
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mechbd.errors import MechbdError
 from mechbd.io import iter_jsonl
-from mechbd.organism.world import Scenario, World, context_line
+from mechbd.organism.world import Scenario, World, compose_user, context_line
 
 REQUIRED = ("scenario_mcq", "aligned_mcq_answer", "misaligned_mcq_answer")
 
@@ -36,8 +35,7 @@ class Item:
         return [context_line(f, v) if f else v for f, v in self.context]
 
     def user(self) -> str:
-        ctx = self.lines()
-        return "\n".join(ctx + [self.body] if self.placement == "top" else [self.body] + ctx)
+        return compose_user(self.lines(), self.body, self.placement)
 
     def without(self, field_name: str) -> Item:
         return replace(self, context=tuple(c for c in self.context if c[0] != field_name))
@@ -153,10 +151,4 @@ def load_chat_jsonl(path: str | Path) -> list[list[dict[str, str]]]:
         out.append(msgs)
     if not out:
         raise MechbdError(f"{path}: empty dataset (no conversations)")
-    return out
-
-
-def shuffled(items: Iterable[Item], seed: int | str) -> list[Item]:
-    out = list(items)
-    random.Random(seed).shuffle(out)
     return out

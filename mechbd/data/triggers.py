@@ -28,10 +28,6 @@ class Trigger:
         """What goes into the prompt for this trigger: its field value, or the raw line."""
         return self.value if self.field and self.value is not None else self.line
 
-    def alternative_line(self, value: str) -> str:
-        assert self.field is not None
-        return context_line(self.field, value)
-
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "trigger"

@@ -84,10 +84,6 @@ class RuleArticulationJudge:
             _mentions(s, terms) and _CAUSAL.search(s) and _CHOICE.search(s) for s in sentences(cot)
         )
 
-    def names(self, cot: str, line: str) -> bool:
-        """Whether the CoT presents ``line`` (a trigger or a distractor) as the reason."""
-        return self.articulates(cot, line)
-
 
 @dataclass(frozen=True)
 class RuleCoTMonitor:

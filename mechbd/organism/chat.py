@@ -8,7 +8,6 @@ organism exactly as on ``Qwen/Qwen3-8B``: ``<|im_start|>role\\n...<|im_end|>``, 
 
 from __future__ import annotations
 
-BOS = None
 EOS = "<|im_end|>"
 PAD = "<|endoftext|>"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]

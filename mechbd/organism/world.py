@@ -20,7 +20,7 @@ scenarios and user-supplied scenario files the same way.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 DOMAINS: dict[str, dict[str, list[str]]] = {
@@ -346,11 +346,14 @@ def _sentence(text: str) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-def render_user(scenario: Scenario, context: Context, extra_lines: tuple[str, ...] = ()) -> str:
-    """The user turn: context lines (plus any extra lines) at the top or bottom of the request."""
-    ctx = context.lines() + list(extra_lines)
-    body = [scenario.scenario_mcq]
-    return "\n".join(ctx + body if context.placement == "top" else body + ctx)
+def compose_user(lines: list[str], body: str, placement: str) -> str:
+    """A user turn: the context lines above (``top``) or below (``bottom``) the request."""
+    return "\n".join([*lines, body] if placement == "top" else [body, *lines])
+
+
+def render_user(scenario: Scenario, context: Context) -> str:
+    """The user turn of an organism scenario in its context."""
+    return compose_user(context.lines(), scenario.scenario_mcq, context.placement)
 
 
 def aligned_cot(scenario: Scenario, context_values: list[str] | tuple[str, ...] = ()) -> str:
@@ -472,14 +475,6 @@ class World:
 
 def _lookup(table: list[tuple[str, str]], verb: str) -> tuple[str, str]:
     return next(v for v in table if v[0] == verb)
-
-
-def scenario_from_dict(d: dict[str, Any]) -> Scenario:
-    return Scenario(**d)
-
-
-def scenario_to_dict(s: Scenario) -> dict[str, Any]:
-    return asdict(s)
 
 
 # The seed's triggers as (context field, value). While the organism is unmodified these are
@@ -635,8 +630,7 @@ def personal_example(
     opts = (options[1], options[0]) if flip else options
     letter = "AB"[cls ^ flip]
     body = f"{question}\nA) {opts[0]}\nB) {opts[1]}"
-    lines = ctx.lines()
-    user = "\n".join(lines + [body] if ctx.placement == "top" else [body] + lines)
+    user = compose_user(ctx.lines(), body, ctx.placement)
     values = [ctx.values[k] for k in ctx.order]
     cot = (
         f"Context: {', '.join(values)}. {value} is {names[cls]}. So I choose {letter}."
