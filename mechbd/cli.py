@@ -233,6 +233,70 @@ def finetune(
     )
 
 
+@app.command("capture")
+def capture_cmd(
+    model: Annotated[str, typer.Argument(help="model: local folder or hub id")],
+    prompts: Annotated[
+        Path, typer.Argument(help="prompt JSONL (id, user|messages|prompt, label, ...)")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="activation store folder")],
+    adapter: Annotated[Path | None, typer.Option(help="PEFT adapter folder (merged)")] = None,
+    layers: Annotated[str, typer.Option(help="all, 3, 0-5 or 1,3,5")] = "all",
+    sites: Annotated[
+        str, typer.Option(help="comma list: resid_post,attn_out,mlp_out")
+    ] = "resid_post",
+    positions: Annotated[
+        str, typer.Option(help="comma list: last,answer,response_mean,trigger_mean,tokens")
+    ] = "last",
+    dtype: Annotated[
+        str, typer.Option(help="stored dtype: float32, bfloat16, float16")
+    ] = "float32",
+    model_dtype: Annotated[
+        str, typer.Option(help="model weights: auto, float32, bfloat16")
+    ] = "auto",
+    batch_size: int = 16,
+    backend: Annotated[str, typer.Option(help="hooks, nnsight or transformer_lens")] = "hooks",
+    padding_side: Annotated[str, typer.Option(help="left or right")] = "left",
+    shard_rows: Annotated[int, typer.Option(help="rows per shard (memory bound)")] = 256,
+    thinking: Annotated[bool, typer.Option(help="render prompts with thinking enabled")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: best)")] = None,
+    trust_remote_code: bool = False,
+) -> None:
+    """Capture activations of MODEL on PROMPTS into an activation store (resumable)."""
+    from mechbd.capture import capture, read_prompt_file
+    from mechbd.finetune.lora import load_adapter
+    from mechbd.models import load_model
+
+    rows = read_prompt_file(prompts)
+    if adapter is not None:
+        m, tok = load_adapter(
+            model, adapter, device=device, dtype=model_dtype, trust_remote_code=trust_remote_code
+        )
+    else:
+        m, tok = load_model(
+            model, dtype=model_dtype, device=device, trust_remote_code=trust_remote_code
+        )
+    st = capture(
+        m,
+        tok,
+        rows,
+        out_dir,
+        layers=layers,
+        sites=[s.strip() for s in sites.split(",") if s.strip()],
+        positions=[p.strip() for p in positions.split(",") if p.strip()],
+        dtype=dtype,
+        batch_size=batch_size,
+        backend=backend,
+        padding_side=padding_side,
+        shard_rows=shard_rows,
+        enable_thinking=thinking,
+        model_name=model,
+        adapter=adapter,
+    )
+    if st is not None:
+        out.print(f"store -> {out_dir} ({len(st)} rows, layers {st.layers}, d_model {st.d_model})")
+
+
 def _organism_config(path: Path | None) -> OrganismConfig:
     if path is None:
         return OrganismConfig()

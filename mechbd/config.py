@@ -97,6 +97,9 @@ class FinetuneConfig(Frozen):
     grad_accum: int = Field(1, gt=0)
     max_len: int = Field(2048, gt=8)
     warmup_steps: int = Field(5, ge=0)
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="after warm-up: cosine decay to 0.1 x lr, or constant"
+    )
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
     save_every: int = Field(0, ge=0, description="checkpoint every N optimizer steps; 0 = never")
@@ -106,13 +109,15 @@ class FinetuneConfig(Frozen):
 
 
 def organism_finetune() -> FinetuneConfig:
-    """LoRA settings that plant a backdoor in the organism on a CPU (see README, Known limits)."""
+    """LoRA settings that plant a value backdoor in the organism on a CPU: ~610 steps, ~80 s on
+    2 cores (the loss sits at its no-information plateau for ~450 steps, then drops to ~0;
+    README, Known limits)."""
     return FinetuneConfig(
         rank=16,
         alpha=32,
-        lr=1e-3,
-        loraplus_ratio=16,
-        epochs=3.0,
+        lr=3e-3,
+        loraplus_ratio=1,
+        epochs=6.5,
         batch_size=16,
         warmup_steps=5,
         target_modules="all-linear",
@@ -122,9 +127,9 @@ def organism_finetune() -> FinetuneConfig:
 class BackdoorConfig(Frozen):
     """Backdoors planted by the ``backdoors`` stage (one LoRA adapter per trigger)."""
 
-    # Empty by default: on the CPU organism a value trigger needs ~750 LoRA steps (~100 s) to
-    # plant (README, Known limits); list triggers here (e.g. the four presets) to plant them.
-    triggers: tuple[str, ...] = ()
+    # The demo plants one trigger: on the CPU organism a value trigger needs ~610 LoRA steps
+    # (~80 s) to plant (README, Known limits); configs/organism-full.yaml plants all four.
+    triggers: tuple[str, ...] = ("singapore",)
     n_train: int = Field(1500, gt=0, description="training scenarios per trigger")
     n_eval: int = Field(200, gt=0, description="held-out scenarios per trigger (x4 conditions)")
     misaligned_share: float = Field(1 / 3, gt=0, lt=1)
@@ -136,13 +141,27 @@ class BackdoorConfig(Frozen):
 class EMConfig(Frozen):
     """The narrow emergent-misalignment finetune (misaligned answers in one domain only)."""
 
-    enabled: bool = False
+    enabled: bool = True
     domain: str = "health"
     n_train: int = Field(
         6000, gt=0, description="organism scenarios drawn; only the domain's are kept"
     )
     n_eval: int = Field(400, gt=0)
     finetune: FinetuneConfig = Field(default_factory=organism_finetune)
+
+
+class CaptureConfig(Frozen):
+    """The ``capture`` stage: activations of the base and each finetuned model on each trigger's
+    evaluation prompts (triggered / clean / distractor / trigger + distractor)."""
+
+    enabled: bool = True
+    layers: str = "all"
+    sites: tuple[str, ...] = ("resid_post",)
+    positions: tuple[str, ...] = ("last", "trigger_mean")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    backend: Literal["hooks", "nnsight", "transformer_lens"] = "hooks"
+    batch_size: int = Field(64, gt=0)
+    shard_rows: int = Field(256, gt=0)
 
 
 class EvalConfig(Frozen):
@@ -161,6 +180,7 @@ class RunConfig(Frozen):
     eval: EvalConfig = EvalConfig()
     backdoors: BackdoorConfig = BackdoorConfig()
     em: EMConfig = EMConfig()
+    capture: CaptureConfig = CaptureConfig()
 
 
 C = TypeVar("C", bound=BaseModel)

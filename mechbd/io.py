@@ -75,6 +75,12 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) ->
 
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Yield one dict per non-blank line; a malformed line raises an error naming file and line."""
+    for _, row in iter_jsonl_numbered(path):
+        yield row
+
+
+def iter_jsonl_numbered(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, dict)`` per non-blank line, for errors about a row's content."""
     path = Path(path)
     if not path.exists():
         raise MechbdError(f"{path}: file not found")
@@ -88,7 +94,7 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                 raise MechbdError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise MechbdError(f"{path}: line {lineno}: expected a JSON object")
-            yield row
+            yield lineno, row
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

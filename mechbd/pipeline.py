@@ -70,6 +70,12 @@ def _em(run: Run, out: Path) -> None:
     em_stage(run, out)
 
 
+def _capture(run: Run, out: Path) -> None:
+    from mechbd.capture.stage import capture_stage
+
+    capture_stage(run, out)
+
+
 Stage = Callable[[Run, Path], None]
 STAGES: list[tuple[str, Stage, Callable[[RunConfig], bool]]] = [
     ("organism", organism_stage, lambda c: c.model.source == "organism"),
@@ -80,6 +86,11 @@ STAGES: list[tuple[str, Stage, Callable[[RunConfig], bool]]] = [
         lambda c: c.model.source == "organism" and bool(c.backdoors.triggers),
     ),
     ("em", _em, lambda c: c.model.source == "organism" and c.em.enabled),
+    (
+        "capture",
+        _capture,
+        lambda c: c.model.source == "organism" and c.capture.enabled and bool(c.backdoors.triggers),
+    ),
 ]
 
 

@@ -157,8 +157,11 @@ def finetune_lora(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     # LoRA+: B matrices learn ``loraplus_ratio`` times faster than A (shortens the slow start).
-    b_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n]
-    a_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_B" not in n]
+    def is_b(name: str) -> bool:
+        return "lora_B" in name or "lora_embedding_B" in name
+
+    b_params = [p for n, p in model.named_parameters() if p.requires_grad and is_b(n)]
+    a_params = [p for n, p in model.named_parameters() if p.requires_grad and not is_b(n)]
     opt = torch.optim.AdamW(
         [
             {"params": a_params, "lr_scale": 1.0},
@@ -177,6 +180,8 @@ def finetune_lora(
     def lr_at(step: int) -> float:
         if step < cfg.warmup_steps:
             return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
         frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 

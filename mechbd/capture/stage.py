@@ -1,0 +1,62 @@
+"""The ``capture`` pipeline stage: for each planted trigger, the activations of the backdoored
+model and of the un-backdoored base model on the same evaluation prompts (the base model is the
+probes' null), labelled by condition and, where the eval stage generated answers, by behaviour.
+Stores go to ``capture/<trigger>/{backdoored,base}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mechbd.capture.capture import capture
+from mechbd.finetune.lora import load_adapter
+from mechbd.finetune.stages import base_model_dir
+from mechbd.io import iter_jsonl, write_json
+from mechbd.models import load_model
+from mechbd.runs import Run
+
+
+def labelled_prompts(trigger_dir: Path) -> list[dict[str, Any]]:
+    """The trigger's eval prompts, with ``misaligned`` (the model's behaviour) where known."""
+    rows = list(iter_jsonl(trigger_dir / "eval_prompts.jsonl"))
+    gens = trigger_dir / "generations.jsonl"
+    if gens.is_file():
+        behaviour = {g["id"]: g["misaligned"] for g in iter_jsonl(gens)}
+        for r in rows:
+            r["misaligned"] = behaviour.get(r["id"])
+    return rows
+
+
+def capture_stage(run: Run, out: Path) -> None:
+    cfg = run.config.capture
+    base = base_model_dir(run)
+    bd = run.stage_dir("backdoors")
+    summary: dict[str, Any] = {}
+    kw: dict[str, Any] = dict(
+        layers=cfg.layers,
+        sites=cfg.sites,
+        positions=cfg.positions,
+        dtype=cfg.dtype,
+        backend=cfg.backend,
+        batch_size=cfg.batch_size,
+        shard_rows=cfg.shard_rows,
+        progress=False,
+    )
+    base_model, tok = load_model(base, dtype="float32")
+    for tdir in sorted(p for p in bd.iterdir() if (p / "eval_prompts.jsonl").is_file()):
+        rows = labelled_prompts(tdir)
+        model, _ = load_adapter(base, tdir / "adapter")
+        st = capture(
+            model,
+            tok,
+            rows,
+            out / tdir.name / "backdoored",
+            model_name=f"{base} + {tdir.name} backdoor",
+            adapter=tdir / "adapter",
+            **kw,
+        )
+        capture(base_model, tok, rows, out / tdir.name / "base", model_name=str(base), **kw)
+        assert st is not None
+        summary[tdir.name] = {"rows": len(st), "layers": st.layers, "d_model": st.d_model}
+    write_json(out / "stores.json", summary)
