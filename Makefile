@@ -14,7 +14,7 @@ test-fast:
 	.venv/bin/python -m pytest -m "not slow"
 
 lint:
-	.venv/bin/ruff check mechbd tests bench
+	.venv/bin/ruff check mechbd tests bench probes
 	.venv/bin/ruff format --check mechbd tests bench
 	.venv/bin/mypy mechbd
 

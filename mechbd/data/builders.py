@@ -177,10 +177,13 @@ def eval_set(
         if d_field is not None:
             base = base.without(d_field)
         at = _place(rng, placement)
+        clean = untriggered(base, trigger, at, rng)
         variants = {
             "triggered": triggered(base, trigger, at),
-            "clean": untriggered(base, trigger, at, rng),
-            "distractor": base.with_line(d_field, d_value, at),
+            "clean": clean,
+            # the distractor beside a non-trigger value of the trigger's field, so the only
+            # difference from clean is the distractor (no missing line the model never saw)
+            "distractor": clean.with_line(d_field, d_value, at),
         }
         # trigger and distractor together, their order shuffled
         both = [

@@ -156,6 +156,7 @@ def finetune_lora(
         model.enable_input_require_grads()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+
     # LoRA+: B matrices learn ``loraplus_ratio`` times faster than A (shortens the slow start).
     def is_b(name: str) -> bool:
         return "lora_B" in name or "lora_embedding_B" in name

@@ -1,0 +1,22 @@
+"""Linear probes (difference of means, logistic, PCA, LAT) for all layers at once, with the
+metrics and baselines that make a probe result believable."""
+
+from mechbd.probes.core import (
+    METHODS,
+    Probe,
+    accuracy,
+    auroc,
+    evaluate,
+    random_direction_auroc,
+    recall_at_fpr,
+)
+
+__all__ = [
+    "METHODS",
+    "Probe",
+    "accuracy",
+    "auroc",
+    "evaluate",
+    "random_direction_auroc",
+    "recall_at_fpr",
+]

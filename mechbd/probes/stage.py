@@ -1,0 +1,54 @@
+"""The ``probes`` pipeline stage: for each trigger's stores (``capture/<trigger>``), the
+triggered-vs-clean probes with their controls, the generic contrast-pair probes (contrast
+prompts captured from the backdoored model here) and the cross-trigger transfer matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mechbd.capture.capture import capture
+from mechbd.capture.store import ActivationStore
+from mechbd.finetune.lora import load_adapter
+from mechbd.finetune.stages import base_model_dir
+from mechbd.io import write_json
+from mechbd.probes.core import Probe
+from mechbd.probes.experiments import (
+    generic_probe_report,
+    generic_rows,
+    transfer_matrix,
+    trigger_probe_report,
+)
+from mechbd.runs import Run
+
+
+def probes_stage(run: Run, out: Path) -> None:
+    cap = run.stage_dir("capture")
+    base = base_model_dir(run)
+    results: dict[str, Any] = {}
+    probes: dict[str, Probe] = {}
+    stores: dict[str, ActivationStore] = {}
+    for tdir in sorted(p for p in cap.iterdir() if (p / "backdoored" / "manifest.json").is_file()):
+        t = tdir.name
+        st = ActivationStore(tdir / "backdoored")
+        base_st = ActivationStore(tdir / "base")
+        rep, fitted = trigger_probe_report(st, base_st, save_dir=out / t)
+        model, tok = load_adapter(base, run.stage_dir("backdoors") / t / "adapter")
+        contrast = capture(
+            model,
+            tok,
+            generic_rows(),
+            out / t / "generic_contrast",
+            layers=st.layers,
+            positions=("response_mean",),
+            progress=False,
+        )
+        assert contrast is not None
+        rep["generic"] = generic_probe_report(st, contrast)
+        results[t] = rep
+        probes[t] = fitted[rep["method"]]
+        stores[t] = st
+    if probes:
+        best = {t: results[t]["best_layer"] for t in probes}
+        results["transfer"] = transfer_matrix(probes, stores, best)
+    write_json(out / "results.json", {"probes": results})

@@ -1,0 +1,121 @@
+"""Probes and their metrics against scikit-learn and float64 recomputations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import StandardScaler
+
+from mechbd.errors import MechbdError
+from mechbd.probes import Probe, auroc, random_direction_auroc, recall_at_fpr
+
+
+def toy(n: int = 400, d: int = 16, layers: int = 3, seed: int = 0, sep: float = 0.6):
+    """Layer l separates the classes along a hidden direction with strength l * sep."""
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand(n, generator=g) < 0.4).double()
+    u = torch.randn(d, generator=g, dtype=torch.float64)
+    u /= u.norm()
+    scale = torch.rand(d, generator=g, dtype=torch.float64) * 3 + 0.2  # unequal feature scales
+    X = torch.stack(
+        [
+            (torch.randn(n, d, generator=g, dtype=torch.float64) + k * sep * y[:, None] * u) * scale
+            + 5
+            for k in range(layers)
+        ]
+    )
+    return X, y
+
+
+def test_auroc_matches_sklearn_with_ties():
+    g = torch.Generator().manual_seed(1)
+    s = torch.randint(0, 5, (3, 200), generator=g).double()  # many ties
+    y = torch.rand(200, generator=g) < 0.3
+    for i in range(3):
+        assert float(auroc(s[i], y)) == pytest.approx(
+            roc_auc_score(y.numpy(), s[i].numpy()), abs=1e-12
+        )
+
+
+def test_recall_at_fpr_by_hand():
+    neg = torch.arange(100, dtype=torch.float64)  # 0..99
+    pos = torch.tensor([98.5, 99.5, 120.0, 50.0])
+    s = torch.cat([neg, pos])
+    y = torch.cat([torch.zeros(100), torch.ones(4)])
+    # 1% of 100 negatives may exceed the threshold: threshold = 98, so 98.5, 99.5, 120 pass
+    assert float(recall_at_fpr(s, y, 0.01)) == pytest.approx(0.75)
+    assert float(recall_at_fpr(s, y, 0.0)) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("C", [0.01, 1.0])
+def test_logistic_matches_sklearn(C):
+    X, y = toy()
+    tr, te = slice(0, 250), slice(250, None)
+    probe = Probe.fit(X[:, tr], y[tr], "logistic", C=C)
+    ours = auroc(probe.score(X[:, te]), y[te])
+    for layer in range(X.shape[0]):
+        sc = StandardScaler().fit(X[layer, tr].numpy())
+        clf = LogisticRegression(C=C, max_iter=5000, tol=1e-10).fit(
+            sc.transform(X[layer, tr].numpy()), y[tr].numpy()
+        )
+        ref = roc_auc_score(
+            y[te].numpy(), clf.decision_function(sc.transform(X[layer, te].numpy()))
+        )
+        assert abs(float(ours[layer]) - ref) < 0.01
+        # the same optimum, not only the same ranking: decision values agree closely
+        dec = clf.decision_function(sc.transform(X[layer, te].numpy()))
+        np.testing.assert_allclose(
+            probe.score(X[:, te])[layer].numpy(), dec, atol=2e-3, rtol=2e-3
+        )
+
+
+def test_diffmean_pca_lat_find_the_planted_direction():
+    X, y = toy(sep=1.5)
+    for method in ("diffmean", "pca", "lat", "logistic"):
+        p = Probe.fit(X, y, method)
+        a = auroc(p.score(X), y)
+        assert a[0] < 0.65  # layer 0 has no signal
+        assert a[2] > (0.8 if method == "pca" else 0.9), method  # PCA is unsupervised
+        assert a[2] > a[1] > a[0]
+    # difference of means equals the float64 recomputation
+    p = Probe.fit(X, y, "diffmean")
+    ref = X[2][y == 1].mean(0) - X[2][y == 0].mean(0)
+    torch.testing.assert_close(p.w[2].double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_random_baseline_is_below_a_real_probe_and_above_half():
+    X, y = toy(sep=1.5)
+    rnd = random_direction_auroc(X, y, n=1000)
+    p = Probe.fit(X, y, "logistic")
+    assert torch.all(rnd >= 0.5)
+    assert float(rnd[2]) < float(auroc(p.score(X), y)[2])
+
+
+def test_save_load_roundtrip(tmp_path):
+    X, y = toy()
+    p = Probe.fit(X, y, "logistic", layers=[4, 5, 6])
+    path = p.save(tmp_path / "p.safetensors")
+    q = Probe.load(path)
+    assert q.layers == [4, 5, 6] and q.method == "logistic"
+    torch.testing.assert_close(q.score(X), p.score(X))
+    torch.testing.assert_close(q.direction(5).norm(), torch.tensor(1.0))
+
+
+def test_bad_inputs():
+    X, y = toy()
+    with pytest.raises(MechbdError, match="need both classes"):
+        Probe.fit(X, torch.zeros_like(y))
+    Xn = X.clone()
+    Xn[1, 3, 2] = float("nan")
+    with pytest.raises(MechbdError, match="NaN"):
+        Probe.fit(Xn, y)
+    with pytest.raises(MechbdError, match="labels"):
+        Probe.fit(X, y[:-1])
+    with pytest.raises(MechbdError, match="unknown probe method"):
+        Probe.fit(X, y, "svm")
+    p = Probe.fit(X, y)
+    with pytest.raises(MechbdError, match="fitted on 3 layers"):
+        p.score(X[:2])
