@@ -67,9 +67,7 @@ def test_logistic_matches_sklearn(C):
         assert abs(float(ours[layer]) - ref) < 0.01
         # the same optimum, not only the same ranking: decision values agree closely
         dec = clf.decision_function(sc.transform(X[layer, te].numpy()))
-        np.testing.assert_allclose(
-            probe.score(X[:, te])[layer].numpy(), dec, atol=2e-3, rtol=2e-3
-        )
+        np.testing.assert_allclose(probe.score(X[:, te])[layer].numpy(), dec, atol=2e-3, rtol=2e-3)
 
 
 def test_diffmean_pca_lat_find_the_planted_direction():
