@@ -229,13 +229,3 @@ def evaluate(probe: Probe, X: torch.Tensor, y: torch.Tensor) -> dict[str, list[f
         "recall_at_1pct_fpr": recall_at_fpr(s, y, 0.01).tolist(),
     }
 
-
-__all__ = [
-    "METHODS",
-    "Probe",
-    "accuracy",
-    "auroc",
-    "evaluate",
-    "random_direction_auroc",
-    "recall_at_fpr",
-]
