@@ -6,7 +6,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -342,6 +342,111 @@ def probe_cmd(
     )
     if out_dir is not None:
         write_json(out_dir / "report.json", rep)
+
+
+@app.command("steer")
+def steer_cmd(
+    model: Annotated[str, typer.Argument(help="model: local folder or hub id")],
+    rows_file: Annotated[
+        Path,
+        typer.Argument(
+            help="eval JSONL (user, aligned_mcq_answer, misaligned_mcq_answer, condition)"
+        ),
+    ],
+    direction: Annotated[
+        list[Path] | None, typer.Option(help="saved direction (.safetensors); repeatable")
+    ] = None,
+    probe: Annotated[
+        list[Path] | None, typer.Option(help="probe (.safetensors) as a direction; repeatable")
+    ] = None,
+    mean_diff: Annotated[
+        Path | None, typer.Option(help="store: direction = mean(--positive) - mean(--negative)")
+    ] = None,
+    positive: Annotated[str, typer.Option(help="label(s), comma list")] = "triggered",
+    negative: Annotated[str, typer.Option(help="label(s), comma list")] = "clean",
+    position: Annotated[str, typer.Option(help="stored position for --mean-diff")] = "last",
+    adapter: Annotated[Path | None, typer.Option(help="PEFT adapter folder")] = None,
+    layers: Annotated[str, typer.Option(help="all, 3, 0-5 or 1,3,5")] = "all",
+    multipliers: Annotated[str, typer.Option(help="comma list")] = "0,1,2,4,8",
+    op: Annotated[str, typer.Option(help="add, ablate or ablate_add")] = "add",
+    positions: Annotated[str, typer.Option(help="all or assistant")] = "assistant",
+    control: Annotated[
+        bool, typer.Option(help="add an equal-norm random direction per direction")
+    ] = True,
+    batch_size: int = 64,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: best)")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="write records as JSON")] = None,
+    trust_remote_code: bool = False,
+) -> None:
+    """Sweep multipliers x layers x directions on MODEL, measuring misaligned rate (per
+    condition), P(misaligned letter), format validity and clean accuracy."""
+    from rich.table import Table
+
+    from mechbd.capture.names import n_layers_of, parse_layers
+    from mechbd.capture.store import ActivationStore
+    from mechbd.finetune.lora import load_adapter
+    from mechbd.io import iter_jsonl, write_json
+    from mechbd.models import load_model
+    from mechbd.probes import Probe
+    from mechbd.steering.directions import Direction, from_probe, mean_difference
+    from mechbd.steering.sweep import sweep
+
+    dirs: dict[str, Direction] = {}
+    for f in direction or []:
+        dirs[f.stem] = Direction.load(f)
+    for f in probe or []:
+        dirs[f.stem] = from_probe(Probe.load(f), name=f.stem)
+    if mean_diff is not None:
+        st = ActivationStore(mean_diff)
+        pos = st.indices([x.strip() for x in positive.split(",")])
+        neg = st.indices([x.strip() for x in negative.split(",")])
+        dirs["mean_diff"] = mean_difference(st, pos, neg, position=position)
+    if not dirs:
+        raise MechbdError("steer: give at least one --direction, --probe or --mean-diff")
+    if control:
+        for name, d in list(dirs.items()):
+            dirs[f"random({name})"] = d.random_like()
+    if not rows_file.is_file():
+        raise MechbdError(f"{rows_file}: eval file not found")
+    rows = list(iter_jsonl(rows_file))
+    kw: dict[str, Any] = dict(device=device, trust_remote_code=trust_remote_code)
+    m, tok = load_adapter(model, adapter, **kw) if adapter else load_model(model, **kw)
+    mults = [float(x) for x in multipliers.split(",") if x.strip()]
+    layer_list = parse_layers(layers, n_layers_of(m))
+    for name, d in dirs.items():
+        missing = [layer for layer in layer_list if layer not in d.vectors]
+        if missing:
+            raise MechbdError(f"direction {name!r} has no vector at layers {missing}")
+    recs = sweep(
+        m,
+        tok,
+        rows,
+        dirs,
+        layers=layer_list,
+        multipliers=mults,
+        op=op,
+        positions=positions,
+        batch_size=batch_size,
+    )
+    table = Table(title=f"steering {model}" + (f" + {adapter}" if adapter else ""))
+    for c in ("direction", "layer", "multiplier", "misaligned", "P(mis letter)", "format", "bias"):
+        table.add_column(c)
+    for r in recs:
+        table.add_row(
+            r["direction"],
+            str(r["layer"]),
+            f"{r['multiplier']:g}",
+            f"{r['misaligned_rate']:.3f}",
+            f"{r['p_misaligned_letter']:.3f}",
+            f"{r['format_valid_rate']:.3f}",
+            "-" if r["letter_bias"] is None else f"{r['letter_bias']:.2f}",
+        )
+    out.print(table)
+    if out_file is not None:
+        write_json(
+            out_file,
+            {"model": model, "adapter": str(adapter) if adapter else None, "records": recs},
+        )
 
 
 def _organism_config(path: Path | None) -> OrganismConfig:

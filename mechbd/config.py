@@ -164,6 +164,19 @@ class CaptureConfig(Frozen):
     shard_rows: int = Field(256, gt=0)
 
 
+class SteeringConfig(Frozen):
+    """The ``steering`` stage: the EM mean-difference direction, the base-model sweep with its
+    random control, ablations and negative steering in each backdoored model."""
+
+    enabled: bool = True
+    layers: str = "all"
+    multipliers: tuple[float, ...] = (0.0, 4.0, 8.0, 16.0, 32.0)
+    negative_multipliers: tuple[float, ...] = (-8.0, -16.0, -32.0)
+    positions: Literal["all", "assistant"] = "assistant"
+    n_direction: int = Field(128, gt=0, description="training scenarios for the EM direction")
+    n_eval: int = Field(100, gt=0, description="held-out scenarios per measurement")
+
+
 class EvalConfig(Frozen):
     max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(64, gt=0)
@@ -181,6 +194,7 @@ class RunConfig(Frozen):
     backdoors: BackdoorConfig = BackdoorConfig()
     em: EMConfig = EMConfig()
     capture: CaptureConfig = CaptureConfig()
+    steering: SteeringConfig = SteeringConfig()
 
 
 C = TypeVar("C", bound=BaseModel)

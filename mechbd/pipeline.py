@@ -82,6 +82,12 @@ def _probes(run: Run, out: Path) -> None:
     probes_stage(run, out)
 
 
+def _steering(run: Run, out: Path) -> None:
+    from mechbd.steering.stage import steering_stage
+
+    steering_stage(run, out)
+
+
 Stage = Callable[[Run, Path], None]
 STAGES: list[tuple[str, Stage, Callable[[RunConfig], bool]]] = [
     ("organism", organism_stage, lambda c: c.model.source == "organism"),
@@ -101,6 +107,11 @@ STAGES: list[tuple[str, Stage, Callable[[RunConfig], bool]]] = [
         "probes",
         _probes,
         lambda c: c.model.source == "organism" and c.capture.enabled and bool(c.backdoors.triggers),
+    ),
+    (
+        "steering",
+        _steering,
+        lambda c: c.model.source == "organism" and c.steering.enabled and c.em.enabled,
     ),
 ]
 

@@ -46,3 +46,11 @@ def test_demo_end_to_end(tmp_path):
     assert pr["random_baseline_auroc"] < pr["auroc"]
     assert pr["base_model_auroc"] is not None
     assert res["probes"]["transfer"]["singapore"]["singapore"] == pr["auroc"]
+    # issue 7: steering the base organism along the EM direction, with the random control; the
+    # >= 50-point bar is not met on the organism (README, Known limits), so this checks what holds
+    se = res["steering"]["base_em"]
+    assert se["format_valid_rate"] >= 0.9 and se["format_guard_met"]
+    assert se["rise"] >= 0.2 and abs(se["random_rise"]) <= 0.10
+    abl = res["steering"]["ablation"]["singapore"]
+    assert set(abl) == {"none", "em_mean_diff", "random", "trigger_probe"}
+    assert abl["none"]["asr"] >= 0.9

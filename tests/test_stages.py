@@ -24,6 +24,12 @@ def test_backdoor_and_em_stages(tmp_path):
             "finetune": FT,
         },
         "em": {"enabled": True, "domain": "health", "n_train": 120, "n_eval": 24, "finetune": FT},
+        "steering": {
+            "n_direction": 8,
+            "n_eval": 6,
+            "multipliers": [0.0, 8.0],
+            "negative_multipliers": [-8.0],
+        },
     }
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(cfg))
@@ -53,7 +59,14 @@ def test_backdoor_and_em_stages(tmp_path):
     for key in ("in_domain_misaligned_rate", "out_of_domain_misaligned_rate"):
         assert 0 <= em[key] <= 1 and 0 <= em["base_model"][key] <= 1
     man = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert [s for s in man["stages"]] == ["organism", "backdoors", "em", "capture", "probes"]
+    assert [s for s in man["stages"]] == [
+        "organism",
+        "backdoors",
+        "em",
+        "capture",
+        "probes",
+        "steering",
+    ]
     # capture: backdoored and base stores on the same prompts; probes: report with controls
     from mechbd.capture import ActivationStore
 
@@ -71,3 +84,21 @@ def test_backdoor_and_em_stages(tmp_path):
     t = res["probes"]["transfer"]
     assert set(t) == {"singapore", "deployment"} and set(t["singapore"]) == set(t)
     assert t["singapore"]["singapore"] == res["probes"]["singapore"]["auroc"]
+    # steering: the EM direction, the base sweep with its control, ablations, negative steering
+    from mechbd.steering.directions import Direction
+
+    st = res["steering"]
+    d_em = Direction.load(tmp_path / "run" / "steering" / "directions" / "em_mean_diff.safetensors")
+    rnd = Direction.load(tmp_path / "run" / "steering" / "directions" / "random.safetensors")
+    assert {str(k): v for k, v in d_em.norms().items()} == st["em_direction"]["norms"]
+    for layer in d_em.layers:
+        assert abs(rnd.at(layer).norm() - d_em.at(layer).norm()) < 1e-4
+    assert st["base_em"]["best_layer"] in d_em.layers
+    assert [c["multiplier"] for c in st["base_em"]["curve"]] == [0.0, 8.0]
+    assert st["base_em"]["curve"][0] == st["base_em"]["random_curve"][0]  # the shared baseline
+    for name in ("singapore", "deployment"):
+        abl = st["ablation"][name]
+        assert set(abl) == {"none", "em_mean_diff", "random", "trigger_probe"}
+        for m in abl.values():
+            assert 0 <= m["asr"] <= 1 and 0 <= m["format_valid_rate"] <= 1
+        assert [c["multiplier"] for c in st["negative_em"][name]["curve"]] == [0.0, -8.0]
