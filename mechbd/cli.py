@@ -268,6 +268,7 @@ def capture_cmd(
     from mechbd.models import load_model
 
     rows = read_prompt_file(prompts)
+    device = _init_distributed(device)
     if adapter is not None:
         m, tok = load_adapter(
             model, adapter, device=device, dtype=model_dtype, trust_remote_code=trust_remote_code
@@ -295,6 +296,26 @@ def capture_cmd(
     )
     if st is not None:
         out.print(f"store -> {out_dir} ({len(st)} rows, layers {st.layers}, d_model {st.d_model})")
+
+
+def _init_distributed(device: str | None) -> str | None:
+    """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1): gloo on the CPU,
+    NCCL on GPUs with one device per local rank. Returns the device this rank should use."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    import torch
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return device or "cpu"
 
 
 @app.command("probe")

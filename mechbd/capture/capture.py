@@ -88,6 +88,21 @@ def model_fingerprint(
     return ident
 
 
+def _dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) when running under an initialised ``torch.distributed`` group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
 def capture(
     model: Any,
     tok: PreTrainedTokenizerBase,
@@ -111,7 +126,12 @@ def capture(
     """Capture ``prompts`` into the store at ``out`` and return it (opened for reading).
 
     ``chunks`` restricts this call to some chunk indices (data-parallel capture: each process
-    takes its own); then ``None`` is returned unless the store is complete afterwards."""
+    takes its own); then ``None`` is returned unless the store is complete afterwards.
+
+    Under ``torchrun`` (an initialised ``torch.distributed`` group) every rank calls this with
+    the same arguments and takes chunks ``rank, rank + world, ...``; the store is the one a
+    single process writes (chunk boundaries do not depend on the world size), and a rerun
+    after a crash resumes with any world size."""
     if backend not in BACKENDS:
         raise MechbdError(f"unknown capture backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if dtype not in DTYPES:
@@ -142,7 +162,21 @@ def capture(
         "shard_rows": shard_rows,
         "enable_thinking": enable_thinking,
     }
-    writer = StoreWriter(out, spec, rows)
+    rank, world = _dist_rank_world()
+    if world > 1:
+        if chunks is not None:
+            raise MechbdError("capture: pass chunks= or run under torch.distributed, not both")
+        # rank 0 creates (or reopens) the store; every rank opens it before any rank writes,
+        # since opening clears an interrupted run's half-written chunks
+        if rank == 0:
+            writer = StoreWriter(out, spec, rows)
+        _barrier()
+        if rank != 0:
+            writer = StoreWriter(out, spec, rows)
+        _barrier()
+        chunks = list(range(rank, writer.n_chunks, world))  # round-robin: uneven is fine
+    else:
+        writer = StoreWriter(out, spec, rows)
     todo = writer.pending(chunks)
     run = make_backend(backend, model, tok)
     keys: list[Key] = [(layer, s) for layer in layer_list for s in sites]
@@ -202,6 +236,8 @@ def capture(
     finally:
         bar.close()
         model.train(was_training)
+    if world > 1:
+        _barrier()  # every rank's chunks are on disk
     writer.finish()
     if progress:
         print(
