@@ -118,3 +118,27 @@ def test_bad_inputs():
     p = Probe.fit(X, y)
     with pytest.raises(MechbdError, match="fitted on 3 layers"):
         p.score(X[:2])
+
+
+def test_base_model_null_must_match_prompts_and_differ_in_model(tiny_organism, tmp_path):
+    from mechbd.capture import capture
+    from mechbd.models import load_model
+    from mechbd.probes.experiments import trigger_probe_report
+    from tests.conftest import random_llama
+    from tests.test_capture import prompt_rows
+
+    model, tok = load_model(tiny_organism, dtype="float32")
+    other = random_llama(tok, seed=4)
+    rows = prompt_rows(8)
+    kw = dict(positions=("last",), progress=False)
+    st = capture(model, tok, rows, tmp_path / "bd", model_name="bd", **kw)
+    same = capture(model, tok, rows, tmp_path / "same", model_name="bd", **kw)
+    fewer = capture(other, tok, rows[:-4], tmp_path / "fewer", model_name="base", **kw)
+    good = capture(other, tok, rows, tmp_path / "good", model_name="base", **kw)
+    with pytest.raises(MechbdError, match="same model and adapter"):
+        trigger_probe_report(st, same, n_random=10)
+    with pytest.raises(MechbdError, match="other prompts"):
+        trigger_probe_report(st, fewer, n_random=10)
+    rep, probes = trigger_probe_report(st, good, n_random=10, save_dir=tmp_path / "p")
+    assert rep["base_model_auroc"] is not None
+    assert Probe.load(tmp_path / "p" / "logistic.safetensors").card["model"]["name"] == "bd"

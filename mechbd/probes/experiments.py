@@ -48,6 +48,28 @@ def labelled(
     return idx, torch.tensor(y)
 
 
+def check_null_store(store: ActivationStore, base_store: ActivationStore) -> None:
+    """The base-model null must be the same prompts and layers from a different model."""
+    if base_store.layers != store.layers:
+        raise MechbdError(
+            f"{base_store.path}: layers {base_store.layers} differ from {store.path}'s "
+            f"{store.layers}; capture the base model at the same layers"
+        )
+    ids, bids = [r.id for r in store.rows], [r.id for r in base_store.rows]
+    if ids != bids:
+        i = next((k for k, (a, b) in enumerate(zip(ids, bids, strict=False)) if a != b), None)
+        where = f"row {i} ({ids[i]!r} vs {bids[i]!r})" if i is not None else "the row count"
+        raise MechbdError(
+            f"{base_store.path}: holds other prompts than {store.path} (first difference: "
+            f"{where}); the base-model null needs the same prompts"
+        )
+    if base_store.model == store.model:
+        raise MechbdError(
+            f"{base_store.path}: captured from the same model and adapter as {store.path}; "
+            "the null needs the un-backdoored model"
+        )
+
+
 def trigger_probe_report(
     store: ActivationStore,
     base_store: ActivationStore | None = None,
@@ -58,6 +80,8 @@ def trigger_probe_report(
     save_dir: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Probe]]:
     """Train on the train split (triggered vs clean), report on the test split."""
+    if base_store is not None:
+        check_null_store(store, base_store)
     X = store.stack(position)
     tr, ytr = labelled(store, ["triggered"], ["clean"], "train")
     te, yte = labelled(store, ["triggered"], ["clean"], "test")
@@ -95,7 +119,12 @@ def trigger_probe_report(
     if save_dir is not None:
         for m, p in probes.items():
             p.card.update(
-                {"store": str(store.path), "position": position, "test_auroc": per_layer[m]}
+                {
+                    "store": str(store.path),
+                    "model": store.model,
+                    "position": position,
+                    "test_auroc": per_layer[m],
+                }
             )
             p.save(save_dir / f"{m}.safetensors")
     return out, probes
