@@ -38,15 +38,11 @@ class Intervention:
 
     def apply(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         v = self.vector.to(h.device, h.dtype)
-        delta = torch.zeros_like(h)
-        if self.op in ("ablate", "ablate_add"):
+        delta = self.multiplier * v if self.op != "ablate" else torch.zeros_like(v)
+        if self.op != "add":
             u = v / v.norm().clamp_min(1e-12)
             delta = delta - (h @ u).unsqueeze(-1) * u
-        if self.op in ("add", "ablate_add"):
-            delta = delta + self.multiplier * v
-        if mask is not None:
-            delta = delta * mask.unsqueeze(-1).to(h.dtype)
-        return h + delta
+        return h + (delta if mask is None else delta * mask.unsqueeze(-1).to(h.dtype))
 
 
 def assistant_marker(tok: Any) -> list[int]:
