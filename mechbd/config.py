@@ -177,6 +177,29 @@ class SteeringConfig(Frozen):
     n_eval: int = Field(100, gt=0, description="held-out scenarios per measurement")
 
 
+class SaeConfig(Frozen):
+    """The ``sae`` stage: an SAE trained with SAELens at one layer on base + EM activations,
+    model diffing (EM and each backdoor vs base), the causal screen of persona candidates,
+    direction comparison, persona latents as backdoor detectors, and the persona shifts."""
+
+    enabled: bool = True
+    layer: int | None = Field(None, description="SAE layer; None = the probes' best layer")
+    architecture: Literal["standard", "topk"] = "topk"
+    expansion: int = Field(8, gt=0, description="d_sae / d_model")
+    k: int = Field(16, gt=0, description="active latents per token (topk)")
+    l1_coefficient: float = Field(5.0, gt=0, description="sparsity penalty (standard)")
+    lr: float = Field(3e-4, gt=0)
+    n_tokens: int = Field(400_000, gt=0, description="training samples drawn")
+    n_corpus: int = Field(600, gt=0, description="organism conversations captured per model")
+    n_diff: int = Field(200, gt=0, description="prompts for EM model diffing")
+    top_k: int = Field(8, gt=0, description="persona candidates kept from diffing")
+    n_random: int = Field(3, ge=0, description="random latents screened as controls")
+    multipliers: tuple[float, ...] = Field(
+        (0.0, 0.25, 0.5, 1.0, 2.0), description="in units of the layer's mean token norm"
+    )
+    n_persona: int = Field(200, gt=0, description="matched user-wants-harm / neutral pairs")
+
+
 class EvalConfig(Frozen):
     max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(64, gt=0)
@@ -195,6 +218,7 @@ class RunConfig(Frozen):
     em: EMConfig = EMConfig()
     capture: CaptureConfig = CaptureConfig()
     steering: SteeringConfig = SteeringConfig()
+    sae: SaeConfig = SaeConfig()
 
 
 C = TypeVar("C", bound=BaseModel)

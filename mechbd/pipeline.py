@@ -88,6 +88,12 @@ def _steering(run: Run, out: Path) -> None:
     steering_stage(run, out)
 
 
+def _sae(run: Run, out: Path) -> None:
+    from mechbd.sae.stage import sae_stage
+
+    sae_stage(run, out)
+
+
 Stage = Callable[[Run, Path], None]
 STAGES: list[tuple[str, Stage, Callable[[RunConfig], bool]]] = [
     ("organism", organism_stage, lambda c: c.model.source == "organism"),
@@ -113,6 +119,18 @@ STAGES: list[tuple[str, Stage, Callable[[RunConfig], bool]]] = [
         _steering,
         lambda c: c.model.source == "organism" and c.steering.enabled and c.em.enabled,
     ),
+    (
+        "sae",
+        _sae,
+        lambda c: (
+            c.model.source == "organism"
+            and c.sae.enabled
+            and c.steering.enabled
+            and c.em.enabled
+            and c.capture.enabled
+            and bool(c.backdoors.triggers)
+        ),
+    ),
 ]
 
 
@@ -128,4 +146,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, force: bool = False) -> Run
         with run.stage(name) as d:
             fn(run, d)
     run.write_results()
+    from mechbd.report import build_report
+
+    build_report(run.root)
     return run

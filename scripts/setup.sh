@@ -28,4 +28,14 @@ if ! command -v nvidia-smi >/dev/null 2>&1 || [ "${MECHBD_CPU:-0}" = "1" ]; then
 fi
 
 .venv/bin/python -m pip install -q -e ".${extra}"
+
+# The report's browser test needs a headless Chromium (Debian's package). Best effort: without
+# root or apt the test is skipped, and nothing else depends on it.
+if [ -n "$extra" ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+   && [ "$(id -u)" = "0" ]; then
+  echo "setup: installing chromium for the report's browser test"
+  (apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+   || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1)) \
+   || echo "setup: chromium not installed (the browser test will be skipped)"
+fi
 echo "setup: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

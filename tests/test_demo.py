@@ -54,3 +54,13 @@ def test_demo_end_to_end(tmp_path):
     abl = res["steering"]["ablation"]["singapore"]
     assert set(abl) == {"none", "em_mean_diff", "random", "trigger_probe"}
     assert abl["none"]["asr"] >= 0.9
+    # issue 6: the SAE at the probes' best layer reconstructs well; the persona keys are there.
+    # The screen's >= 30-point bar is not met on the organism (README, Known limits).
+    sae = res["sae"]
+    assert sae["layer"] == pr["best_layer"]
+    assert sae["fvu"] <= 0.1 and sae["l0"] == 16
+    assert len(sae["persona_latents"]) == 8
+    assert 0 <= sae["persona_detector_auroc"]["singapore"] <= 1
+    assert -1 <= sae["max_cos_probe_vs_latent"]["singapore"] <= 1
+    for key in ("toxic_persona_shift", "user_wants_harm_shift"):
+        assert isinstance(res["persona"]["singapore"][key], float)

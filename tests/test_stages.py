@@ -30,6 +30,15 @@ def test_backdoor_and_em_stages(tmp_path):
             "multipliers": [0.0, 8.0],
             "negative_multipliers": [-8.0],
         },
+        "sae": {
+            "n_tokens": 20000,
+            "n_corpus": 40,
+            "n_diff": 16,
+            "top_k": 3,
+            "n_random": 1,
+            "multipliers": [0.0, 0.5],
+            "n_persona": 8,
+        },
     }
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(cfg))
@@ -66,6 +75,7 @@ def test_backdoor_and_em_stages(tmp_path):
         "capture",
         "probes",
         "steering",
+        "sae",
     ]
     # capture: backdoored and base stores on the same prompts; probes: report with controls
     from mechbd.capture import ActivationStore
@@ -102,3 +112,19 @@ def test_backdoor_and_em_stages(tmp_path):
         for m in abl.values():
             assert 0 <= m["asr"] <= 1 and 0 <= m["format_valid_rate"] <= 1
         assert [c["multiplier"] for c in st["negative_em"][name]["curve"]] == [0.0, -8.0]
+    # sae: SAELens folder, diffing, screen, detectors, persona shifts
+    from sae_lens import SAE
+
+    sae_res = res["sae"]
+    sae = SAE.load_from_disk(tmp_path / "run" / "sae" / "sae")
+    assert sae.cfg.metadata.hook_name == f"blocks.{sae_res['layer']}.hook_resid_post"
+    assert sae_res["fvu"] >= 0 and sae_res["l0"] == 16
+    assert len(sae_res["persona_latents"]) == 3
+    assert sae_res["persona_latent"] in sae_res["persona_latents"]
+    for name in ("singapore", "deployment"):
+        for key in ("persona_detector_auroc", "em_direction_detector_auroc", "trigger_probe_auroc"):
+            assert 0 <= sae_res[key][name] <= 1, key
+        assert -1 <= sae_res["max_cos_probe_vs_latent"][name] <= 1
+        per = res["persona"][name]
+        for key in ("toxic_persona_shift", "user_wants_harm_shift"):
+            assert per[key] == per["per_layer"][key.removesuffix("_shift")][per["layer"]]

@@ -1,0 +1,265 @@
+"""``report.html``: one self-contained page per run, offline (plotly.js inlined once), saying
+which model produced the numbers, with the headline numbers as tables, the plotly explorers
+and sample generations. Every string from a dataset, a model or a config is escaped."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from mechbd.io import atomic_write_text, iter_jsonl, read_json
+from mechbd.report.figures import all_figures
+
+N_SAMPLES = 12
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border:1px solid #ccc;padding:4px 8px;
+text-align:left;vertical-align:top}th{background:#f4f4f4}.note{background:#fff8e1;padding:.6rem 1rem;
+border-left:4px solid #f0b400}pre{white-space:pre-wrap;margin:0;font-size:.85em}.fig{margin:1rem 0}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _num(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.3f}"
+    return _e(x)
+
+
+def _table(header: list[str], rows: list[list[Any]], pre: bool = False) -> str:
+    def cell(v: Any) -> str:
+        return (
+            f"<td><pre>{_e(v)}</pre></td>" if pre and isinstance(v, str) else f"<td>{_num(v)}</td>"
+        )
+
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _summary(res: dict[str, Any]) -> str:
+    parts = []
+    if "organism" in res:
+        o = res["organism"]
+        parts.append(
+            "<h3>Base model</h3>"
+            + _table(
+                ["clean aligned rate", "format valid rate"],
+                [[o.get("clean_aligned_rate"), o.get("format_valid_rate")]],
+            )
+        )
+    if res.get("backdoors"):
+        rows = [
+            [
+                t,
+                m.get("asr"),
+                m.get("clean_misaligned_rate"),
+                m.get("distractor_misaligned_rate"),
+                m.get("articulation_rate"),
+            ]
+            for t, m in res["backdoors"].items()
+        ]
+        parts.append(
+            "<h3>Backdoors</h3>"
+            + _table(
+                ["trigger", "ASR", "clean misaligned", "distractor misaligned", "articulation"],
+                rows,
+            )
+        )
+    if res.get("em"):
+        em = res["em"]
+        parts.append(
+            "<h3>Narrow emergent misalignment</h3>"
+            + _table(
+                ["in-domain misaligned", "out-of-domain misaligned"],
+                [[em.get("in_domain_misaligned_rate"), em.get("out_of_domain_misaligned_rate")]],
+            )
+        )
+    probes = {t: p for t, p in res.get("probes", {}).items() if t != "transfer"}
+    if probes:
+        rows = [
+            [
+                t,
+                p["best_layer"],
+                p["auroc"],
+                p["recall_at_1pct_fpr"],
+                p["random_baseline_auroc"],
+                p["base_model_auroc"],
+            ]
+            for t, p in probes.items()
+        ]
+        parts.append(
+            "<h3>Trigger probes</h3>"
+            + _table(
+                [
+                    "trigger",
+                    "best layer",
+                    "AUROC",
+                    "recall @1% FPR",
+                    "best random direction",
+                    "base-model null",
+                ],
+                rows,
+            )
+        )
+    if res.get("steering"):
+        be = res["steering"]["base_em"]
+        parts.append(
+            "<h3>Steering the base model along the EM direction</h3>"
+            + _table(
+                [
+                    "layer",
+                    "multiplier",
+                    "baseline",
+                    "misaligned",
+                    "format valid",
+                    "letter bias",
+                    "random direction",
+                ],
+                [
+                    [
+                        be["best_layer"],
+                        be["multiplier"],
+                        be["baseline_misaligned_rate"],
+                        be["misaligned_rate"],
+                        be["format_valid_rate"],
+                        be["letter_bias"],
+                        be["random_misaligned_rate"],
+                    ]
+                ],
+            )
+        )
+    if res.get("sae"):
+        s = res["sae"]
+        parts.append(
+            "<h3>SAE</h3>"
+            + _table(
+                [
+                    "layer",
+                    "FVU",
+                    "L0",
+                    "dead",
+                    "persona latent",
+                    "screen rise",
+                    "best control rise",
+                ],
+                [
+                    [
+                        s["layer"],
+                        s["fvu"],
+                        s["l0"],
+                        s["dead_fraction"],
+                        s["persona_latent"],
+                        s["screen"]["persona_rise"],
+                        s["screen"]["best_control_rise"],
+                    ]
+                ],
+            )
+        )
+        rows = [
+            [
+                t,
+                s["persona_detector_auroc"][t],
+                s["em_direction_detector_auroc"][t],
+                s["trigger_probe_auroc"][t],
+                s["random_latent_auroc"][t]["max"],
+                s["max_cos_probe_vs_latent"][t],
+                res.get("persona", {}).get(t, {}).get("toxic_persona_shift"),
+                res.get("persona", {}).get(t, {}).get("user_wants_harm_shift"),
+            ]
+            for t in s["persona_detector_auroc"]
+        ]
+        parts.append(
+            "<h3>The persona question</h3>"
+            + _table(
+                [
+                    "trigger",
+                    "persona latent AUROC",
+                    "EM direction AUROC",
+                    "trigger probe AUROC",
+                    "best random latent AUROC",
+                    "max cos(probe, latent)",
+                    "toxic persona shift",
+                    "user wants harm shift",
+                ],
+                rows,
+            )
+        )
+    return "\n".join(parts)
+
+
+def _samples(run_dir: Path) -> str:
+    bd = run_dir / "backdoors"
+    parts = []
+    for f in sorted(bd.glob("*/generations.jsonl")) if bd.is_dir() else []:
+        rows = []
+        for r in iter_jsonl(f):
+            rows.append(
+                [
+                    r.get("condition"),
+                    r.get("user"),
+                    r.get("response"),
+                    r.get("answer"),
+                    r.get("misaligned"),
+                ]
+            )
+            if len(rows) >= N_SAMPLES:
+                break
+        parts.append(
+            f"<h3>Trigger {_e(f.parent.name)}</h3>"
+            + _table(
+                ["condition", "prompt", "reply (CoT + answer)", "answer", "misaligned"],
+                rows,
+                pre=True,
+            )
+        )
+    return "\n".join(parts)
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write ``run_dir/report.html`` from its ``results.json`` (atomically) and return it."""
+    from plotly.offline import get_plotlyjs
+
+    run_dir = Path(run_dir)
+    res = read_json(run_dir / "results.json")
+    model = res.get("model", {})
+    who = model.get("name", "unknown model")
+    note = model.get("note", "")
+    body = [
+        f"<h1>mechbd report: {_e(run_dir.name)}</h1>",
+        f"<p>Every number on this page was produced by <b>{_e(who)}</b>"
+        f" ({_e(model.get('architecture', ''))}, {_e(model.get('n_params', '?'))} parameters)"
+        " and the adapters finetuned from it in this run.</p>",
+    ]
+    if note:
+        body.append(f'<p class="note">{_e(note)}</p>')
+    body += ["<h2>Headline numbers</h2>", _summary(res)]
+    k = 0
+    for title, figs in all_figures(res):
+        body.append(f"<h2>{_e(title)}</h2>")
+        for fig in figs:
+            div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig{k}")
+            body.append(f'<div class="fig">{div}</div>')
+            k += 1
+    samples = _samples(run_dir)
+    if samples:
+        body += ["<h2>Sample generations</h2>", samples]
+    body.append(
+        "<h2>All numbers</h2><details><summary>results.json</summary><pre>"
+        + _e(json.dumps(res, indent=1, default=str))
+        + "</pre></details>"
+    )
+    page = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>mechbd report: {_e(run_dir.name)}</title><style>{CSS}</style>"
+        f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
+        + "\n".join(body)
+        + "</body></html>"
+    )
+    return atomic_write_text(run_dir / "report.html", page)

@@ -1,0 +1,231 @@
+"""The ``sae`` pipeline stage: the persona question on the organism.
+
+1. **SAE**: TopK (or standard) SAE trained with SAELens at one layer (default the probes' best
+   layer) on per-token activations of the base and the narrow-EM model over organism
+   conversations; FVU, L0 and dead fraction on held-out tokens.
+2. **Model diffing**: EM model vs base on the same held-out prompts (last prompt token), and
+   each backdoored model vs base on its trigger's evaluation prompts; latents ranked by mean
+   activation increase.
+3. **Causal screen**: the base model steered along each EM candidate's decoder row (unit norm
+   x multiplier x the layer's mean token norm) and along random latents of the same SAE; the
+   *persona latent* is the candidate with the largest rise in misaligned rate at format
+   validity >= 0.9 (the top-ranked candidate if none rises).
+4. **Comparison**: cosine of the trigger probe and the EM mean-difference direction with every
+   decoder row; top latents.
+5. **Detector**: per trigger, AUROC at telling triggered from clean prompts (test split) of the
+   persona latent's activation, the EM direction's projection, the trigger probe (from the
+   probes stage) and random latents.
+6. **Persona shifts**: per trigger and layer, how far the backdoored model's triggered prompts
+   sit from clean ones along the "user wants harm" direction (base model, harm-request minus
+   matched neutral prompts) and along the toxic-persona direction (EM mean difference), in
+   clean standard deviations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechbd.capture.capture import capture
+from mechbd.capture.store import ActivationStore
+from mechbd.data.items import organism_items
+from mechbd.errors import MechbdError
+from mechbd.finetune.lora import load_adapter
+from mechbd.finetune.stages import base_model_dir
+from mechbd.io import read_json, write_json
+from mechbd.models import load_model
+from mechbd.probes.core import Probe
+from mechbd.probes.experiments import labelled
+from mechbd.runs import Run
+from mechbd.sae.analysis import (
+    cosine,
+    detector_auroc,
+    encode,
+    model_diff,
+    projection_shift,
+    random_latent_auroc,
+    screen_latents,
+    top_cosines,
+)
+from mechbd.sae.persona import corpus_rows, user_wants_harm_rows
+from mechbd.sae.train import store_tokens, train_sae
+from mechbd.steering.directions import Direction, from_probe, from_sae_decoder, mean_difference
+
+
+def _sae_layer(run: Run) -> int:
+    if run.config.sae.layer is not None:
+        return run.config.sae.layer
+    probes = read_json(run.stage_dir("probes") / "results.json")["probes"]
+    layers = [v["best_layer"] for k, v in probes.items() if k != "transfer"]
+    if not layers:
+        raise MechbdError("sae stage: the probes stage found no trigger; set sae.layer")
+    return max(set(layers), key=layers.count)
+
+
+def sae_stage(run: Run, out: Path) -> None:
+    cfg = run.config.sae
+    seed, world = run.config.seed, run.config.organism.seed
+    base = base_model_dir(run)
+    L = _sae_layer(run)
+    kw: dict[str, Any] = dict(progress=False, batch_size=run.config.capture.batch_size)
+
+    # 1. SAE on base + EM tokens
+    base_model, tok = load_model(base, dtype="float32")
+    em_model, _ = load_adapter(base, run.stage_dir("em") / "adapter")
+    corpus = corpus_rows(cfg.n_corpus, seed=seed + 40, world_seed=world)
+    cb = capture(
+        base_model, tok, corpus, out / "corpus_base", layers=[L], positions=("tokens",), **kw
+    )
+    ce = capture(em_model, tok, corpus, out / "corpus_em", layers=[L], positions=("tokens",), **kw)
+    assert cb is not None and ce is not None
+    xb = store_tokens(cb, L)
+    x = torch.cat([xb, store_tokens(ce, L)])
+    sae, metrics = train_sae(
+        x,
+        out / "sae",
+        layer=L,
+        architecture=cfg.architecture,
+        expansion=cfg.expansion,
+        k=cfg.k,
+        l1_coefficient=cfg.l1_coefficient,
+        lr=cfg.lr,
+        n_tokens=cfg.n_tokens,
+        seed=seed,
+        model_name=f"{base} (+ EM adapter)",
+    )
+    token_norm = float(xb.norm(dim=-1).mean())
+
+    # 2. EM model diffing
+    diff_items = organism_items(cfg.n_diff, held_out=True, seed=seed + 41, world_seed=world)
+    diff_rows = [{"id": it.id, "user": it.user()} for it in diff_items]
+    db = capture(base_model, tok, diff_rows, out / "diff_base", layers=[L], **kw)
+    de = capture(em_model, tok, diff_rows, out / "diff_em", layers=[L], **kw)
+    assert db is not None and de is not None
+    em_diff = model_diff(sae, db, de, L, top_k=cfg.top_k)
+    del em_model
+
+    # 3. causal screen on the base model
+    test = organism_items(
+        run.config.steering.n_eval, held_out=True, seed=seed + 31, world_seed=world
+    )
+    eval_rows = [
+        {
+            "id": it.id,
+            "user": it.user(),
+            "aligned_mcq_answer": it.aligned,
+            "misaligned_mcq_answer": it.misaligned,
+            "condition": "clean",
+        }
+        for it in test
+    ]
+    alive = (encode(sae, xb[:20000]) > 0).any(0)
+    for i in em_diff["latents"]:
+        alive[i] = False
+    g = torch.Generator().manual_seed(seed)
+    pool = alive.nonzero().flatten()
+    controls = pool[torch.randperm(len(pool), generator=g)[: cfg.n_random]].tolist()
+    screen = screen_latents(
+        base_model,
+        tok,
+        eval_rows,
+        sae,
+        L,
+        em_diff["latents"],
+        controls,
+        scale=token_norm,
+        multipliers=cfg.multipliers,
+        positions=run.config.steering.positions,
+        batch_size=run.config.eval.batch_size,
+    )
+    rises = {i: r["rise"] for i, r in screen["candidates"].items() if r["rise"] is not None}
+    persona = max(rises, key=lambda i: rises[i]) if rises else em_diff["latents"][0]
+    ctrl_rises = [r["rise"] for r in screen["controls"].values() if r["rise"] is not None]
+
+    # 6a. the two persona directions, in the base organism
+    d_em = Direction.load(run.stage_dir("steering") / "directions" / "em_mean_diff.safetensors")
+    harm_rows = user_wants_harm_rows(cfg.n_persona, seed=seed + 42, world_seed=world)
+    hs = capture(base_model, tok, harm_rows, out / "user_wants_harm", **kw)
+    assert hs is not None
+    d_harm = mean_difference(
+        hs, hs.indices("harm"), hs.indices("neutral"), name="user wants harm", position="last"
+    )
+    d_harm.provenance["model"] = str(base)
+    d_harm.save(out / "directions" / "user_wants_harm.safetensors")
+    d_latent = from_sae_decoder(sae.W_dec, persona, L, name=f"persona latent {persona}")
+
+    sae_res: dict[str, Any] = {
+        "model": str(base),
+        "layer": L,
+        "architecture": cfg.architecture,
+        "d_sae": int(sae.cfg.d_sae),
+        "fvu": metrics["fvu"],
+        "l0": metrics["l0"],
+        "dead_fraction": metrics["dead_fraction"],
+        "n_eval_tokens": metrics["n_tokens"],
+        "persona_latents": em_diff["latents"],
+        "persona_latent": persona,
+        "em_diff": em_diff,
+        "screen": {
+            "scale": token_norm,
+            "baseline_misaligned_rate": screen["baseline_misaligned_rate"],
+            "persona_rise": rises.get(persona),
+            "best_control_rise": max(ctrl_rises) if ctrl_rises else None,
+            "candidates": screen["candidates"],
+            "controls": screen["controls"],
+        },
+        "em_direction_top_latents": top_cosines(d_em.at(L), sae.W_dec),
+        "persona_detector_auroc": {},
+        "em_direction_detector_auroc": {},
+        "random_latent_auroc": {},
+        "trigger_probe_auroc": {},
+        "max_cos_probe_vs_latent": {},
+        "probe_top_latents": {},
+        "cos_probe_vs_em_direction": {},
+        "backdoor_diff": {},
+    }
+    persona_res: dict[str, Any] = {}
+
+    # 4-6 per trigger
+    probes = read_json(run.stage_dir("probes") / "results.json")["probes"]
+    cap = run.stage_dir("capture")
+    for tdir in sorted(p for p in cap.iterdir() if (p / "backdoored" / "manifest.json").is_file()):
+        t = tdir.name
+        st, bst = ActivationStore(tdir / "backdoored"), ActivationStore(tdir / "base")
+        sae_res["backdoor_diff"][t] = model_diff(sae, bst, st, L, top_k=cfg.top_k)
+        te, y = labelled(st, ["triggered"], ["clean"], "test")
+        pos = [i for i, v in zip(te, y.tolist(), strict=True) if v == 1]
+        neg = [i for i, v in zip(te, y.tolist(), strict=True) if v == 0]
+        acts = encode(sae, st.get(L, "last"))
+        sae_res["persona_detector_auroc"][t] = detector_auroc(acts[:, persona], pos, neg)
+        v = d_em.at(L).double()
+        proj = st.get(L, "last", dtype=torch.float64) @ (v / v.norm())
+        sae_res["em_direction_detector_auroc"][t] = detector_auroc(proj, pos, neg)
+        sae_res["random_latent_auroc"][t] = random_latent_auroc(acts, pos, neg, seed=seed)
+        sae_res["trigger_probe_auroc"][t] = probes[t]["per_layer"][probes[t]["method"]][
+            probes[t]["per_layer"]["layers"].index(L)
+        ]
+        probe = Probe.load(run.stage_dir("probes") / t / f"{probes[t]['method']}.safetensors")
+        d_probe = from_probe(probe, name=f"{t} probe")
+        top = top_cosines(d_probe.at(L), sae.W_dec)
+        sae_res["max_cos_probe_vs_latent"][t] = top["max"]
+        sae_res["probe_top_latents"][t] = top
+        sae_res["cos_probe_vs_em_direction"][t] = cosine(d_probe.at(L), d_em.at(L))
+
+        all_pos, all_neg = st.indices("triggered"), st.indices("clean")
+        shifts = {
+            "toxic_persona": projection_shift(st, d_em, all_pos, all_neg),
+            "user_wants_harm": projection_shift(st, d_harm, all_pos, all_neg),
+            "persona_latent": projection_shift(st, d_latent, all_pos, all_neg),
+        }
+        best = probes[t]["best_layer"]
+        persona_res[t] = {
+            "layer": best,
+            "toxic_persona_shift": shifts["toxic_persona"][best],
+            "user_wants_harm_shift": shifts["user_wants_harm"][best],
+            "persona_latent_shift": shifts["persona_latent"].get(best),
+            "per_layer": {k: list(v.values()) for k, v in shifts.items() if k != "persona_latent"},
+            "layers": d_em.layers,
+        }
+    write_json(out / "results.json", {"sae": sae_res, "persona": persona_res})

@@ -1,0 +1,269 @@
+"""SAEs with SAELens: training, SAELens save/load round trip, refusals, model diffing and the
+analysis numbers against independent recomputations (float64, scikit-learn)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from mechbd.capture import capture
+from mechbd.errors import MechbdError
+from mechbd.models import load_model
+from mechbd.sae.analysis import (
+    check_same_prompts,
+    detector_auroc,
+    encode,
+    model_diff,
+    projection_shift,
+    top_cosines,
+)
+from mechbd.sae.load import check_sae, load_sae, sae_layer
+from mechbd.sae.persona import corpus_rows, user_wants_harm_rows
+from mechbd.sae.train import sae_metrics, store_tokens, train_sae
+from mechbd.steering.directions import Direction
+from tests.conftest import random_llama
+
+
+def sparse_data(n: int = 6000, d: int = 32, n_feat: int = 48, k: int = 3, seed: int = 0):
+    """Activations that really are sparse sums of dictionary directions."""
+    g = torch.Generator().manual_seed(seed)
+    D = torch.randn(n_feat, d, generator=g)
+    D = D / D.norm(dim=-1, keepdim=True)
+    idx = torch.stack([torch.randperm(n_feat, generator=g)[:k] for _ in range(n)])
+    codes = torch.zeros(n, n_feat).scatter_(1, idx, torch.rand(n, k, generator=g) * 4 + 1)
+    return codes @ D
+
+
+@pytest.fixture(scope="module")
+def topk_sae(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sae") / "topk"
+    x = sparse_data()
+    sae, m = train_sae(x, out, layer=1, k=4, expansion=4, n_tokens=400_000, batch_size=256, lr=1e-3)
+    return sae, m, x, out
+
+
+def test_topk_sae_learns_sparse_data_and_metrics_match_float64(topk_sae):
+    sae, m, x, _ = topk_sae
+    assert m["fvu"] < 0.1 and m["l0"] == pytest.approx(4.0)  # k=4 latents per token
+    # recompute FVU / L0 / dead fraction on all of x in float64, without sae_metrics
+    with torch.no_grad():
+        f = sae.encode(x)
+        rec = sae.decode(f).double()
+    xd = x.double()
+    fvu = ((xd - rec) ** 2).sum() / ((xd - xd.mean(0)) ** 2).sum()
+    got = sae_metrics(sae, x, batch=1000)  # several batches: the sums must add up
+    assert got["fvu"] == pytest.approx(float(fvu), rel=1e-6)
+    assert got["l0"] == pytest.approx(float((f > 0).sum(-1).double().mean()))
+    assert got["dead_fraction"] == pytest.approx(float(((f > 0).sum(0) == 0).double().mean()))
+
+
+def test_saelens_round_trip_and_same_seed_same_sae(topk_sae, tmp_path):
+    from sae_lens import SAE
+
+    sae, _, x, out = topk_sae
+    loaded = SAE.load_from_disk(out)
+    assert loaded.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+    assert sae_layer(loaded) == 1
+    with torch.no_grad():
+        f1, f2 = sae.encode(x[:500]), loaded.encode(x[:500])
+        assert torch.equal(f1, f2)
+        assert torch.allclose(sae.decode(f1), loaded.decode(f2), atol=0, rtol=0)
+    card = json.loads((out / "mechbd_sae.json").read_text())
+    assert card["training"]["hook_name"] == "blocks.1.hook_resid_post"
+    again, _ = train_sae(
+        x, tmp_path / "again", layer=1, k=4, expansion=4, n_tokens=400_000, batch_size=256, lr=1e-3
+    )
+    assert torch.equal(again.W_dec, sae.W_dec) and torch.equal(again.W_enc, sae.W_enc)
+
+
+def test_standard_sae_trains_with_saelens(tmp_path):
+    x = sparse_data(seed=1)
+    sae, m = train_sae(
+        x,
+        tmp_path / "std",
+        layer=0,
+        architecture="standard",
+        l1_coefficient=1.0,
+        n_tokens=200_000,
+        batch_size=256,
+    )
+    assert sae.cfg.architecture() == "standard"
+    assert m["fvu"] < 0.5 and 0 < m["l0"] < sae.cfg.d_sae / 2
+
+
+def test_bad_saes_and_nans_are_refused(topk_sae, tmp_path):
+    sae, _, x, out = topk_sae
+    with pytest.raises(
+        MechbdError, match="d_in=32 but the model's residual stream at layer 1 has width 64"
+    ):
+        load_sae(out, d_model=64, layer=1)
+    with pytest.raises(
+        MechbdError, match=r"blocks\.1\.hook_resid_post \(layer 1\), not on blocks\.3"
+    ):
+        check_sae(sae, layer=3)
+    with pytest.raises(MechbdError, match="not an SAELens folder"):
+        load_sae(tmp_path)
+    with pytest.raises(MechbdError, match="pass the SAE id"):
+        load_sae(tmp_path / "nowhere")
+    bad = x.clone()
+    bad[7, 3] = float("nan")
+    with pytest.raises(MechbdError, match="NaN or inf .*row 7"):
+        train_sae(bad, tmp_path / "nan", layer=1)
+    with pytest.raises(MechbdError, match="NaN or inf .*row 7"):
+        encode(sae, bad)
+    assert not (tmp_path / "nan").exists()
+    with pytest.raises(MechbdError, match="unknown SAE architecture"):
+        train_sae(x, tmp_path / "arch", layer=1, architecture="gated")
+
+
+def test_hook_names_map_to_layers(topk_sae):
+    sae = topk_sae[0]
+    for name, layer in [
+        ("blocks.5.hook_resid_post", 5),
+        ("blocks.5.hook_resid_pre", 4),
+        ("model.layers.7", 7),
+        ("blocks.2.hook_out", 2),
+    ]:
+        sae.cfg.metadata.hook_name = name
+        assert sae_layer(sae) == layer
+    sae.cfg.metadata.hook_name = "blocks.0.hook_resid_pre"
+    with pytest.raises(MechbdError, match="embeddings"):
+        sae_layer(sae)
+    sae.cfg.metadata.hook_name = "blocks.0.attn.hook_z"
+    with pytest.raises(MechbdError, match="not a residual-stream hook"):
+        sae_layer(sae)
+    sae.cfg.metadata.hook_name = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def stores(tiny_organism: Path, tmp_path_factory):
+    """The tiny organism and a random Llama on the same prompts (per-token and last)."""
+    root = tmp_path_factory.mktemp("stores")
+    qwen, tok = load_model(tiny_organism, dtype="float32")
+    llama = random_llama(tok, seed=3)
+    rows = corpus_rows(40, seed=1)
+    kw = dict(positions=("last", "tokens"), progress=False)
+    a = capture(qwen, tok, rows, root / "qwen", **kw)
+    b = capture(llama, tok, rows, root / "llama", **kw)
+    c = capture(qwen, tok, rows[:30], root / "fewer", **kw)
+    d = capture(qwen, tok, rows[:4], root / "last_only", progress=False)
+    return a, b, c, d
+
+
+def test_store_tokens_and_model_diff_match_recomputation(stores, tmp_path):
+    a, b, c, _ = stores
+    x = store_tokens(a, 1)
+    acts, offsets = a.tokens(1)
+    assert x.shape[0] == acts.shape[0] - len(a)  # each row's first token left out
+    assert torch.equal(x[: offsets[1] - 1], acts[1 : offsets[1]])
+    sae, _ = train_sae(
+        torch.cat([x, store_tokens(b, 1)]), tmp_path / "s", layer=1, n_tokens=40_000, batch_size=256
+    )
+    d = model_diff(sae, a, b, 1, top_k=5)
+    fa = sae.encode(a.get(1, "last")).detach().double()
+    fb = sae.encode(b.get(1, "last")).detach().double()
+    inc = fb.mean(0) - fa.mean(0)
+    assert d["latents"] == inc.argsort(descending=True)[:5].tolist()
+    assert d["increase"] == pytest.approx(inc[d["latents"]].tolist(), rel=1e-5, abs=1e-6)
+    with pytest.raises(MechbdError, match="not the same prompt set"):
+        model_diff(sae, a, c, 1)
+    with pytest.raises(MechbdError, match="per-token activations"):
+        store_tokens(stores[3], 1)
+    with pytest.raises(MechbdError, match="layer 7 not captured"):
+        store_tokens(a, 7)
+
+
+def test_check_same_prompts_names_the_row(stores, tiny_organism, tmp_path):
+    a = stores[0]
+    qwen, tok = load_model(tiny_organism, dtype="float32")
+    rows = corpus_rows(40, seed=1)
+    rows[5] = {**rows[5], "user": rows[5]["user"] + " Please."}
+    other = capture(qwen, tok, rows, tmp_path / "o", positions=("last",), progress=False)
+    with pytest.raises(MechbdError, match="differ at row 5"):
+        check_same_prompts(a, other)
+
+
+def test_cosines_detector_and_shift_match_references(stores):
+    a = stores[0]
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(64, 32, generator=g)
+    v = torch.randn(32, generator=g)
+    t = top_cosines(v, W, k=3)
+    ref = torch.nn.functional.cosine_similarity(W.double(), v.double()[None], dim=-1)
+    assert t["latents"] == ref.argsort(descending=True)[:3].tolist()
+    assert t["max"] == pytest.approx(float(ref.max()), rel=1e-12)
+    scores = torch.randn(40, generator=g)
+    pos, neg = list(range(0, 40, 3)), [i for i in range(40) if i % 3]
+    y = [1] * len(pos) + [0] * len(neg)
+    assert detector_auroc(scores, pos, neg) == pytest.approx(
+        roc_auc_score(y, scores[pos + neg].numpy()), abs=1e-12
+    )
+    d = Direction({0: v, 1: -v}, {"name": "test"})
+    sh = projection_shift(a, d, pos, neg)
+    for layer, sign in ((0, 1), (1, -1)):
+        p = a.get(layer, "last").double() @ (sign * v.double() / v.double().norm())
+        ref_shift = (p[pos].mean() - p[neg].mean()) / p[neg].std()
+        assert sh[layer] == pytest.approx(float(ref_shift), rel=1e-9)
+    flipped = projection_shift(a, Direction({0: -v}, {"name": "flipped"}), pos, neg)
+    assert flipped[0] == pytest.approx(-sh[0], rel=1e-9)
+
+
+def test_user_wants_harm_pairs_differ_only_in_the_request():
+    rows = user_wants_harm_rows(6, seed=0)
+    assert [r["label"] for r in rows] == ["harm", "neutral"] * 6
+    for h, n in zip(rows[::2], rows[1::2], strict=True):
+        assert h["pair"] == n["pair"] and h["user"] != n["user"]
+        extra = h["user"].replace("?", "").split()
+        assert set(n["user"].replace("?", "").split()) <= set(extra)
+
+
+def test_sae_cli_train_diff_detect(stores, tmp_path):
+    from tests.test_cli import mechbd, one_line_error
+
+    a, b = stores[0], stores[1]
+    p = mechbd(
+        "sae",
+        "train",
+        str(a.path),
+        str(b.path),
+        "--layer",
+        "1",
+        "--out",
+        str(tmp_path / "s"),
+        "--n-tokens",
+        "20000",
+        "--batch-size",
+        "256",
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "FVU" in p.stdout and (tmp_path / "s" / "cfg.json").is_file()
+    p = mechbd(
+        "sae",
+        "diff",
+        str(tmp_path / "s"),
+        str(a.path),
+        str(b.path),
+        "--top-k",
+        "3",
+        "--out",
+        str(tmp_path / "d.json"),
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr
+    from mechbd.sae.load import load_sae as _load
+
+    sae, _ = _load(tmp_path / "s")
+    assert json.loads((tmp_path / "d.json").read_text()) == model_diff(sae, a, b, 1, top_k=3)
+    p = mechbd(
+        "sae", "diff", str(tmp_path / "s"), str(a.path), str(tmp_path / "missing"), cwd=tmp_path
+    )
+    assert "missing" in one_line_error(p)
+    p = mechbd(
+        "sae", "train", str(a.path), "--layer", "9", "--out", str(tmp_path / "x"), cwd=tmp_path
+    )
+    assert "layer 9" in one_line_error(p)
