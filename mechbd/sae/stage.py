@@ -52,6 +52,7 @@ from mechbd.sae.analysis import (
 from mechbd.sae.persona import corpus_rows, user_wants_harm_rows
 from mechbd.sae.train import store_tokens, train_sae
 from mechbd.steering.directions import Direction, from_probe, from_sae_decoder, mean_difference
+from mechbd.steering.stage import clean_eval_rows
 
 
 def _sae_layer(run: Run) -> int:
@@ -110,16 +111,7 @@ def sae_stage(run: Run, out: Path) -> None:
     test = organism_items(
         run.config.steering.n_eval, held_out=True, seed=seed + 31, world_seed=world
     )
-    eval_rows = [
-        {
-            "id": it.id,
-            "user": it.user(),
-            "aligned_mcq_answer": it.aligned,
-            "misaligned_mcq_answer": it.misaligned,
-            "condition": "clean",
-        }
-        for it in test
-    ]
+    eval_rows = clean_eval_rows(test)
     alive = (encode(sae, xb[:20000]) > 0).any(0)
     for i in em_diff["latents"]:
         alive[i] = False

@@ -51,6 +51,20 @@ def em_direction_rows(items: list[Item]) -> list[dict[str, Any]]:
     ]
 
 
+def clean_eval_rows(items: list[Item]) -> list[dict[str, Any]]:
+    """Held-out scenarios as steering evaluation rows (no trigger: condition ``clean``)."""
+    return [
+        {
+            "id": it.id,
+            "user": it.user(),
+            "aligned_mcq_answer": it.aligned,
+            "misaligned_mcq_answer": it.misaligned,
+            "condition": "clean",
+        }
+        for it in items
+    ]
+
+
 def em_direction(model: Any, tok: Any, items: list[Item], store_dir: Path, name: str) -> Direction:
     st = capture(
         model, tok, em_direction_rows(items), store_dir, positions=("answer",), progress=False
@@ -93,16 +107,7 @@ def steering_stage(run: Run, out: Path) -> None:
     model, tok = load_model(base, dtype="float32")
     layers = parse_layers(cfg.layers, n_layers_of(model))
     test = organism_items(cfg.n_eval, held_out=True, seed=seed + 31, world_seed=world)
-    rows = [
-        {
-            "id": it.id,
-            "user": it.user(),
-            "aligned_mcq_answer": it.aligned,
-            "misaligned_mcq_answer": it.misaligned,
-            "condition": "clean",
-        }
-        for it in test
-    ]
+    rows = clean_eval_rows(test)
     recs = sweep(
         model,
         tok,
