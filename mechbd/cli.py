@@ -484,14 +484,6 @@ def explore(run_dir: Annotated[Path, typer.Argument(help="run folder (has result
     out.print(f"report: {build_report(run_dir)}")
 
 
-def _load_sae_arg(
-    sae: str, sae_id: str | None, d_model: int | None = None, layer: int | None = None
-):
-    from mechbd.sae.load import load_sae
-
-    return load_sae(sae, sae_id, d_model=d_model, layer=layer)
-
-
 @sae_app.command("train")
 def sae_train(
     stores: Annotated[list[Path], typer.Argument(help="stores captured with position 'tokens'")],
@@ -555,9 +547,10 @@ def sae_diff(
     from mechbd.capture.store import ActivationStore
     from mechbd.io import write_json
     from mechbd.sae.analysis import model_diff
+    from mechbd.sae.load import load_sae
 
     b, f = ActivationStore(base_store), ActivationStore(finetuned_store)
-    model, layer = _load_sae_arg(sae, sae_id, d_model=b.d_model)
+    model, layer = load_sae(sae, sae_id, d_model=b.d_model)
     d = model_diff(model, b, f, layer, position=position, top_k=top_k)
     table = Table(title=f"model diffing at layer {layer} ({position}), {d['n_prompts']} prompts")
     for c in ("latent", "increase", "base mean", "finetuned mean", "base freq", "ft freq"):
@@ -588,9 +581,10 @@ def sae_compare(
     """Cosine of probe and saved directions (at the SAE's layer) with every decoder row."""
     from mechbd.probes import Probe
     from mechbd.sae.analysis import top_cosines
+    from mechbd.sae.load import load_sae
     from mechbd.steering.directions import Direction, from_probe
 
-    model, layer = _load_sae_arg(sae, sae_id)
+    model, layer = load_sae(sae, sae_id)
     dirs = {f.stem: from_probe(Probe.load(f)) for f in probe or []}
     dirs |= {f.stem: Direction.load(f) for f in direction or []}
     if not dirs:
@@ -619,9 +613,10 @@ def sae_detect(
     mean and best AUROC of 100 random live latents."""
     from mechbd.capture.store import ActivationStore
     from mechbd.sae.analysis import detector_auroc, encode, random_latent_auroc
+    from mechbd.sae.load import load_sae
 
     st = ActivationStore(store)
-    model, layer = _load_sae_arg(sae, sae_id, d_model=st.d_model)
+    model, layer = load_sae(sae, sae_id, d_model=st.d_model)
     pos = st.indices([x.strip() for x in positive.split(",")])
     neg = st.indices([x.strip() for x in negative.split(",")])
     if not pos or not neg:

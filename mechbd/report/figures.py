@@ -14,6 +14,16 @@ LAYOUT: dict[str, Any] = dict(
 )
 
 
+def _bars(
+    title: str, x: list[str], series: dict[str, list[Any]], yaxis_title: str = ""
+) -> go.Figure:
+    fig = go.Figure([go.Bar(name=k, x=x, y=v) for k, v in series.items()])
+    fig.update_layout(
+        title=title, yaxis_title=yaxis_title, yaxis_range=[0, 1.02], barmode="group", **LAYOUT
+    )
+    return fig
+
+
 def _triggers(section: dict[str, Any]) -> list[str]:
     return [t for t in section if t != "transfer"]
 
@@ -81,15 +91,11 @@ def steering_curves(res: dict[str, Any]) -> list[go.Figure]:
     if st.get("ablation"):
         trig = list(st["ablation"])
         kinds = list(st["ablation"][trig[0]])
-        fig = go.Figure(
-            [go.Bar(name=k, x=trig, y=[st["ablation"][t][k]["asr"] for t in trig]) for k in kinds]
-        )
-        fig.update_layout(
-            title="Attack success rate with a direction ablated at every layer",
-            yaxis_title="ASR",
-            yaxis_range=[0, 1.02],
-            barmode="group",
-            **LAYOUT,
+        fig = _bars(
+            "Attack success rate with a direction ablated at every layer",
+            trig,
+            {k: [st["ablation"][t][k]["asr"] for t in trig] for k in kinds},
+            "ASR",
         )
         figs.append(fig)
     return figs
@@ -127,12 +133,8 @@ def sae_figures(res: dict[str, Any]) -> list[go.Figure]:
             "trigger probe": [sae["trigger_probe_auroc"][t] for t in trig],
             "best random latent": [sae["random_latent_auroc"][t]["max"] for t in trig],
         }
-        fig = go.Figure([go.Bar(name=k, x=trig, y=v) for k, v in rows.items()])
-        fig.update_layout(
-            title="Does the persona latent catch the backdoor? AUROC, triggered vs clean",
-            yaxis_range=[0, 1.02],
-            barmode="group",
-            **LAYOUT,
+        fig = _bars(
+            "Does the persona latent catch the backdoor? AUROC, triggered vs clean", trig, rows
         )
         figs.append(fig)
     return figs

@@ -156,11 +156,18 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b / (a.norm() * b.norm()))
 
 
-def detector_auroc(scores: torch.Tensor, positive: Sequence[int], negative: Sequence[int]) -> float:
-    """AUROC of ``scores`` (one per store row) at telling ``positive`` from ``negative`` rows."""
+def _rows_auroc(
+    scores: torch.Tensor, positive: Sequence[int], negative: Sequence[int]
+) -> torch.Tensor:
+    """AUROC along the last axis (``[..., n_rows]``) of ``positive`` vs ``negative`` rows."""
     idx = torch.as_tensor([*positive, *negative])
     y = torch.cat([torch.ones(len(positive)), torch.zeros(len(negative))])
-    return float(auroc(scores[idx], y))
+    return auroc(scores[..., idx], y)
+
+
+def detector_auroc(scores: torch.Tensor, positive: Sequence[int], negative: Sequence[int]) -> float:
+    """AUROC of ``scores`` (one per store row) at telling ``positive`` from ``negative`` rows."""
+    return float(_rows_auroc(scores, positive, negative))
 
 
 def random_latent_auroc(
@@ -176,7 +183,7 @@ def random_latent_auroc(
         raise MechbdError("no SAE latent fires on these prompts")
     g = torch.Generator().manual_seed(seed)
     pick = alive[torch.randperm(len(alive), generator=g)[:n]]
-    a = torch.tensor([detector_auroc(acts[:, i], positive, negative) for i in pick.tolist()])
+    a = _rows_auroc(acts[:, pick].T, positive, negative)  # one batched call, [n_latents]
     return {"mean": float(a.mean()), "max": float(a.max()), "n": len(pick)}
 
 

@@ -47,20 +47,16 @@ def check_sae(
         raise MechbdError(
             f"{where}: d_in={d_in} but the model's residual stream{at} has width {d_model}"
         )
-    try:
-        found: int | None = sae_layer(sae)
-    except MechbdError:
-        if layer is None:
-            raise
-        found = None
-    if layer is not None and found is not None and found != layer:
-        raise MechbdError(
-            f"{where}: trained on {sae.cfg.metadata.hook_name} (layer {found}), "
-            f"not on {hook_name(layer)} (layer {layer})"
-        )
-    out = layer if found is None else found
-    assert out is not None
-    return out
+    if layer is None:
+        return sae_layer(sae)
+    if getattr(sae.cfg.metadata, "hook_name", None):  # no hook recorded: trust the caller
+        found = sae_layer(sae)
+        if found != layer:
+            raise MechbdError(
+                f"{where}: trained on {sae.cfg.metadata.hook_name} (layer {found}), "
+                f"not on {hook_name(layer)} (layer {layer})"
+            )
+    return layer
 
 
 def load_sae(

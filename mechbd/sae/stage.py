@@ -55,10 +55,9 @@ from mechbd.steering.directions import Direction, from_probe, from_sae_decoder, 
 from mechbd.steering.stage import clean_eval_rows
 
 
-def _sae_layer(run: Run) -> int:
+def _sae_layer(run: Run, probes: dict[str, Any]) -> int:
     if run.config.sae.layer is not None:
         return run.config.sae.layer
-    probes = read_json(run.stage_dir("probes") / "results.json")["probes"]
     layers = [v["best_layer"] for k, v in probes.items() if k != "transfer"]
     if not layers:
         raise MechbdError("sae stage: the probes stage found no trigger; set sae.layer")
@@ -69,7 +68,8 @@ def sae_stage(run: Run, out: Path) -> None:
     cfg = run.config.sae
     seed, world = run.config.seed, run.config.organism.seed
     base = base_model_dir(run)
-    L = _sae_layer(run)
+    probes = read_json(run.stage_dir("probes") / "results.json")["probes"]
+    L = _sae_layer(run, probes)
     kw: dict[str, Any] = dict(progress=False, batch_size=run.config.capture.batch_size)
 
     # 1. SAE on base + EM tokens
@@ -180,7 +180,6 @@ def sae_stage(run: Run, out: Path) -> None:
     persona_res: dict[str, Any] = {}
 
     # 4-6 per trigger
-    probes = read_json(run.stage_dir("probes") / "results.json")["probes"]
     cap = run.stage_dir("capture")
     for tdir in sorted(p for p in cap.iterdir() if (p / "backdoored" / "manifest.json").is_file()):
         t = tdir.name

@@ -234,4 +234,4 @@ def train_sae(
         tsae.save_inference_model(tmp)
         write_json(tmp / "mechbd_sae.json", {"metrics": metrics, "training": settings})
     sae = SAE.load_from_disk(out)
-    return sae, {**metrics, **{"training": settings}}
+    return sae, {**metrics, "training": settings}
