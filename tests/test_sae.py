@@ -267,3 +267,69 @@ def test_sae_cli_train_diff_detect(stores, tmp_path):
         "sae", "train", str(a.path), "--layer", "9", "--out", str(tmp_path / "x"), cwd=tmp_path
     )
     assert "layer 9" in one_line_error(p)
+
+
+def test_explorer_data_matches_recomputation(stores, topk_sae, tiny_organism, tmp_path):
+    from mechbd.report.explorer import (
+        cosine_matrix,
+        direction_score,
+        label_values,
+        latent_dashboards,
+        latent_score,
+        token_trace,
+    )
+
+    a = stores[0]
+    sae = topk_sae[0]
+    qwen, tok = load_model(tiny_organism, dtype="float32")
+    W_U = qwen.get_output_embeddings().weight.detach()
+    v = torch.randn(32, generator=torch.Generator().manual_seed(1))
+    acts, offsets = a.tokens(1)
+    with torch.no_grad():
+        z = sae.encode(acts).double()
+    # per-token trace: float64 projection and the SAE's own encode, token by token
+    tr = token_trace(a, 1, 3, tok, {"dir": direction_score(v), "lat": latent_score(sae, 5)})
+    row = acts[offsets[3] : offsets[4]].double()
+    assert tr["tokens"] == [tok.decode([i]) for i in a.rows[3].ids]
+    assert tr["values"]["dir"] == pytest.approx(
+        (row @ (v.double() / v.double().norm())).tolist(), abs=1e-4
+    )
+    assert tr["values"]["lat"] == pytest.approx(z[offsets[3] : offsets[4], 5].tolist(), abs=1e-4)
+    # dashboards: the top example is the largest activation outside each row's first token
+    live = [int(i) for i in (z > 0).any(0).nonzero().flatten()[:3]]
+    assert len(live) == 3
+    dash = latent_dashboards(sae, [a], 1, live, tok, W_U, n_examples=3, window=2, n_logits=4)
+    first = set(offsets[:-1].tolist())
+    for lat in live:
+        d = dash[str(lat)]
+        col = [float(z[g, lat]) if g not in first else 0.0 for g in range(len(z))]
+        best = max(range(len(col)), key=col.__getitem__)
+        top = d["examples"][0]
+        assert col[best] > 0 and len(d["examples"]) == 3
+        assert top["max"] == pytest.approx(col[best], abs=1e-4)
+        assert top["values"][top["focus"]] == pytest.approx(col[best], abs=1e-4)
+        r = next(i for i in range(len(a)) if offsets[i] <= best < offsets[i + 1])
+        assert top["id"] == a.rows[r].id
+        assert top["tokens"][top["focus"]] == tok.decode([a.rows[r].ids[best - offsets[r]]])
+        assert sum(d["hist_counts"]) == sum(c > 0 for c in col)
+        logits = W_U.double() @ sae.W_dec.detach().double()[lat]
+        assert d["top_logits"]["tokens"] == [
+            tok.decode([i]) for i in logits.argsort(descending=True)[:4].tolist()
+        ]
+        assert d["bottom_logits"]["values"][0] == pytest.approx(float(logits.min()), abs=1e-4)
+    # cosines against torch's cosine_similarity
+    cm = cosine_matrix({"v": v, "-v": -v}, sae.W_dec, [0, 7, 3])
+    ref = torch.nn.functional.cosine_similarity(
+        sae.W_dec.detach().double()[[0, 7, 3]], v.double()[None], dim=-1
+    )
+    assert cm["cosines"][0] == pytest.approx(ref.tolist(), abs=1e-4)
+    assert cm["cosines"][1] == pytest.approx((-ref).tolist(), abs=1e-4)
+    # label histograms: the score at the last prompt token, split by label
+    hs = capture(qwen, tok, user_wants_harm_rows(6, seed=0), tmp_path / "h", progress=False)
+    lv = label_values(hs, 1, {"harm": "harm", "neutral": "neutral"}, direction_score(v))
+    p = hs.get(1, "last").double() @ (v.double() / v.double().norm())
+    assert lv["harm"] == pytest.approx(p[hs.indices("harm")].tolist(), abs=1e-4)
+    with pytest.raises(MechbdError, match="no rows labelled 'triggered'"):
+        label_values(hs, 1, {"t": "triggered"}, direction_score(v))
+    with pytest.raises(MechbdError, match="latent 999 out of range"):
+        latent_score(sae, 999)

