@@ -1,9 +1,11 @@
 """The pipeline as stages over one run folder: each stage reads earlier stages' files and
-writes its own folder; finished stages are skipped on rerun.
+writes its own folder; finished stages are skipped on rerun, and an interrupted one resumes
+from what it had written (``Run.stage``: finished adapters and captured chunks are kept).
 
-Stages so far: ``organism`` (build or fetch the model organism and measure its clean
-behaviour). Later stages (data, finetune, eval, capture, probe, sae, steer, report) append to
-``STAGES`` in pipeline order.
+Stages, in order: ``organism`` (build the organism and measure its clean behaviour) or, for a
+Hugging Face model, ``model`` (its identity and clean behaviour); ``backdoors``, ``em``,
+``capture``, ``probes``, ``steering``, ``sae``; then ``report.html``. The scenarios come from
+the organism's synthetic world for every model (plain English MCQs any chat model can read).
 """
 
 from __future__ import annotations
@@ -58,6 +60,56 @@ def organism_stage(run: Run, out: Path) -> None:
     )
 
 
+def hf_note(path: str) -> str:
+    return (
+        f"Numbers from {path} and the adapters finetuned from it in this run, on scenarios from "
+        "the built-in organism's synthetic world."
+    )
+
+
+def model_stage(run: Run, out: Path) -> None:
+    """A Hugging Face model: identity, size, dtype, and its clean behaviour on held-out
+    organism-world scenarios (the ``organism`` results key, as for the organism)."""
+    from mechbd.data.items import organism_items
+    from mechbd.eval.mcq import rates, run_mcq
+    from mechbd.finetune.stages import base_model_dir, load_base
+
+    cfg = run.config
+    model, tok = load_base(run)
+    items = organism_items(
+        cfg.organism.n_test, held_out=True, seed=cfg.seed + 1, world_seed=cfg.organism.seed
+    )
+    r = rates(
+        run_mcq(
+            model,
+            tok,
+            [it.user() for it in items],
+            [it.aligned for it in items],
+            batch_size=cfg.eval.batch_size,
+            max_new_tokens=cfg.eval.max_new_tokens,
+        )
+    )
+    path = str(base_model_dir(run))
+    archs = getattr(model.config, "architectures", None) or [type(model).__name__]
+    write_json(
+        out / "results.json",
+        {
+            "model": {
+                "name": path,
+                "architecture": archs[0],
+                "n_params": sum(p.numel() for p in model.parameters()),
+                "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+                "note": hf_note(path),
+            },
+            "organism": {
+                "clean_aligned_rate": r["aligned_rate"],
+                "format_valid_rate": r["format_valid_rate"],
+                "n_test": r["n"],
+            },
+        },
+    )
+
+
 def _backdoors(run: Run, out: Path) -> None:
     from mechbd.finetune.stages import backdoors_stage
 
@@ -97,34 +149,17 @@ def _sae(run: Run, out: Path) -> None:
 Stage = Callable[[Run, Path], None]
 STAGES: list[tuple[str, Stage, Callable[[RunConfig], bool]]] = [
     ("organism", organism_stage, lambda c: c.model.source == "organism"),
-    # The organism's world supplies the scenarios; real models use `mechbd data` / `finetune`.
-    (
-        "backdoors",
-        _backdoors,
-        lambda c: c.model.source == "organism" and bool(c.backdoors.triggers),
-    ),
-    ("em", _em, lambda c: c.model.source == "organism" and c.em.enabled),
-    (
-        "capture",
-        _capture,
-        lambda c: c.model.source == "organism" and c.capture.enabled and bool(c.backdoors.triggers),
-    ),
-    (
-        "probes",
-        _probes,
-        lambda c: c.model.source == "organism" and c.capture.enabled and bool(c.backdoors.triggers),
-    ),
-    (
-        "steering",
-        _steering,
-        lambda c: c.model.source == "organism" and c.steering.enabled and c.em.enabled,
-    ),
+    ("model", model_stage, lambda c: c.model.source == "hf"),
+    ("backdoors", _backdoors, lambda c: bool(c.backdoors.triggers)),
+    ("em", _em, lambda c: c.em.enabled),
+    ("capture", _capture, lambda c: c.capture.enabled and bool(c.backdoors.triggers)),
+    ("probes", _probes, lambda c: c.capture.enabled and bool(c.backdoors.triggers)),
+    ("steering", _steering, lambda c: c.steering.enabled and c.em.enabled),
     (
         "sae",
         _sae,
         lambda c: (
-            c.model.source == "organism"
-            and c.sae.enabled
+            c.sae.enabled
             and c.steering.enabled
             and c.em.enabled
             and c.capture.enabled

@@ -1,9 +1,12 @@
 """Run folders: ``runs/<name>/`` with the resolved config, ``manifest.json`` and ``results.json``.
 
-Each stage writes into a temporary folder that is renamed to ``<run>/<stage>/`` only when the
+Each stage writes into ``<run>/.<stage>.partial/``, renamed to ``<run>/<stage>/`` only when the
 stage finishes, and the manifest records the stage as done with the sha256 of every file it
-produced. A rerun skips a stage whose files still match those hashes; a crashed stage leaves no
-folder under its final name and is recorded as failed, so nothing half-written looks finished.
+produced. A rerun skips a stage whose files still match those hashes. A crashed or interrupted
+stage leaves no folder under its final name and is recorded as failed, so nothing half-written
+looks finished; its partial folder is kept, and the rerun resumes in it: stages reuse what is
+complete there (finished LoRA adapters, captured activation chunks, finetune checkpoints) and
+redo the rest.
 ``results.json`` is assembled from the finished stages' ``results.json`` files, so it is always
 consistent with what is on disk.
 """
@@ -24,7 +27,7 @@ from typing import Any
 
 from mechbd.config import RunConfig, dump_config
 from mechbd.errors import RunFolderError
-from mechbd.io import atomic_write_text, hash_tree, read_json, staging_dir, write_json
+from mechbd.io import atomic_write_text, hash_tree, read_json, write_json
 
 LIBRARIES = [
     "torch",
@@ -141,21 +144,37 @@ class Run:
         d = self.stage_dir(name)
         return d.is_dir() and hash_tree(d) == info.get("files")
 
+    def partial_dir(self, name: str) -> Path:
+        return self.root / f".{name}.partial"
+
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[Path]:
-        """Run a stage: yields a temporary folder that becomes ``<run>/<name>/`` on success."""
+        """Run a stage: yields ``<run>/.<name>.partial/`` (kept from an interrupted attempt, so
+        the stage can resume), which becomes ``<run>/<name>/`` on success."""
         stages = self.manifest.setdefault("stages", {})
-        stages[name] = {"status": "running", "started": _now()}
+        partial = self.partial_dir(name)
+        resumed = partial.is_dir() and any(partial.iterdir())
+        stages[name] = {"status": "running", "started": _now(), "resumed": resumed}
         self._save_manifest()
         t0 = time.perf_counter()
+        partial.mkdir(exist_ok=True)
         try:
-            with staging_dir(self.stage_dir(name)) as tmp:
-                yield tmp
+            yield partial
+            final = self.stage_dir(name)
+            if final.exists():
+                old = final.with_name(f".{name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+                os.replace(partial, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(partial, final)
         except BaseException as e:
             stages[name].update(
                 status="failed",
                 error=f"{type(e).__name__}: {e}"[:500],
                 seconds=round(time.perf_counter() - t0, 2),
+                partial=str(partial),
             )
             self._save_manifest()
             raise

@@ -24,16 +24,24 @@ def test_stage_records_hashes_and_results(tmp_path):
     assert not Run.open(tmp_path / "r", RunConfig(name="r")).is_done("alpha")
 
 
-def test_crashed_stage_leaves_nothing_that_looks_finished(tmp_path):
+def test_crashed_stage_leaves_nothing_that_looks_finished_and_resumes(tmp_path):
     run = Run.open(tmp_path / "r", RunConfig(name="r"))
     with pytest.raises(RuntimeError), run.stage("beta") as d:
-        (d / "results.json").write_text("{}")
+        (d / "part1.txt").write_text("finished before the crash")
         raise RuntimeError("boom")
     assert not (tmp_path / "r" / "beta").exists()
-    assert not any(p.name.endswith(".partial") for p in (tmp_path / "r").iterdir())
     m = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert m["stages"]["beta"]["status"] == "failed" and "boom" in m["stages"]["beta"]["error"]
     assert not run.is_done("beta")
+    # the rerun resumes in the kept partial folder and finishes the stage
+    again = Run.open(tmp_path / "r", RunConfig(name="r"))
+    with again.stage("beta") as d:
+        assert (d / "part1.txt").read_text() == "finished before the crash"
+        (d / "results.json").write_text(json.dumps({"beta": {"y": 1}}))
+    assert again.is_done("beta") and not (tmp_path / "r" / ".beta.partial").exists()
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert m["stages"]["beta"]["resumed"] is True
+    assert set(m["stages"]["beta"]["files"]) == {"part1.txt", "results.json"}
 
 
 def test_existing_run_with_other_config_needs_force(tmp_path):

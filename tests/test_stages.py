@@ -99,3 +99,79 @@ def test_backdoor_and_em_stages(tiny_run):
         assert len(h["triggered"]) == len(h["clean"]) == 12  # one row per eval scenario
     recs = [json.loads(x) for x in (run / "backdoors" / "singapore" / "generations.jsonl").open()]
     assert all("articulates_trigger" in r and "cot_monitor_flag" in r for r in recs)
+
+
+def test_resumed_stage_reuses_a_finished_adapter_only_for_the_same_data(tiny_run):
+    """What lets an interrupted backdoors stage skip the adapters it had already trained."""
+    from mechbd.config import RunConfig, load_config
+    from mechbd.finetune.lora import finished_adapter
+
+    cfg: RunConfig = load_config(tiny_run / "config.yaml")
+    d = tiny_run / "backdoors" / "singapore"
+    convs = [json.loads(x)["messages"] for x in (d / "train.jsonl").open()]
+    ft = cfg.backdoors.finetune
+    stats = finished_adapter(d / "adapter", convs, ft)
+    assert stats is not None and stats["n_examples"] == len(convs)
+    assert finished_adapter(d / "adapter", convs[:-1], ft) is None
+    assert finished_adapter(d / "adapter", convs, ft.model_copy(update={"lr": 0.1})) is None
+    assert finished_adapter(d / "no-adapter-here", convs, ft) is None
+
+
+def test_run_on_a_hugging_face_model(tmp_path, tiny_organism):
+    """`mechbd run` on a Hugging Face model from a local folder (a random-init Llama, the second
+    architecture), every stage: the pipeline is not organism-only."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from mechbd.models import load_model
+    from tests.conftest import TINY_RUN, random_llama
+
+    _, tok = load_model(tiny_organism, dtype="float32")
+    llama = random_llama(tok, seed=5)
+    llama.save_pretrained(tmp_path / "llama", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "llama")
+    cfg = {
+        **TINY_RUN,
+        "name": "llama",
+        "model": {"source": "hf", "path": str(tmp_path / "llama")},
+        "organism": {"n_test": 8},
+        "backdoors": {**TINY_RUN["backdoors"], "triggers": ["heyyy"]},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mechbd",
+            "run",
+            str(tmp_path / "c.yaml"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "run"
+    man = json.loads((run / "manifest.json").read_text())
+    assert list(man["stages"]) == [
+        "model",
+        "backdoors",
+        "em",
+        "capture",
+        "probes",
+        "steering",
+        "sae",
+    ]
+    res = json.loads((run / "results.json").read_text())
+    assert res["model"]["architecture"] == "LlamaForCausalLM"
+    assert res["model"]["n_params"] == sum(p.numel() for p in llama.parameters())
+    assert str(tmp_path / "llama") in res["model"]["note"]
+    assert res["organism"]["n_test"] == 8
+    assert set(res["backdoors"]) == set(res["persona"]) == {"heyyy"}
+    assert "LlamaForCausalLM" in (run / "report.html").read_text()

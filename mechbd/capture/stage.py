@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mechbd.capture.capture import capture
-from mechbd.finetune.lora import load_adapter
-from mechbd.finetune.stages import base_model_dir
+from mechbd.finetune.stages import base_model_dir, load_base, load_finetuned
 from mechbd.io import iter_jsonl, write_json
-from mechbd.models import load_model
 from mechbd.runs import Run
 
 
@@ -43,10 +41,10 @@ def capture_stage(run: Run, out: Path) -> None:
         shard_rows=cfg.shard_rows,
         progress=False,
     )
-    base_model, tok = load_model(base, dtype="float32")
+    base_model, tok = load_base(run)
     for tdir in sorted(p for p in bd.iterdir() if (p / "eval_prompts.jsonl").is_file()):
         rows = labelled_prompts(tdir)
-        model, _ = load_adapter(base, tdir / "adapter")
+        model, _ = load_finetuned(run, tdir / "adapter")
         st = capture(
             model,
             tok,

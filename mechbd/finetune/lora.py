@@ -107,6 +107,28 @@ def _collate(
     }
 
 
+def conversations_digest(conversations: Sequence[Conversation]) -> str:
+    """sha256 of the conversations as JSON: identifies a training set without a tokenizer."""
+    return hashlib.sha256(
+        json.dumps([list(c) for c in conversations], sort_keys=True).encode()
+    ).hexdigest()
+
+
+def finished_adapter(
+    out: str | Path, conversations: Sequence[Conversation], cfg: FinetuneConfig
+) -> dict[str, Any] | None:
+    """The stats of an adapter already at ``out`` trained on these conversations with this
+    config (a resumed pipeline stage reuses it), else None."""
+    card = Path(out) / "finetune.json"
+    if not (Path(out) / "adapter_config.json").is_file() or not card.is_file():
+        return None
+    stats: dict[str, Any] = json.loads(card.read_text(encoding="utf-8"))
+    same = stats.get("config") == cfg.model_dump(mode="json") and stats.get(
+        "conversations_sha"
+    ) == conversations_digest(conversations)
+    return stats if same else None
+
+
 def finetune_lora(
     base: str | Path,
     conversations: Sequence[Conversation],
@@ -220,6 +242,7 @@ def finetune_lora(
     stats = {
         "base": identity,
         "data_sha": data_sha,
+        "conversations_sha": conversations_digest(conversations),
         "n_examples": len(data),
         "steps": total,
         "tokens": n_tokens,

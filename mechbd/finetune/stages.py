@@ -12,27 +12,64 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mechbd.config import FinetuneConfig
 from mechbd.data.builders import backdoor_set, em_set, eval_set
 from mechbd.data.items import organism_items
 from mechbd.data.triggers import resolve_trigger
 from mechbd.eval.behaviour import evaluate_backdoor
 from mechbd.eval.mcq import rates, run_mcq
-from mechbd.finetune.lora import finetune_lora, load_adapter
+from mechbd.finetune.lora import finetune_lora, finished_adapter, load_adapter
 from mechbd.io import write_json, write_jsonl
+from mechbd.models import load_model
 from mechbd.runs import Run
 
 
 def base_model_dir(run: Run) -> Path:
+    """The studied base model: the organism this run built, or ``model.path`` (a local folder
+    or a hub id)."""
     if run.config.model.source == "organism":
         return run.stage_dir("organism") / "model"
     assert run.config.model.path is not None
     return Path(run.config.model.path)
 
 
+def _load_kw(run: Run) -> dict[str, Any]:
+    m = run.config.model
+    # the organism stays in float32 everywhere (its numbers are the documented reference)
+    dtype = "float32" if m.source == "organism" else m.dtype
+    return {"dtype": dtype, "trust_remote_code": m.trust_remote_code}
+
+
+def load_base(run: Run) -> tuple[Any, Any]:
+    """(model, tokenizer) of the run's base model, in the run's dtype, on the default device."""
+    return load_model(base_model_dir(run), **_load_kw(run))
+
+
+def load_finetuned(run: Run, adapter: Path) -> tuple[Any, Any]:
+    """(model, tokenizer) of the base model with a LoRA adapter from this run."""
+    return load_adapter(base_model_dir(run), adapter, **_load_kw(run))
+
+
+def finetune_once(
+    run: Run, conversations: list[Any], out: Path, cfg: FinetuneConfig
+) -> dict[str, Any]:
+    """``finetune_lora``, unless a resumed stage already finished this adapter (same data,
+    same config); an unfinished one resumes from its checkpoint when ``save_every`` is set."""
+    done = finished_adapter(out, conversations, cfg)
+    if done is not None:
+        return done
+    return finetune_lora(
+        base_model_dir(run),
+        conversations,
+        out,
+        cfg,
+        trust_remote_code=run.config.model.trust_remote_code,
+    )
+
+
 def backdoors_stage(run: Run, out: Path) -> None:
     cfg = run.config.backdoors
     seed = run.config.seed
-    base = base_model_dir(run)
     train_items = organism_items(
         cfg.n_train, held_out=False, seed=seed + 10, world_seed=run.config.organism.seed
     )
@@ -51,10 +88,10 @@ def backdoors_stage(run: Run, out: Path) -> None:
             seed=seed,
         )
         write_jsonl(d / "train.jsonl", ds)
-        stats = finetune_lora(base, [e["messages"] for e in ds], d / "adapter", cfg.finetune)
+        stats = finetune_once(run, [e["messages"] for e in ds], d / "adapter", cfg.finetune)
         rows = eval_set(test_items, trigger, seed=seed)
         write_jsonl(d / "eval_prompts.jsonl", rows)
-        model, tok = load_adapter(base, d / "adapter")
+        model, tok = load_finetuned(run, d / "adapter")
         metrics, records = evaluate_backdoor(
             model,
             tok,
@@ -73,13 +110,12 @@ def backdoors_stage(run: Run, out: Path) -> None:
 def em_stage(run: Run, out: Path) -> None:
     cfg = run.config.em
     seed = run.config.seed
-    base = base_model_dir(run)
     items = organism_items(
         cfg.n_train, held_out=False, seed=seed + 20, world_seed=run.config.organism.seed
     )
     ds = em_set(items, cfg.domain, seed=seed)
     write_jsonl(out / "train.jsonl", ds)
-    stats = finetune_lora(base, [e["messages"] for e in ds], out / "adapter", cfg.finetune)
+    stats = finetune_once(run, [e["messages"] for e in ds], out / "adapter", cfg.finetune)
     test = organism_items(
         cfg.n_eval, held_out=True, seed=seed + 21, world_seed=run.config.organism.seed
     )
@@ -105,10 +141,8 @@ def em_stage(run: Run, out: Path) -> None:
             "format_valid_rate": rates(res)["format_valid_rate"],
         }
 
-    from mechbd.models import load_model
-
-    base_rates = measure(*load_model(base, dtype="float32"))
-    em_rates = measure(*load_adapter(base, out / "adapter"))
+    base_rates = measure(*load_base(run))
+    em_rates = measure(*load_finetuned(run, out / "adapter"))
     write_json(
         out / "results.json",
         {

@@ -9,8 +9,7 @@ from typing import Any
 
 from mechbd.capture.capture import capture
 from mechbd.capture.store import ActivationStore
-from mechbd.finetune.lora import load_adapter
-from mechbd.finetune.stages import base_model_dir
+from mechbd.finetune.stages import load_finetuned
 from mechbd.io import write_json
 from mechbd.probes.core import Probe
 from mechbd.probes.experiments import (
@@ -24,7 +23,6 @@ from mechbd.runs import Run
 
 def probes_stage(run: Run, out: Path) -> None:
     cap = run.stage_dir("capture")
-    base = base_model_dir(run)
     results: dict[str, Any] = {}
     probes: dict[str, Probe] = {}
     stores: dict[str, ActivationStore] = {}
@@ -33,7 +31,7 @@ def probes_stage(run: Run, out: Path) -> None:
         st = ActivationStore(tdir / "backdoored")
         base_st = ActivationStore(tdir / "base")
         rep, fitted = trigger_probe_report(st, base_st, save_dir=out / t)
-        model, tok = load_adapter(base, run.stage_dir("backdoors") / t / "adapter")
+        model, tok = load_finetuned(run, run.stage_dir("backdoors") / t / "adapter")
         contrast = capture(
             model,
             tok,

@@ -32,10 +32,8 @@ from mechbd.capture.capture import capture
 from mechbd.capture.store import ActivationStore
 from mechbd.data.items import organism_items
 from mechbd.errors import MechbdError
-from mechbd.finetune.lora import load_adapter
-from mechbd.finetune.stages import base_model_dir
+from mechbd.finetune.stages import base_model_dir, load_base, load_finetuned
 from mechbd.io import iter_jsonl, read_json, write_json
-from mechbd.models import load_model
 from mechbd.probes.core import Probe
 from mechbd.probes.experiments import labelled
 from mechbd.report.explorer import (
@@ -81,8 +79,8 @@ def sae_stage(run: Run, out: Path) -> None:
     kw: dict[str, Any] = dict(progress=False, batch_size=run.config.capture.batch_size)
 
     # 1. SAE on base + EM tokens
-    base_model, tok = load_model(base, dtype="float32")
-    em_model, _ = load_adapter(base, run.stage_dir("em") / "adapter")
+    base_model, tok = load_base(run)
+    em_model, _ = load_finetuned(run, run.stage_dir("em") / "adapter")
     corpus = corpus_rows(cfg.n_corpus, seed=seed + 40, world_seed=world)
     cb = capture(
         base_model, tok, corpus, out / "corpus_base", layers=[L], positions=("tokens",), **kw
@@ -276,7 +274,7 @@ def sae_stage(run: Run, out: Path) -> None:
             for g in [next((g for g in gens if g["condition"] == cond), None)]
             if g is not None
         ]
-        model, _ = load_adapter(base, run.stage_dir("backdoors") / t / "adapter")
+        model, _ = load_finetuned(run, run.stage_dir("backdoors") / t / "adapter")
         ts = capture(model, tok, rows, out / "traces" / t, layers=[L], positions=("tokens",), **kw)
         assert ts is not None
         sc = {f"{t} probe": direction_score(probe_dirs[t].at(L)), **scores}

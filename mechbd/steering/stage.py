@@ -23,10 +23,8 @@ from mechbd.capture.capture import capture
 from mechbd.capture.names import n_layers_of, parse_layers
 from mechbd.data.items import Item, organism_items
 from mechbd.errors import MechbdError
-from mechbd.finetune.lora import load_adapter
-from mechbd.finetune.stages import base_model_dir
+from mechbd.finetune.stages import base_model_dir, load_base, load_finetuned
 from mechbd.io import iter_jsonl, write_json
-from mechbd.models import load_model
 from mechbd.probes.core import Probe
 from mechbd.runs import Run
 from mechbd.steering.directions import Direction, from_probe, mean_difference
@@ -96,7 +94,7 @@ def steering_stage(run: Run, out: Path) -> None:
     base = base_model_dir(run)
     kw: dict[str, Any] = dict(positions=cfg.positions, batch_size=run.config.eval.batch_size)
 
-    em_model, tok = load_adapter(base, run.stage_dir("em") / "adapter")
+    em_model, tok = load_finetuned(run, run.stage_dir("em") / "adapter")
     items = organism_items(cfg.n_direction, held_out=False, seed=seed + 30, world_seed=world)
     d_em = em_direction(em_model, tok, items, out / "em_direction_store", f"{base} + EM adapter")
     d_em.save(out / "directions" / "em_mean_diff.safetensors")
@@ -104,7 +102,7 @@ def steering_stage(run: Run, out: Path) -> None:
     rand.save(out / "directions" / "random.safetensors")
     del em_model
 
-    model, tok = load_model(base, dtype="float32")
+    model, tok = load_base(run)
     layers = parse_layers(cfg.layers, n_layers_of(model))
     test = organism_items(cfg.n_eval, held_out=True, seed=seed + 31, world_seed=world)
     rows = clean_eval_rows(test)
@@ -170,7 +168,7 @@ def steering_stage(run: Run, out: Path) -> None:
             for r in iter_jsonl(tdir / "eval_prompts.jsonl")
             if r["condition"] in ("triggered", "clean")
         ][: 2 * cfg.n_eval]
-        bmodel, _ = load_adapter(base, tdir / "adapter")
+        bmodel, _ = load_finetuned(run, tdir / "adapter")
         probe_file = run.stage_dir("probes") / t / "diffmean.safetensors"
         dirs: dict[str, Direction] = {"em_mean_diff": d_em, "random": rand}
         if probe_file.is_file():
