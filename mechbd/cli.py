@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -213,7 +214,10 @@ def finetune(
     ] = None,
     trust_remote_code: bool = False,
 ) -> None:
-    """LoRA-finetune BASE on DATA (loss on assistant tokens only); resumable; writes a PEFT adapter."""
+    """LoRA-finetune BASE on DATA (loss on assistant tokens only); resumable; writes a PEFT adapter.
+
+    Several GPUs (or CPU processes): `accelerate launch --num_processes N -m mechbd finetune ...`
+    (or torchrun); batch_size is per process."""
     from mechbd.config import FinetuneConfig, validate_config
     from mechbd.data.items import load_chat_jsonl
     from mechbd.finetune.lora import finetune_lora
@@ -232,9 +236,10 @@ def finetune(
     stats = finetune_lora(
         base, load_chat_jsonl(data), out_dir, cfg, trust_remote_code=trust_remote_code
     )
-    out.print(
-        f"adapter -> {out_dir} ({stats['steps']} steps, {stats['seconds']} s, final loss {stats['final_loss']:.4f})"
-    )
+    if os.environ.get("RANK", "0") == "0":
+        out.print(
+            f"adapter -> {out_dir} ({stats['steps']} steps, {stats['seconds']} s, final loss {stats['final_loss']:.4f})"
+        )
 
 
 @app.command("capture")

@@ -64,3 +64,36 @@ def test_configs_are_frozen():
 def test_organism_yaml_is_the_demo_config():
     # `mechbd demo` must be `mechbd run configs/organism.yaml`.
     assert load_config(REPO / "configs" / "organism.yaml") == RunConfig(name="demo")
+
+
+# layer counts of the Qwen3 models the configs name (their config.json on the hub)
+QWEN3_LAYERS = {
+    "Qwen/Qwen3-0.6B": 28,
+    "Qwen/Qwen3-1.7B": 28,
+    "Qwen/Qwen3-4B": 36,
+    "Qwen/Qwen3-8B": 36,
+    "Qwen/Qwen3-14B": 40,
+    "Qwen/Qwen3-32B": 64,
+}
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "configs").glob("qwen3-*.yaml")), ids=lambda p: p.stem
+)
+def test_qwen3_configs_load_and_their_layers_exist(path):
+    from mechbd.capture.names import parse_layers
+
+    cfg = load_config(path)
+    assert cfg.name == path.stem and cfg.model.source == "hf"
+    n = QWEN3_LAYERS[cfg.model.path]
+    assert parse_layers(cfg.capture.layers, n) == list(range(n))
+    steer = parse_layers(cfg.steering.layers, n)
+    assert len(steer) == 5 and cfg.sae.layer in steer
+    ft = cfg.backdoors.finetune
+    assert (ft.rank, ft.alpha, ft.precision) == (32, 64, "bfloat16")  # the anchors' LoRA
+    assert ft.save_every > 0  # an interrupted finetune resumes from its checkpoint
+
+
+def test_there_is_a_config_for_every_qwen3_size():
+    names = {load_config(p).model.path for p in (REPO / "configs").glob("qwen3-*.yaml")}
+    assert names == set(QWEN3_LAYERS)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mechbd.capture import ActivationStore
 from mechbd.io import write_jsonl
@@ -99,3 +100,71 @@ def test_torchrun_resumes_a_partial_store_without_duplicates(tiny_organism, tmp_
     assert sorted(run_capture(tiny_organism, tmp_path / "p.jsonl", part, 2)) == [4, 5]
     assert tree(tmp_path / "single") == tree(part)
     assert not list((part / "chunks").glob(".*"))
+
+
+def _finetune(launch: list[str], base: Path, data: Path, out: Path, cfg: dict) -> dict:
+    import yaml
+
+    (out.parent / f"{out.name}.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [*launch, "-m", "mechbd", "finetune", str(base), str(data), "--out", str(out)]
+    cmd += ["--config", str(out.parent / f"{out.name}.yaml")]
+    env = os.environ.copy() | {"OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads((out / "finetune.json").read_text())
+
+
+@pytest.mark.slow
+def test_accelerate_two_process_finetune_equals_one_process_with_the_whole_batch(
+    tiny_organism, tmp_path
+):
+    """`accelerate launch --num_processes 2` (DDP over gloo on the CPU) with batch_size 2 per
+    process trains the same adapter as one process with batch_size 4: same data order, and each
+    rank's loss is weighted by its share of the target tokens. 7 examples and batch 4 make the
+    last micro-batch of each epoch uneven (3 rows over 2 ranks)."""
+    from safetensors.torch import load_file
+
+    from mechbd.data.builders import backdoor_set
+    from mechbd.data.items import organism_items
+    from mechbd.data.triggers import resolve_trigger
+
+    ds = backdoor_set(organism_items(7, held_out=False, seed=3), resolve_trigger("singapore"))
+    write_jsonl(tmp_path / "train.jsonl", ds)
+    common = dict(rank=2, alpha=4, lr=0.01, epochs=2.0, warmup_steps=1, lr_schedule="constant")
+    one = _finetune(
+        [sys.executable],
+        tiny_organism,
+        tmp_path / "train.jsonl",
+        tmp_path / "one",
+        {**common, "batch_size": 4},
+    )
+    accel = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--multi_gpu",  # without a GPU: 2 CPU processes over gloo
+    ]
+    two = _finetune(
+        accel,
+        tiny_organism,
+        tmp_path / "train.jsonl",
+        tmp_path / "two",
+        {**common, "batch_size": 2},
+    )
+    assert two["world_size"] == 2 and "world_size" not in one
+    assert two["steps"] == one["steps"] == 4 and two["tokens"] == one["tokens"]
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-4)
+    a = load_file(tmp_path / "one" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "two" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+    assert any(float(v.abs().max()) > 0 for k, v in a.items() if "lora_B" in k)  # it trained

@@ -12,9 +12,11 @@ that appears under its final name only when training has finished, plus ``finetu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -148,6 +150,10 @@ def finetune_lora(
         raise MechbdError("finetune: empty dataset (no conversations)")
     t0 = time.perf_counter()
     dtype = cfg.precision if cfg.precision != "auto" else "auto"
+    acc, world = _accelerator()
+    if acc is not None:
+        device = str(acc.device)
+        progress = progress and acc.is_main_process
     base_model, tok = load_model(
         base, dtype=dtype, device=device, trust_remote_code=trust_remote_code
     )
@@ -193,12 +199,17 @@ def finetune_lora(
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
     )
-    steps_per_epoch = math.ceil(len(data) / (cfg.batch_size * cfg.grad_accum))
+    # ``batch_size`` is per process: with N processes a micro-batch holds N x batch_size rows
+    # (the same order a single process with N x batch_size would use), split rank by rank
+    steps_per_epoch = math.ceil(len(data) / (cfg.batch_size * cfg.grad_accum * world))
     total = max(1, round(steps_per_epoch * cfg.epochs))
-    micro = _batches(len(data), cfg.batch_size, total * cfg.grad_accum, cfg.seed)
+    micro = _batches(len(data), cfg.batch_size * world, total * cfg.grad_accum, cfg.seed)
 
     ckpt = out.parent / f".{out.name}.ckpt"
     start, losses = _resume(ckpt, model, opt, identity, data_sha, cfg)
+    unwrapped = model
+    if acc is not None:
+        model, opt = acc.prepare(model, opt)
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -223,22 +234,48 @@ def finetune_lora(
         step_loss = 0.0
         for k in range(cfg.grad_accum):
             rows = [data[i] for i in micro[step * cfg.grad_accum + k]]
-            batch = _collate(rows, tok.pad_token_id, dev)
-            n_tokens += int(batch["attention_mask"].sum())
-            loss = model(**batch).loss / cfg.grad_accum
-            loss.backward()
-            step_loss += loss.item()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if acc is None:
+                batch = _collate(rows, tok.pad_token_id, dev)
+                n_tokens += int(batch["attention_mask"].sum())
+                loss = model(**batch).loss / cfg.grad_accum
+                loss.backward()
+                step_loss += loss.item()
+                continue
+            # Each rank's mean loss is reweighted by its share of the micro-batch's target
+            # tokens, so DDP's gradient average is the gradient of the whole micro-batch's mean
+            # loss: N processes train as one process with N x batch_size would.
+            mine = rows[acc.process_index :: world]
+            share = _n_targets(mine) / max(1, _n_targets(rows))
+            sync = contextlib.nullcontext() if k == cfg.grad_accum - 1 else acc.no_sync(model)
+            with sync:
+                if mine:
+                    batch = _collate(mine, tok.pad_token_id, dev)
+                    n_tokens += int(batch["attention_mask"].sum())
+                    part = model(**batch).loss * share / cfg.grad_accum
+                else:  # fewer rows than ranks in the last micro-batch: join the all-reduce
+                    part = sum(p.sum() for p in params) * 0.0
+                acc.backward(part * world)
+            step_loss += part.item()
+        if acc is None:
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+        else:
+            acc.clip_grad_norm_(params, 1.0)
+            step_loss = float(acc.reduce(torch.tensor(step_loss, device=dev), "sum"))
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(step_loss)
         bar.set_postfix(loss=f"{step_loss:.4f}")
         done = step + 1
         if cfg.save_every and done % cfg.save_every == 0 and done < total:
-            _save_checkpoint(ckpt, model, opt, done, losses, identity, data_sha, cfg)
+            if acc is None or acc.is_main_process:
+                _save_checkpoint(ckpt, unwrapped, opt, done, losses, identity, data_sha, cfg)
+            if acc is not None:
+                acc.wait_for_everyone()
         if max_steps is not None and done >= max_steps:
             return {"stopped_at": done}
     seconds = time.perf_counter() - t0
+    if acc is not None:
+        n_tokens = int(acc.reduce(torch.tensor(n_tokens, device=dev), "sum"))
     stats = {
         "base": identity,
         "data_sha": data_sha,
@@ -251,9 +288,20 @@ def finetune_lora(
         "losses": [round(x, 5) for x in losses],
         "config": cfg.model_dump(mode="json"),
     }
+    if acc is not None:
+        stats["world_size"] = world
+        # under FSDP the adapter weights are sharded: gather them (every rank takes part)
+        full = acc.get_state_dict(model) if str(acc.distributed_type).endswith("FSDP") else None
+        if not acc.is_main_process:
+            acc.wait_for_everyone()
+            return stats
+    model = unwrapped
     model.eval()
     with staging_dir(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if acc is not None and full is not None:
+            model.save_pretrained(tmp, state_dict=full, safe_serialization=True)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         write_json(tmp / "finetune.json", stats)
         if cfg.merge:
@@ -261,7 +309,26 @@ def finetune_lora(
             merged.save_pretrained(tmp / "merged", safe_serialization=True)
             tok.save_pretrained(tmp / "merged")
     shutil.rmtree(ckpt, ignore_errors=True)
+    if acc is not None:
+        acc.wait_for_everyone()
     return stats
+
+
+def _accelerator() -> tuple[Any, int]:
+    """An ``accelerate.Accelerator`` when launched as several processes (``accelerate launch``
+    or ``torchrun``: DDP, or FSDP from an accelerate config), else ``(None, 1)``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None, 1
+    from accelerate import Accelerator
+
+    # without a GPU, accelerate runs the processes on the CPU over gloo only when told so
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    return acc, acc.num_processes
+
+
+def _n_targets(rows: Sequence[tuple[list[int], list[int]]]) -> int:
+    """Target tokens of a micro-batch as the causal-LM loss counts them (labels shift by one)."""
+    return sum(sum(1 for y in labels[1:] if y != -100) for _, labels in rows)
 
 
 def _save_checkpoint(
