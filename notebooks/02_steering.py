@@ -45,7 +45,7 @@ print(f"layer {layer}: |EM direction| = {float(d_em.at(layer).norm()):.3f}")
 
 # %%
 rows = clean_eval_rows(organism_items(N_EVAL, held_out=True, seed=123))
-multipliers = [0.0, 2.0, 4.0, 8.0]
+multipliers = [0.0, 8.0, 16.0, 32.0]  # the steering stage sweeps 0-32 too
 curves = {}
 for name, d in (("EM direction", d_em), ("random (equal norm)", d_rand)):
     curves[name] = [
