@@ -121,6 +121,19 @@ def digest_of(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def replace_dir(src: Path, final: Path) -> None:
+    """Move the folder ``src`` to ``final``, replacing what is there (by renames: a reader sees
+    the old folder or the new one, never a mix)."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(src, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, final)
+
+
 @contextlib.contextmanager
 def staging_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary folder beside ``final``; on success it replaces ``final`` atomically.
@@ -133,14 +146,7 @@ def staging_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
         yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -27,7 +27,7 @@ from typing import Any
 
 from mechbd.config import RunConfig, dump_config
 from mechbd.errors import RunFolderError
-from mechbd.io import atomic_write_text, hash_tree, read_json, write_json
+from mechbd.io import atomic_write_text, hash_tree, read_json, replace_dir, write_json
 
 LIBRARIES = [
     "torch",
@@ -160,15 +160,7 @@ class Run:
         partial.mkdir(exist_ok=True)
         try:
             yield partial
-            final = self.stage_dir(name)
-            if final.exists():
-                old = final.with_name(f".{name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-                os.replace(partial, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(partial, final)
+            replace_dir(partial, self.stage_dir(name))
         except BaseException as e:
             stages[name].update(
                 status="failed",

@@ -94,15 +94,19 @@ TINY_RUN = {
 }
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every pipeline stage on the tiny organism via ``mechbd run``, once per session (the
-    stage, report and notebook tests read this run folder; they must not modify it)."""
-    root = tmp_path_factory.mktemp("tiny_run")
-    cfg = root / "config.yaml"
-    cfg.write_text(yaml.safe_dump(TINY_RUN))
+def mechbd_run(cfg: dict, root: Path) -> Path:
+    """``mechbd run`` on ``cfg`` (a config dict) into ``root/run`` in a subprocess."""
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
     r = subprocess.run(
-        [sys.executable, "-m", "mechbd", "run", str(cfg), "--out", str(root / "run")],
+        [
+            sys.executable,
+            "-m",
+            "mechbd",
+            "run",
+            str(root / "config.yaml"),
+            "--out",
+            str(root / "run"),
+        ],
         capture_output=True,
         text=True,
         env=os.environ.copy(),
@@ -110,3 +114,10 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return root / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every pipeline stage on the tiny organism via ``mechbd run``, once per session (the
+    stage, report and notebook tests read this run folder; they must not modify it)."""
+    return mechbd_run(TINY_RUN, tmp_path_factory.mktemp("tiny_run"))

@@ -3,6 +3,8 @@ session's tiny run folder (conftest ``tiny_run``)."""
 
 import json
 
+from mechbd.pipeline import STAGES
+
 
 def test_backdoor_and_em_stages(tiny_run):
     run = tiny_run
@@ -22,15 +24,7 @@ def test_backdoor_and_em_stages(tiny_run):
     for key in ("in_domain_misaligned_rate", "out_of_domain_misaligned_rate"):
         assert 0 <= em[key] <= 1 and 0 <= em["base_model"][key] <= 1
     man = json.loads((run / "manifest.json").read_text())
-    assert [s for s in man["stages"]] == [
-        "organism",
-        "backdoors",
-        "em",
-        "capture",
-        "probes",
-        "steering",
-        "sae",
-    ]
+    assert list(man["stages"]) == [n for n, *_ in STAGES if n != "model"]
     # capture: backdoored and base stores on the same prompts; probes: report with controls
     from mechbd.capture import ActivationStore
 
@@ -120,14 +114,8 @@ def test_resumed_stage_reuses_a_finished_adapter_only_for_the_same_data(tiny_run
 def test_run_on_a_hugging_face_model(tmp_path, tiny_organism):
     """`mechbd run` on a Hugging Face model from a local folder (a random-init Llama, the second
     architecture), every stage: the pipeline is not organism-only."""
-    import os
-    import subprocess
-    import sys
-
-    import yaml
-
     from mechbd.models import load_model
-    from tests.conftest import TINY_RUN, random_llama
+    from tests.conftest import TINY_RUN, mechbd_run, random_llama
 
     _, tok = load_model(tiny_organism, dtype="float32")
     llama = random_llama(tok, seed=5)
@@ -140,34 +128,9 @@ def test_run_on_a_hugging_face_model(tmp_path, tiny_organism):
         "organism": {"n_test": 8},
         "backdoors": {**TINY_RUN["backdoors"], "triggers": ["heyyy"]},
     }
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mechbd",
-            "run",
-            str(tmp_path / "c.yaml"),
-            "--out",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=900,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    run = tmp_path / "run"
+    run = mechbd_run(cfg, tmp_path)
     man = json.loads((run / "manifest.json").read_text())
-    assert list(man["stages"]) == [
-        "model",
-        "backdoors",
-        "em",
-        "capture",
-        "probes",
-        "steering",
-        "sae",
-    ]
+    assert list(man["stages"]) == [n for n, *_ in STAGES if n != "organism"]
     res = json.loads((run / "results.json").read_text())
     assert res["model"]["architecture"] == "LlamaForCausalLM"
     assert res["model"]["n_params"] == sum(p.numel() for p in llama.parameters())
