@@ -75,32 +75,29 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default="organism", choices=["organism", "qwen3-0.6b"])
-    ap.add_argument("--n", type=int, default=512)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--out", default="bench/results/capture.json")
-    a = ap.parse_args()
-    model, tok = load(a.model)
-    rows = prompts(a.n, tok)
-    from mechbd.capture.prompts import encode_rows
-
-    enc = encode_rows(tok, rows)
-    dev = next(model.parameters()).device
-    batches = []
-    for i in range(0, len(enc), a.batch):
-        b = enc[i : i + a.batch]
+def padded_batches(enc, tok, batch: int, dev) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Left-padded (ids, mask) batches of encoded rows, on ``dev``."""
+    out = []
+    for i in range(0, len(enc), batch):
+        b = enc[i : i + batch]
         w = max(len(r.ids) for r in b)
         ids = torch.full((len(b), w), tok.pad_token_id or 0)
         mask = torch.zeros((len(b), w), dtype=torch.long)
         for j, r in enumerate(b):
             ids[j, w - len(r.ids) :] = torch.tensor(r.ids)
             mask[j, w - len(r.ids) :] = 1
-        batches.append((ids.to(dev), mask.to(dev)))
+        out.append((ids.to(dev), mask.to(dev)))
+    return out
+
+
+def backend_timings(model, tok, enc, batch: int, tmp: Path) -> list[dict]:
+    """One run, one model, one batch size: a bare forward pass over ``enc``, mechbd capture of
+    every layer's residual stream (last position) with each backend, TransformerLens
+    ``run_with_cache`` and a raw nnsight trace; seconds, tokens/s and ratio to bare."""
+    dev = next(model.parameters()).device
+    batches = padded_batches(enc, tok, batch, dev)
     n_layers = model.config.num_hidden_layers
     n_tokens = sum(len(r.ids) for r in enc)
-    tmp = Path(tempfile.mkdtemp(prefix="mechbd-bench-"))
 
     def bare() -> None:
         with torch.inference_mode():
@@ -116,7 +113,7 @@ def main() -> None:
                 enc,
                 tmp / backend,
                 layers="all",
-                batch_size=a.batch,
+                batch_size=batch,
                 backend=backend,
                 shard_rows=4096,
                 progress=False,
@@ -172,6 +169,26 @@ def main() -> None:
                 "x_bare": round(t / t_bare, 2),
             }
         )
+    return rows_out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="organism", choices=["organism", "qwen3-0.6b"])
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--out", default="bench/results/capture.json")
+    a = ap.parse_args()
+    model, tok = load(a.model)
+    rows = prompts(a.n, tok)
+    from mechbd.capture.prompts import encode_rows
+
+    enc = encode_rows(tok, rows)
+    dev = next(model.parameters()).device
+    n_layers = model.config.num_hidden_layers
+    n_tokens = sum(len(r.ids) for r in enc)
+    tmp = Path(tempfile.mkdtemp(prefix="mechbd-bench-"))
+    rows_out = backend_timings(model, tok, enc, a.batch, tmp)
     mem = []
     for n in (a.n // 4, a.n, a.n * 4):
         big = (enc * (n // len(enc) + 1))[:n]

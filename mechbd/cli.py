@@ -268,7 +268,12 @@ def capture_cmd(
     padding_side: Annotated[str, typer.Option(help="left or right")] = "left",
     shard_rows: Annotated[int, typer.Option(help="rows per shard (memory bound)")] = 256,
     thinking: Annotated[bool, typer.Option(help="render prompts with thinking enabled")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: best)")] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="cpu, cuda, cuda:1, or auto (shard a model larger than one GPU over all GPUs); default: best"
+        ),
+    ] = None,
     trust_remote_code: bool = False,
 ) -> None:
     """Capture activations of MODEL on PROMPTS into an activation store (resumable)."""
@@ -404,7 +409,12 @@ def steer_cmd(
         bool, typer.Option(help="add an equal-norm random direction per direction")
     ] = True,
     batch_size: int = 64,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: best)")] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="cpu, cuda, cuda:1, or auto (shard a model larger than one GPU over all GPUs); default: best"
+        ),
+    ] = None,
     out_file: Annotated[Path | None, typer.Option("--out", help="write records as JSON")] = None,
     trust_remote_code: bool = False,
 ) -> None:

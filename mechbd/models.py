@@ -42,7 +42,15 @@ def load_model(
     device: str | None = None,
     trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) from a local folder or hub id, in eval mode, left-padding tokenizer.
+
+    ``device="auto"`` hands placement to accelerate (``device_map="auto"``): a model larger
+    than one GPU is sharded across all visible GPUs (then CPU memory); capture and steering
+    hooks work unchanged, since every activation stays on its layer's device until read."""
     device = device or default_device()
+    sharded = device == "auto"
+    if sharded:
+        device = default_device()
     local = Path(path)
     if local.exists() and not (local / "config.json").is_file():
         raise MechbdError(f"{local}: not a Hugging Face model folder (no config.json)")
@@ -53,10 +61,12 @@ def load_model(
             dtype=resolve_dtype(dtype, device),
             trust_remote_code=trust_remote_code,
             attn_implementation="sdpa",
+            **({"device_map": "auto"} if sharded else {}),
         )
     except OSError as e:
         raise MechbdError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
-    model.to(device)  # type: ignore[arg-type]
+    if not sharded:
+        model.to(device)  # type: ignore[arg-type]
     model.eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

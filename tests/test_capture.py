@@ -316,3 +316,28 @@ def test_bad_inputs(models, tmp_path):
     with pytest.raises(MechbdError, match=r"p.jsonl: line 1: a prompt row needs"):
         read_prompt_file(bad)
     shutil.rmtree(tmp_path / "x", ignore_errors=True)
+
+
+def test_device_map_auto_loads_and_captures_the_same(tiny_organism, tmp_path, monkeypatch):
+    """`device="auto"` (accelerate's device_map, for models larger than one GPU) gives the same
+    activations as a plain load; on this CPU-only machine everything lands on the CPU."""
+    from transformers import AutoModelForCausalLM
+
+    plain, tok = load_model(tiny_organism, dtype="float32", device="cpu")
+    seen = []
+    real = AutoModelForCausalLM.from_pretrained
+
+    def spy(*a, **kw):
+        seen.append(kw.get("device_map"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    mapped, _ = load_model(tiny_organism, dtype="float32", device="auto")
+    assert seen == ["auto"]  # placement handed to accelerate
+    assert {p.device.type for p in mapped.parameters()} == {"cpu"}
+    rows = prompt_rows()[:6]
+    a = capture(plain, tok, rows, tmp_path / "a", positions=("last", "tokens"), progress=False)
+    b = capture(mapped, tok, rows, tmp_path / "b", positions=("last", "tokens"), progress=False)
+    for layer in a.layers:
+        assert torch.equal(a.get(layer, "last"), b.get(layer, "last"))
+        assert torch.equal(a.tokens(layer)[0], b.tokens(layer)[0])

@@ -64,3 +64,12 @@ def test_demo_end_to_end(tmp_path):
     assert -1 <= sae["max_cos_probe_vs_latent"]["singapore"] <= 1
     for key in ("toxic_persona_shift", "user_wants_harm_shift"):
         assert isinstance(res["persona"]["singapore"][key], float)
+    # issue 8: the demo's own report renders in headless Chromium, explorers included
+    from tests.browser import chromium, render
+
+    page = (out / "report.html").read_text()
+    assert "mechbd-organism" in page and "Latent dashboards" in page
+    if chromium() is not None:
+        r = render(out / "report.html", tmp_path)
+        assert r["figs"] >= 12 and r["ok"] == r["figs"], r["errtext"]
+        assert r["errors"] == 0 and r["contrast"] > 100

@@ -220,6 +220,7 @@ def finetune_lora(
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     n_tokens = 0
+    t_train = time.perf_counter()
     bar = tqdm(
         range(start, total),
         desc="finetune",
@@ -274,6 +275,7 @@ def finetune_lora(
         if max_steps is not None and done >= max_steps:
             return {"stopped_at": done}
     seconds = time.perf_counter() - t0
+    train_seconds = time.perf_counter() - t_train
     if acc is not None:
         n_tokens = int(acc.reduce(torch.tensor(n_tokens, device=dev), "sum"))
     stats = {
@@ -284,6 +286,7 @@ def finetune_lora(
         "steps": total,
         "tokens": n_tokens,
         "seconds": round(seconds, 2),
+        "train_seconds": round(train_seconds, 3),  # the optimisation loop only (this run's steps)
         "final_loss": sum(losses[-5:]) / len(losses[-5:]),
         "losses": [round(x, 5) for x in losses],
         "config": cfg.model_dump(mode="json"),
