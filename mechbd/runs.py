@@ -147,6 +147,15 @@ class Run:
     def partial_dir(self, name: str) -> Path:
         return self.root / f".{name}.partial"
 
+    def final_path(self, path: str | Path) -> str:
+        """Where ``path``, written inside a running stage's partial folder, will be once the
+        stage finishes (for provenance records that outlive the stage)."""
+        path = Path(path)
+        for name in self.manifest.get("stages", {}):
+            if path.is_relative_to(self.partial_dir(name)):
+                return str(self.stage_dir(name) / path.relative_to(self.partial_dir(name)))
+        return str(path)
+
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[Path]:
         """Run a stage: yields ``<run>/.<name>.partial/`` (kept from an interrupted attempt, so

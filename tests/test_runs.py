@@ -37,6 +37,7 @@ def test_crashed_stage_leaves_nothing_that_looks_finished_and_resumes(tmp_path):
     again = Run.open(tmp_path / "r", RunConfig(name="r"))
     with again.stage("beta") as d:
         assert (d / "part1.txt").read_text() == "finished before the crash"
+        assert again.final_path(d / "x" / "y") == str(tmp_path / "r" / "beta" / "x" / "y")
         (d / "results.json").write_text(json.dumps({"beta": {"y": 1}}))
     assert again.is_done("beta") and not (tmp_path / "r" / ".beta.partial").exists()
     m = json.loads((tmp_path / "r" / "manifest.json").read_text())

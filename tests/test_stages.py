@@ -49,6 +49,7 @@ def test_backdoor_and_em_stages(tiny_run):
     d_em = Direction.load(run / "steering" / "directions" / "em_mean_diff.safetensors")
     rnd = Direction.load(run / "steering" / "directions" / "random.safetensors")
     assert {str(k): v for k, v in d_em.norms().items()} == st["em_direction"]["norms"]
+    assert d_em.provenance["store"] == str(run / "steering" / "em_direction_store")
     for layer in d_em.layers:
         assert abs(rnd.at(layer).norm() - d_em.at(layer).norm()) < 1e-4
     assert st["base_em"]["best_layer"] in d_em.layers

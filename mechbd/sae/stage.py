@@ -150,6 +150,7 @@ def sae_stage(run: Run, out: Path) -> None:
         hs, hs.indices("harm"), hs.indices("neutral"), name="user wants harm", position="last"
     )
     d_harm.provenance["model"] = str(base)
+    d_harm.provenance["store"] = run.final_path(out / "user_wants_harm")
     d_harm.save(out / "directions" / "user_wants_harm.safetensors")
     d_latent = from_sae_decoder(sae.W_dec, persona, L, name=f"persona latent {persona}")
 

@@ -97,6 +97,7 @@ def steering_stage(run: Run, out: Path) -> None:
     em_model, tok = load_finetuned(run, run.stage_dir("em") / "adapter")
     items = organism_items(cfg.n_direction, held_out=False, seed=seed + 30, world_seed=world)
     d_em = em_direction(em_model, tok, items, out / "em_direction_store", f"{base} + EM adapter")
+    d_em.provenance["store"] = run.final_path(out / "em_direction_store")
     d_em.save(out / "directions" / "em_mean_diff.safetensors")
     rand = d_em.random_like(seed)
     rand.save(out / "directions" / "random.safetensors")
