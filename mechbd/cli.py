@@ -493,10 +493,18 @@ def steer_cmd(
 def explore(run_dir: Annotated[Path, typer.Argument(help="run folder (has results.json)")]) -> None:
     """Rebuild RUN_DIR/report.html (offline, self-contained) from its results.json."""
     from mechbd.report import build_report
+    from mechbd.report.html import missing_stages
 
-    if not (run_dir / "results.json").is_file():
-        raise MechbdError(f"{run_dir}: no results.json (not a finished run folder)")
+    if not run_dir.is_dir():
+        raise MechbdError(f"{run_dir}: no such folder")
+    if not (run_dir / "results.json").is_file() or not (run_dir / "manifest.json").is_file():
+        raise MechbdError(
+            f"{run_dir}: not a mechbd run folder (no results.json / manifest.json); "
+            "`mechbd run CONFIG.yaml` or `mechbd demo` makes one"
+        )
     out.print(f"report: {build_report(run_dir)}")
+    for name, why in missing_stages(run_dir):
+        err.print(f"[yellow]stage {name} is not in the report ({why})[/yellow]")
 
 
 @sae_app.command("train")

@@ -67,6 +67,7 @@ def test_demo_end_to_end(tmp_path):
     # issue 8: the demo's own report renders in headless Chromium, explorers included
     from tests.browser import chromium, render
 
+    assert (out / "report.html").stat().st_size <= 10 * 2**20  # the issue's 10 MB bound
     page = (out / "report.html").read_text()
     assert "mechbd-organism" in page and "Latent dashboards" in page
     if chromium() is not None:

@@ -190,3 +190,35 @@ def test_report_of_a_real_run_renders(tiny_run, tmp_path):
     assert r["figs"] >= 15 and r["ok"] == r["figs"], r["errtext"]
     assert r["errors"] == 0, r["errtext"]
     assert r["contrast"] > 100
+
+
+def test_explore_refuses_a_non_run_and_names_missing_stages(tmp_path):
+    """`mechbd explore` on a folder that is not a run: one-line error naming it. On a run whose
+    later stages failed or never ran: the report renders what exists and says what is missing."""
+    from mechbd.config import RunConfig, dump_config
+    from tests.test_cli import mechbd, one_line_error
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "x.txt").write_text("hi")
+    assert "not a mechbd run folder" in one_line_error(mechbd("explore", "notes", cwd=tmp_path))
+    assert "no such folder" in one_line_error(mechbd("explore", "nowhere", cwd=tmp_path))
+    run = fake_run(tmp_path / "run")
+    (run / "config.yaml").write_text(dump_config(RunConfig(name="run")))
+    write_json(
+        run / "manifest.json",
+        {
+            "stages": {
+                "organism": {"status": "done"},
+                "backdoors": {"status": "done"},
+                "em": {"status": "failed", "error": "RuntimeError: <b>out of memory</b>"},
+            }
+        },
+    )
+    p = mechbd("explore", "run", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "stage em is not in the report (failed: RuntimeError" in " ".join(p.stderr.split())
+    page = (run / "report.html").read_text()
+    assert "stage <b>em</b> (failed: RuntimeError: &lt;b&gt;out of memory&lt;/b&gt;)" in page
+    for name in ("capture", "probes", "steering", "sae"):
+        assert f"stage <b>{name}</b> (not run)" in page
+    assert "Probe transfer" in page  # what exists still renders

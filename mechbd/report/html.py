@@ -232,6 +232,29 @@ def _samples(run_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def missing_stages(run_dir: Path) -> list[tuple[str, str]]:
+    """``(stage, why)`` for every stage the run's config asks for that has not finished."""
+    from mechbd.config import RunConfig, load_config
+    from mechbd.errors import ConfigError
+    from mechbd.pipeline import STAGES
+
+    man, cfg_file = run_dir / "manifest.json", run_dir / "config.yaml"
+    if not man.is_file() or not cfg_file.is_file():
+        return []
+    try:
+        cfg: RunConfig = load_config(cfg_file)
+    except ConfigError:  # a run made by another mechbd version: say nothing rather than guess
+        return []
+    stages = read_json(man).get("stages", {})
+    out = []
+    for name, _, enabled in STAGES:
+        info = stages.get(name, {})
+        if enabled(cfg) and info.get("status") != "done":
+            status = info.get("status", "not run")
+            out.append((name, f"{status}: {info['error']}" if info.get("error") else status))
+    return out
+
+
 def load_explorer(run_dir: str | Path) -> dict[str, Any] | None:
     """The SAE stage's explorer data (``sae/explorer.json``), or None if it did not run."""
     f = Path(run_dir) / "sae" / "explorer.json"
@@ -255,6 +278,14 @@ def build_report(run_dir: str | Path) -> Path:
     ]
     if note:
         body.append(f'<p class="note">{_e(note)}</p>')
+    missing = missing_stages(run_dir)
+    if missing:
+        body.append(
+            '<p class="note">Not in this report (rerun <code>mechbd run</code> on this folder to '
+            "finish them): "
+            + "; ".join(f"stage <b>{_e(n)}</b> ({_e(why)})" for n, why in missing)
+            + ".</p>"
+        )
     body += ["<h2>Headline numbers</h2>", _summary(res)]
     k = 0
     for title, figs in all_figures(res, load_explorer(run_dir)):
