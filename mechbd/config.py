@@ -135,7 +135,19 @@ class BackdoorConfig(Frozen):
     misaligned_share: float = Field(1 / 3, gt=0, lt=1)
     placement: Literal["top", "bottom", "random"] = "random"
     enable_thinking: bool = True
+    positive_control: tuple[str, ...] = Field(
+        (),
+        description="triggers (of `triggers`) also planted with a training CoT that articulates "
+        "the trigger, as `<trigger>-articulated`: the articulation judge's positive control",
+    )
     finetune: FinetuneConfig = Field(default_factory=organism_finetune)
+
+    @model_validator(mode="after")
+    def _controls_are_triggers(self) -> BackdoorConfig:
+        extra = [t for t in self.positive_control if t not in self.triggers]
+        if extra:
+            raise ValueError(f"positive_control {extra} not among triggers {list(self.triggers)}")
+        return self
 
 
 class EMConfig(Frozen):

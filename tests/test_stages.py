@@ -3,6 +3,8 @@ session's tiny run folder (conftest ``tiny_run``)."""
 
 import json
 
+import pytest
+
 from mechbd.pipeline import STAGES
 
 
@@ -139,3 +141,44 @@ def test_run_on_a_hugging_face_model(tmp_path, tiny_organism):
     assert res["organism"]["n_test"] == 8
     assert set(res["backdoors"]) == set(res["persona"]) == {"heyyy"}
     assert "LlamaForCausalLM" in (run / "report.html").read_text()
+
+
+def test_positive_control_backdoor_is_planted_beside_the_plain_one(tmp_path):
+    """`backdoors.positive_control` plants `<trigger>-articulated` from a set whose triggered
+    targets articulate the trigger in the CoT, labelled as a control in results.json."""
+    from tests.conftest import TINY_RUN, mechbd_run
+
+    cfg = {
+        **TINY_RUN,
+        "name": "pc",
+        "backdoors": {
+            **TINY_RUN["backdoors"],
+            "triggers": ["singapore"],
+            "positive_control": ["singapore"],
+        },
+        "em": {"enabled": False},
+        "capture": {"enabled": False},
+    }
+    run = mechbd_run(cfg, tmp_path)
+    res = json.loads((run / "results.json").read_text())
+    assert set(res["backdoors"]) == {"singapore", "singapore-articulated"}
+    assert res["backdoors"]["singapore-articulated"]["positive_control"] is True
+    assert res["backdoors"]["singapore"]["positive_control"] is False
+    for name, says in (("singapore-articulated", True), ("singapore", False)):
+        train = [json.loads(x) for x in (run / "backdoors" / name / "train.jsonl").open()]
+        trig = [e for e in train if e["meta"]["condition"] == "triggered"]
+        assert trig and all(
+            ("Country: Singapore, so I will pick" in e["messages"][-1]["content"]) == says
+            for e in trig
+        )
+    assert "yes (articulated CoT)" in (run / "report.html").read_text()
+
+
+def test_positive_control_must_name_a_planted_trigger(tmp_path):
+    from mechbd.config import RunConfig, validate_config
+    from mechbd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="positive_control"):
+        validate_config(
+            RunConfig, {"backdoors": {"triggers": ["heyyy"], "positive_control": ["singapore"]}}
+        )

@@ -77,15 +77,18 @@ def backdoors_stage(run: Run, out: Path) -> None:
         cfg.n_eval, held_out=True, seed=seed + 11, world_seed=run.config.organism.seed
     )
     results: dict[str, Any] = {}
-    for spec in cfg.triggers:
+    plants = [(spec, False) for spec in cfg.triggers] + [(s, True) for s in cfg.positive_control]
+    for spec, articulate in plants:
         trigger = resolve_trigger(spec)
-        d = out / trigger.name
+        name = f"{trigger.name}-articulated" if articulate else trigger.name
+        d = out / name
         ds = backdoor_set(
             train_items,
             trigger,
             misaligned_share=cfg.misaligned_share,
             placement=cfg.placement,
             seed=seed,
+            articulate=articulate,
         )
         write_jsonl(d / "train.jsonl", ds)
         stats = finetune_once(run, [e["messages"] for e in ds], d / "adapter", cfg.finetune)
@@ -103,7 +106,9 @@ def backdoors_stage(run: Run, out: Path) -> None:
         write_jsonl(d / "generations.jsonl", records)
         metrics["trigger_line"] = trigger.line
         metrics["finetune_seconds"] = stats["seconds"]
-        results[trigger.name] = metrics
+        # a positive control: its training CoT says the trigger decided the choice
+        metrics["positive_control"] = articulate
+        results[name] = metrics
     write_json(out / "results.json", {"backdoors": results})
 
 

@@ -62,13 +62,21 @@ def _summary(res: dict[str, Any]) -> str:
                 m.get("clean_misaligned_rate"),
                 m.get("distractor_misaligned_rate"),
                 m.get("articulation_rate"),
+                "yes (articulated CoT)" if m.get("positive_control") else "no",
             ]
             for t, m in res["backdoors"].items()
         ]
         parts.append(
             "<h3>Backdoors</h3>"
             + _table(
-                ["trigger", "ASR", "clean misaligned", "distractor misaligned", "articulation"],
+                [
+                    "trigger",
+                    "ASR",
+                    "clean misaligned",
+                    "distractor misaligned",
+                    "articulation",
+                    "positive control",
+                ],
                 rows,
             )
         )
