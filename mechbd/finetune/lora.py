@@ -235,19 +235,16 @@ def finetune_lora(
         step_loss = 0.0
         for k in range(cfg.grad_accum):
             rows = [data[i] for i in micro[step * cfg.grad_accum + k]]
-            if acc is None:
-                batch = _collate(rows, tok.pad_token_id, dev)
-                n_tokens += int(batch["attention_mask"].sum())
-                loss = model(**batch).loss / cfg.grad_accum
-                loss.backward()
-                step_loss += loss.item()
-                continue
-            # Each rank's mean loss is reweighted by its share of the micro-batch's target
-            # tokens, so DDP's gradient average is the gradient of the whole micro-batch's mean
-            # loss: N processes train as one process with N x batch_size would.
-            mine = rows[acc.process_index :: world]
-            share = _n_targets(mine) / max(1, _n_targets(rows))
-            sync = contextlib.nullcontext() if k == cfg.grad_accum - 1 else acc.no_sync(model)
+            # Under DDP each rank takes every world-th row, and its mean loss is reweighted by
+            # its share of the micro-batch's target tokens, so DDP's gradient average is the
+            # gradient of the whole micro-batch's mean loss: N processes train as one process
+            # with N x batch_size would. One process: share 1, plain backward.
+            mine, share, sync = rows, 1.0, contextlib.nullcontext()
+            if acc is not None:
+                mine = rows[acc.process_index :: world]
+                share = _n_targets(mine) / max(1, _n_targets(rows))
+                if k < cfg.grad_accum - 1:
+                    sync = acc.no_sync(model)
             with sync:
                 if mine:
                     batch = _collate(mine, tok.pad_token_id, dev)
@@ -255,7 +252,10 @@ def finetune_lora(
                     part = model(**batch).loss * share / cfg.grad_accum
                 else:  # fewer rows than ranks in the last micro-batch: join the all-reduce
                     part = sum(p.sum() for p in params) * 0.0
-                acc.backward(part * world)
+                if acc is None:
+                    part.backward()
+                else:
+                    acc.backward(part * world)
             step_loss += part.item()
         if acc is None:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -291,6 +291,7 @@ def finetune_lora(
         "losses": [round(x, 5) for x in losses],
         "config": cfg.model_dump(mode="json"),
     }
+    full = None
     if acc is not None:
         stats["world_size"] = world
         # under FSDP the adapter weights are sharded: gather them (every rank takes part)
@@ -301,7 +302,7 @@ def finetune_lora(
     model = unwrapped
     model.eval()
     with staging_dir(out) as tmp:
-        if acc is not None and full is not None:
+        if full is not None:
             model.save_pretrained(tmp, state_dict=full, safe_serialization=True)
         else:
             model.save_pretrained(tmp, safe_serialization=True)
