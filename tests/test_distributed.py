@@ -102,64 +102,85 @@ def test_torchrun_resumes_a_partial_store_without_duplicates(tiny_organism, tmp_
     assert not list((part / "chunks").glob(".*"))
 
 
-def _finetune(launch: list[str], base: Path, data: Path, out: Path, cfg: dict) -> dict:
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _finetune(
+    launch: list[str], base: Path, data: Path, out: Path, cfg: dict, prog: list[str] | None = None
+) -> tuple[dict, str]:
+    """Run ``mechbd finetune`` (or ``prog``, a driver taking the same arguments) under
+    ``launch``; return its ``finetune.json`` and its output."""
     import yaml
 
     (out.parent / f"{out.name}.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [*launch, "-m", "mechbd", "finetune", str(base), str(data), "--out", str(out)]
-    cmd += ["--config", str(out.parent / f"{out.name}.yaml")]
+    cmd = [*launch, *(prog or ["-m", "mechbd"]), "finetune", str(base), str(data)]
+    cmd += ["--out", str(out), "--config", str(out.parent / f"{out.name}.yaml")]
     env = os.environ.copy() | {"OMP_NUM_THREADS": "1"}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads((out / "finetune.json").read_text())
+    return json.loads((out / "finetune.json").read_text()), p.stdout + p.stderr
 
 
-@pytest.mark.slow
-def test_accelerate_two_process_finetune_equals_one_process_with_the_whole_batch(
-    tiny_organism, tmp_path
-):
-    """`accelerate launch --num_processes 2` (DDP over gloo on the CPU) with batch_size 2 per
-    process trains the same adapter as one process with batch_size 4: same data order, and each
-    rank's loss is weighted by its share of the target tokens. 7 examples and batch 4 make the
-    last micro-batch of each epoch uneven (3 rows over 2 ranks)."""
-    from safetensors.torch import load_file
-
-    from mechbd.data.builders import backdoor_set
-    from mechbd.data.items import organism_items
-    from mechbd.data.triggers import resolve_trigger
-
-    ds = backdoor_set(organism_items(7, held_out=False, seed=3), resolve_trigger("singapore"))
-    write_jsonl(tmp_path / "train.jsonl", ds)
-    common = dict(rank=2, alpha=4, lr=0.01, epochs=2.0, warmup_steps=1, lr_schedule="constant")
-    one = _finetune(
-        [sys.executable],
-        tiny_organism,
-        tmp_path / "train.jsonl",
-        tmp_path / "one",
-        {**common, "batch_size": 4},
-    )
-    accel = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        "2",
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2"]
+LAUNCHES = {
+    # DDP: without a GPU, --multi_gpu gives 2 CPU processes over gloo
+    "ddp": [
+        *ACCELERATE,
         "--num_machines",
         "1",
         "--mixed_precision",
         "no",
         "--dynamo_backend",
         "no",
-        "--multi_gpu",  # without a GPU: 2 CPU processes over gloo
-    ]
-    two = _finetune(
-        accel,
+        "--multi_gpu",
+    ],
+    # FSDP2 from the documented config, on CPU processes through the tests' driver
+    "fsdp": [*ACCELERATE, "--config_file", str(REPO / "configs" / "accelerate" / "fsdp.yaml")],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_accelerate_two_process_finetune_equals_one_process_with_the_whole_batch(
+    tiny_organism, tmp_path, mode
+):
+    """`accelerate launch --num_processes 2` (DDP over gloo on the CPU, or FSDP2 from
+    configs/accelerate/fsdp.yaml, every parameter sharded) with batch_size 2 per process trains
+    the same adapter as one process with batch_size 4: same data order, and each rank's loss is
+    weighted by its share of the target tokens. 5 examples and batch 4 leave one row for the
+    last micro-batch of each epoch: rank 1 joins it with a zero-weight pass."""
+    from safetensors.torch import load_file
+
+    from mechbd.data.builders import backdoor_set
+    from mechbd.data.items import organism_items
+    from mechbd.data.triggers import resolve_trigger
+
+    ds = backdoor_set(organism_items(5, held_out=False, seed=3), resolve_trigger("singapore"))
+    assert len(ds) == 5
+    write_jsonl(tmp_path / "train.jsonl", ds)
+    common = dict(rank=2, alpha=4, lr=0.01, epochs=2.0, warmup_steps=1, lr_schedule="constant")
+    one, _ = _finetune(
+        [sys.executable],
+        tiny_organism,
+        tmp_path / "train.jsonl",
+        tmp_path / "one",
+        {**common, "batch_size": 4},
+    )
+    prog = [str(REPO / "tests" / "fsdp_on_cpu.py")] if mode == "fsdp" else None
+    two, log = _finetune(
+        LAUNCHES[mode],
         tiny_organism,
         tmp_path / "train.jsonl",
         tmp_path / "two",
         {**common, "batch_size": 2},
+        prog,
     )
     assert two["world_size"] == 2 and "world_size" not in one
+    assert two["distributed"] == {"ddp": "MULTI_CPU", "fsdp": "FSDP"}[mode]
+    if mode == "fsdp":
+        sharded = re.findall(r"rank (\d): (\d+) of (\d+) parameters sharded", log)
+        assert sorted(r for r, _, _ in sharded) == ["0", "1"]
+        assert all(n == total and int(n) > 0 for _, n, total in sharded)
     assert two["steps"] == one["steps"] == 4 and two["tokens"] == one["tokens"]
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-4)
     a = load_file(tmp_path / "one" / "adapter_model.safetensors")

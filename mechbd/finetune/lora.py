@@ -210,6 +210,8 @@ def finetune_lora(
     unwrapped = model
     if acc is not None:
         model, opt = acc.prepare(model, opt)
+        # FSDP2 replaces the parameters with sharded ones (the optimizer is re-pointed to them)
+        params = [p for p in model.parameters() if p.requires_grad]
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -243,15 +245,15 @@ def finetune_lora(
             if acc is not None:
                 mine = rows[acc.process_index :: world]
                 share = _n_targets(mine) / max(1, _n_targets(rows))
+                if not mine:  # fewer rows than ranks: a zero-weight pass joins the collectives
+                    mine, share = rows[:1], 0.0  # (FSDP gathers weights in the forward)
                 if k < cfg.grad_accum - 1:
                     sync = acc.no_sync(model)
             with sync:
-                if mine:
-                    batch = _collate(mine, tok.pad_token_id, dev)
+                batch = _collate(mine, tok.pad_token_id, dev)
+                if share:
                     n_tokens += int(batch["attention_mask"].sum())
-                    part = model(**batch).loss * share / cfg.grad_accum
-                else:  # fewer rows than ranks in the last micro-batch: join the all-reduce
-                    part = sum(p.sum() for p in params) * 0.0
+                part = model(**batch).loss * share / cfg.grad_accum
                 if acc is None:
                     part.backward()
                 else:
@@ -294,6 +296,7 @@ def finetune_lora(
     full = None
     if acc is not None:
         stats["world_size"] = world
+        stats["distributed"] = str(acc.distributed_type).rsplit(".", 1)[-1]  # MULTI_CPU, FSDP, ...
         # under FSDP the adapter weights are sharded: gather them (every rank takes part)
         full = acc.get_state_dict(model) if str(acc.distributed_type).endswith("FSDP") else None
         if not acc.is_main_process:
