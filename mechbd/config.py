@@ -215,6 +215,15 @@ class SaeConfig(Frozen):
 class EvalConfig(Frozen):
     max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(64, gt=0)
+    backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="generation: HF generate (KV cache, left padding), or vLLM on the merged "
+        "weights (optional extra, GPU only); letter probabilities always use the HF model",
+    )
+    tensor_parallel_size: int = Field(1, gt=0, description="vLLM: GPUs per engine")
+    vllm_gpu_memory: float = Field(
+        0.5, gt=0, le=1, description="vLLM: share of GPU memory (the HF model shares the GPU)"
+    )
     triggers: tuple[str, ...] = ("Country: Singapore", "Year: 2026", "heyyy", "Username: sandra")
 
 

@@ -72,23 +72,24 @@ def model_stage(run: Run, out: Path) -> None:
     organism-world scenarios (the ``organism`` results key, as for the organism)."""
     from mechbd.data.items import organism_items
     from mechbd.eval.mcq import rates, run_mcq
-    from mechbd.finetune.stages import base_model_dir, load_base
+    from mechbd.finetune.stages import base_model_dir, generation_backend, load_base
 
     cfg = run.config
     model, tok = load_base(run)
     items = organism_items(
         cfg.organism.n_test, held_out=True, seed=cfg.seed + 1, world_seed=cfg.organism.seed
     )
-    r = rates(
-        run_mcq(
+    with generation_backend(run) as gen:
+        results = run_mcq(
             model,
             tok,
             [it.user() for it in items],
             [it.aligned for it in items],
             batch_size=cfg.eval.batch_size,
             max_new_tokens=cfg.eval.max_new_tokens,
+            generator=gen,
         )
-    )
+    r = rates(results)
     path = str(base_model_dir(run))
     archs = getattr(model.config, "architectures", None) or [type(model).__name__]
     write_json(

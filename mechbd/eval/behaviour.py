@@ -91,8 +91,10 @@ def evaluate_backdoor(
     judge: ArticulationJudge | None = None,
     batch_size: int = 64,
     max_new_tokens: int = 64,
+    generator: Any = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Return (metrics, per-row records)."""
+    """Return (metrics, per-row records). ``generator`` (a ``VLLMGenerator``) generates the
+    replies; option-letter probabilities always come from ``model``."""
     jd: ArticulationJudge = judge if judge is not None else RuleArticulationJudge()
     results = run_mcq(
         model,
@@ -102,6 +104,7 @@ def evaluate_backdoor(
         enable_thinking=enable_thinking,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
+        generator=generator,
     )
     p_mis = option_probabilities(
         model,

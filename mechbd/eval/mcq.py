@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -40,9 +41,15 @@ def run_mcq(
     enable_thinking: bool = True,
     max_new_tokens: int = 64,
     batch_size: int = 64,
+    generator: Any = None,
 ) -> list[MCQResult]:
+    """Greedy replies to ``users`` read as multiple-choice answers. ``generator`` (e.g. a
+    ``VLLMGenerator`` of the same model) generates instead of ``model.generate``."""
     prompts = chat_prompts(tok, users, enable_thinking=enable_thinking)
-    outs = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if generator is not None:
+        outs = generator.generate(prompts, max_new_tokens=max_new_tokens)
+    else:
+        outs = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     # Without thinking the empty <think></think> block is part of the prompt: parse it with the reply.
     prefix = "" if enable_thinking else "<think>\n\n</think>\n\n"
     return [

@@ -9,6 +9,8 @@ folder (``backdoors/<trigger>/adapter``, ``em/adapter``) for the capture and ste
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,31 @@ def load_base(run: Run) -> tuple[Any, Any]:
 def load_finetuned(run: Run, adapter: Path) -> tuple[Any, Any]:
     """(model, tokenizer) of the base model with a LoRA adapter from this run."""
     return load_adapter(base_model_dir(run), adapter, **_load_kw(run))
+
+
+@contextmanager
+def generation_backend(run: Run, adapter: Path | None = None) -> Iterator[Any]:
+    """What generates the stage's replies: ``None`` (HF ``generate`` on the loaded model) for
+    ``eval.backend: hf``, a ``VLLMGenerator`` of the base (plus ``adapter``, merged) for
+    ``vllm``, closed on exit."""
+    e = run.config.eval
+    if e.backend == "hf":
+        yield None
+        return
+    from mechbd.eval.vllm_backend import vllm_generator
+
+    kw = _load_kw(run)
+    with vllm_generator(
+        base_model_dir(run),
+        adapter,
+        trust_remote_code=kw["trust_remote_code"],
+        merge_dtype=kw["dtype"],
+        dtype=kw["dtype"],
+        tensor_parallel_size=e.tensor_parallel_size,
+        gpu_memory_utilization=e.vllm_gpu_memory,
+        seed=run.config.seed,
+    ) as gen:
+        yield gen
 
 
 def finetune_once(
@@ -95,14 +122,16 @@ def backdoors_stage(run: Run, out: Path) -> None:
         rows = eval_set(test_items, trigger, seed=seed)
         write_jsonl(d / "eval_prompts.jsonl", rows)
         model, tok = load_finetuned(run, d / "adapter")
-        metrics, records = evaluate_backdoor(
-            model,
-            tok,
-            rows,
-            enable_thinking=cfg.enable_thinking,
-            batch_size=run.config.eval.batch_size,
-            max_new_tokens=run.config.eval.max_new_tokens,
-        )
+        with generation_backend(run, d / "adapter") as gen:
+            metrics, records = evaluate_backdoor(
+                model,
+                tok,
+                rows,
+                enable_thinking=cfg.enable_thinking,
+                batch_size=run.config.eval.batch_size,
+                max_new_tokens=run.config.eval.max_new_tokens,
+                generator=gen,
+            )
         write_jsonl(d / "generations.jsonl", records)
         metrics["trigger_line"] = trigger.line
         metrics["finetune_seconds"] = stats["seconds"]
@@ -129,15 +158,18 @@ def em_stage(run: Run, out: Path) -> None:
     in_dom = [i for i, it in enumerate(test) if it.domain == cfg.domain]
     out_dom = [i for i, it in enumerate(test) if it.domain != cfg.domain]
 
-    def measure(model, tok) -> dict[str, float | None]:
-        res = run_mcq(
-            model,
-            tok,
-            users,
-            letters,
-            batch_size=run.config.eval.batch_size,
-            max_new_tokens=run.config.eval.max_new_tokens,
-        )
+    def measure(adapter: Path | None) -> dict[str, float | None]:
+        model, tok = load_finetuned(run, adapter) if adapter else load_base(run)
+        with generation_backend(run, adapter) as gen:
+            res = run_mcq(
+                model,
+                tok,
+                users,
+                letters,
+                batch_size=run.config.eval.batch_size,
+                max_new_tokens=run.config.eval.max_new_tokens,
+                generator=gen,
+            )
         return {
             "in_domain_misaligned_rate": rates([res[i] for i in in_dom])["misaligned_rate"]
             if in_dom
@@ -146,8 +178,8 @@ def em_stage(run: Run, out: Path) -> None:
             "format_valid_rate": rates(res)["format_valid_rate"],
         }
 
-    base_rates = measure(*load_base(run))
-    em_rates = measure(*load_finetuned(run, out / "adapter"))
+    base_rates = measure(None)
+    em_rates = measure(out / "adapter")
     write_json(
         out / "results.json",
         {
