@@ -264,7 +264,13 @@ def capture_cmd(
         str, typer.Option(help="model weights: auto, float32, bfloat16")
     ] = "auto",
     batch_size: int = 16,
-    backend: Annotated[str, typer.Option(help="hooks, nnsight or transformer_lens")] = "hooks",
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="hooks, nnsight, transformer_lens, or ndif (nnsight remote execution of a public "
+            "hub model on NDIF; needs NDIF_API_KEY; no adapters)"
+        ),
+    ] = "hooks",
     padding_side: Annotated[str, typer.Option(help="left or right")] = "left",
     shard_rows: Annotated[int, typer.Option(help="rows per shard (memory bound)")] = 256,
     thinking: Annotated[bool, typer.Option(help="render prompts with thinking enabled")] = False,
@@ -283,7 +289,14 @@ def capture_cmd(
 
     rows = read_prompt_file(prompts)
     device = _init_distributed(device)
-    if adapter is not None:
+    if backend == "ndif":
+        from mechbd.capture import ndif_model
+
+        if adapter is not None:
+            raise MechbdError("--backend ndif: NDIF runs public hub models, not adapters")
+        m = ndif_model(model)
+        tok = m.tokenizer
+    elif adapter is not None:
         m, tok = load_adapter(
             model, adapter, device=device, dtype=model_dtype, trust_remote_code=trust_remote_code
         )

@@ -389,3 +389,45 @@ def test_killed_capture_subprocess_resumes_to_the_same_store(tiny_organism, tmp_
     assert [r.id for r in a.rows] == [r.id for r in b.rows] and len(a) == 400
     for layer in a.layers:
         assert torch.equal(a.get(layer), b.get(layer))
+
+
+def test_ndif_path_reads_what_hooks_read_and_refuses_what_ndif_cannot_run(
+    tiny_organism, models, tmp_path, monkeypatch
+):
+    """The NDIF backend is an nnsight ``LanguageModel`` trace sent with ``remote=True``. Without
+    network the remote call cannot run here, so the same trace runs locally on a dispatched
+    ``LanguageModel`` of the organism and must read what the hooks read; capture's NDIF
+    refusals and the meta-weight fingerprint are checked directly."""
+    from nnsight import CONFIG, LanguageModel
+
+    from mechbd.capture import ndif_model
+    from mechbd.capture.backends import hooks_backend, nnsight_backend
+    from mechbd.finetune.lora import model_identity
+
+    model, tok = models["qwen3"]
+    lm = LanguageModel(str(tiny_organism), dispatch=True, dtype=torch.float32)
+    tok.padding_side = "left"
+    enc = tok(["Country: Singapore\nhello", "hi"], return_tensors="pt", padding=True)
+    keys = [(layer, s) for layer in range(model.config.num_hidden_layers) for s in SITES3]
+    want = hooks_backend(model)(enc["input_ids"], enc["attention_mask"], keys)
+    got = nnsight_backend(lm._module, wrapped=lm)(enc["input_ids"], enc["attention_mask"], keys)
+    for k in keys:
+        torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=0)
+
+    rows = prompt_rows(1)
+    with pytest.raises(MechbdError, match="takes an nnsight LanguageModel"):
+        capture(model, tok, rows, tmp_path / "s", backend="ndif", progress=False)
+    with pytest.raises(MechbdError, match="adapter"):
+        capture(lm, tok, rows, tmp_path / "s", backend="ndif", adapter="x", progress=False)
+    with pytest.raises(MechbdError, match="local folder"):
+        ndif_model(str(tiny_organism))
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    monkeypatch.setattr(CONFIG.API, "APIKEY", None)
+    with pytest.raises(MechbdError, match="NDIF_API_KEY"):
+        ndif_model("Qwen/Qwen3-0.6B")
+    # a remote model's local weights are on the meta device: fingerprinted without them
+    with torch.device("meta"):
+        meta = type(model)(model.config)
+    ident = model_identity(meta, "Qwen/Qwen3-0.6B")
+    assert ident["embedding_sha"] is None
+    assert ident["config_sha"] == model_identity(model, "x")["config_sha"]

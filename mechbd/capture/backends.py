@@ -1,5 +1,5 @@
 """Three ways to read the same activations: PyTorch forward hooks (default), nnsight and
-TransformerLens' ``TransformerBridge``. Each takes a padded batch and returns, for every
+TransformerLens' ``TransformerBridge``, plus nnsight traces run remotely on NDIF (``ndif``). Each takes a padded batch and returns, for every
 requested ``(layer, site)``, the full ``[batch, seq, d_model]`` activation; pooling to
 positions is shared (``mechbd.capture.capture``), so the backends can only differ in what they
 read, and the tests hold them to the same numbers.
@@ -7,7 +7,9 @@ read, and the tests hold them to the same numbers.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +20,7 @@ from mechbd.errors import MechbdError
 
 Key = tuple[int, str]  # (layer, site)
 Backend = Callable[[torch.Tensor, torch.Tensor, list[Key]], dict[Key, torch.Tensor]]
-BACKENDS = ("hooks", "nnsight", "transformer_lens")
+BACKENDS = ("hooks", "nnsight", "transformer_lens", "ndif")
 _SITE_ORDER = {"attn_out": 0, "mlp_out": 1, "resid_post": 2}  # execution order inside a block
 
 
@@ -75,11 +77,15 @@ def hooks_backend(model: nn.Module) -> Backend:
     return run
 
 
-def nnsight_backend(model: nn.Module) -> Backend:
-    """The same reads through an nnsight trace of the unmodified HF model."""
-    from nnsight import NNsight
+def nnsight_backend(model: nn.Module, wrapped: Any = None, remote: bool = False) -> Backend:
+    """The same reads through an nnsight trace of the unmodified HF model. ``wrapped`` is an
+    nnsight model around it (default ``NNsight(model)``); with an nnsight ``LanguageModel`` of a
+    hub id and ``remote``, the trace runs on NDIF and only the saved activations come back."""
+    if wrapped is None:
+        from nnsight import NNsight
 
-    wrapped = NNsight(model)
+        wrapped = NNsight(model)
+    extra = {"remote": True} if remote else {}
 
     def envoy(path: str) -> Any:
         e: Any = wrapped
@@ -91,7 +97,7 @@ def nnsight_backend(model: nn.Module) -> Backend:
         saved: dict[Key, Any] = {}
         with (
             torch.inference_mode(),
-            wrapped.trace(input_ids=ids, attention_mask=mask, use_cache=False),
+            wrapped.trace(input_ids=ids, attention_mask=mask, use_cache=False, **extra),
         ):
             for key in forward_order(keys):  # nnsight needs reads in execution order
                 saved[key] = _first(envoy(site_path(model, *key)).output).save()  # type: ignore[attr-defined]
@@ -130,11 +136,34 @@ def transformer_lens_backend(model: nn.Module, tokenizer: Any) -> Backend:
     return run
 
 
-def make_backend(name: str, model: nn.Module, tokenizer: Any) -> Backend:
+def ndif_model(repo_id: str) -> Any:
+    """An nnsight ``LanguageModel`` of a public hub model for remote execution on NDIF
+    (``capture(..., backend="ndif")``). Locally its weights stay on the meta device: only the
+    config and tokenizer are fetched. The API key comes from ``NDIF_API_KEY`` (or nnsight's own
+    config) and is set in memory only. Limits: NDIF runs the models it hosts, unmodified, so
+    local folders, LoRA adapters (backdoored models) and the organism cannot run there."""
+    if Path(repo_id).exists():
+        raise MechbdError(
+            f"{repo_id}: a local folder; NDIF runs public hub models it hosts (use a hub id, "
+            "or capture locally with --backend hooks)"
+        )
+    from nnsight import CONFIG, LanguageModel
+
+    key = os.environ.get("NDIF_API_KEY")
+    if key:
+        CONFIG.API.APIKEY = key
+    if not CONFIG.API.APIKEY:
+        raise MechbdError("NDIF needs an API key: export NDIF_API_KEY=... (https://login.ndif.us)")
+    return LanguageModel(repo_id)
+
+
+def make_backend(name: str, model: nn.Module, tokenizer: Any, wrapped: Any = None) -> Backend:
     if name == "hooks":
         return hooks_backend(model)
     if name == "nnsight":
         return nnsight_backend(model)
+    if name == "ndif":
+        return nnsight_backend(model, wrapped, remote=True)
     if name == "transformer_lens":
         return transformer_lens_backend(model, tokenizer)
     raise MechbdError(f"unknown capture backend {name!r}; choose from {', '.join(BACKENDS)}")

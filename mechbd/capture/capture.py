@@ -143,6 +143,18 @@ def capture(
             raise MechbdError(f"unknown site {s!r}; choose from {', '.join(SITES)}")
     if batch_size <= 0 or shard_rows <= 0:
         raise MechbdError("batch_size and shard_rows must be positive")
+    wrapped = None
+    if backend == "ndif":  # ``model`` is an nnsight LanguageModel (``ndif_model``)
+        if adapter is not None:
+            raise MechbdError(
+                "backend 'ndif': NDIF runs the public weights it hosts, so an adapter "
+                "(a backdoored model) cannot run there; capture it locally"
+            )
+        if not hasattr(model, "_module") or not hasattr(model, "trace"):
+            raise MechbdError(
+                "backend 'ndif' takes an nnsight LanguageModel: mechbd.capture.ndif_model(hub_id)"
+            )
+        wrapped, model = model, model._module
     layer_list = parse_layers(layers, n_layers_of(model))
     rows: list[PromptRow] = (
         list(prompts)  # type: ignore[arg-type]
@@ -178,9 +190,10 @@ def capture(
     else:
         writer = StoreWriter(out, spec, rows)
     todo = writer.pending(chunks)
-    run = make_backend(backend, model, tok)
+    run = make_backend(backend, model, tok, wrapped)
     keys: list[Key] = [(layer, s) for layer in layer_list for s in sites]
-    device = next(model.parameters()).device
+    # remote execution: inputs are sent from the CPU (the local weights are on the meta device)
+    device = torch.device("cpu") if wrapped is not None else next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     store_dtype = DTYPES[dtype]
     t0 = time.perf_counter()

@@ -49,12 +49,16 @@ def model_identity(model: PreTrainedModel, name: str) -> dict[str, Any]:
         "use_cache",
     ):
         cfg.pop(k, None)
-    emb = model.get_input_embeddings().weight.detach().float().cpu().contiguous()  # type: ignore[operator]
+    weight: torch.Tensor = model.get_input_embeddings().weight  # type: ignore[assignment]
+    emb_sha = None  # meta weights (a model run remotely): nothing local to hash
+    if not weight.is_meta:
+        emb = weight.detach().float().cpu().contiguous()
+        emb_sha = hashlib.sha256(emb.numpy().tobytes()).hexdigest()[:16]
     return {
         "name": name,
         "config_sha": digest_of(cfg),
         "n_params": sum(p.numel() for p in model.parameters()),
-        "embedding_sha": hashlib.sha256(emb.numpy().tobytes()).hexdigest()[:16],
+        "embedding_sha": emb_sha,
     }
 
 
