@@ -1,5 +1,6 @@
 """Three ways to read the same activations: PyTorch forward hooks (default), nnsight and
-TransformerLens' ``TransformerBridge``, plus nnsight traces run remotely on NDIF (``ndif``). Each takes a padded batch and returns, for every
+TransformerLens' ``TransformerBridge``, plus nnsight traces run remotely on NDIF (``ndif``).
+Each takes a padded batch and returns, for every
 requested ``(layer, site)``, the full ``[batch, seq, d_model]`` activation; pooling to
 positions is shared (``mechbd.capture.capture``), so the backends can only differ in what they
 read, and the tests hold them to the same numbers.

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mechbd.errors import MechbdError
 from mechbd.io import staging_dir, write_json
 
@@ -101,13 +103,8 @@ class VLLMGenerator:
         """Free the engine's GPU memory (vLLM keeps it until the engine is collected)."""
         self.llm = None
         gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:  # pragma: no cover
-            pass
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 @contextmanager
@@ -115,17 +112,18 @@ def vllm_generator(
     base: str | Path,
     adapter: str | Path | None = None,
     *,
+    dtype: str = "auto",
     trust_remote_code: bool = False,
-    merge_dtype: str = "auto",
     **kw: Any,
 ) -> Iterator[VLLMGenerator]:
-    """A ``VLLMGenerator`` for ``base`` (plus ``adapter``, merged first), closed on exit."""
+    """A ``VLLMGenerator`` for ``base`` (plus ``adapter``, merged first in the same ``dtype``),
+    closed on exit."""
     folder = (
-        merged_model(base, adapter, dtype=merge_dtype, trust_remote_code=trust_remote_code)
+        merged_model(base, adapter, dtype=dtype, trust_remote_code=trust_remote_code)
         if adapter is not None
         else base
     )
-    gen = VLLMGenerator(folder, trust_remote_code=trust_remote_code, **kw)
+    gen = VLLMGenerator(folder, dtype=dtype, trust_remote_code=trust_remote_code, **kw)
     try:
         yield gen
     finally:

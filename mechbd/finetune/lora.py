@@ -299,10 +299,10 @@ def finetune_lora(
     }
     full = None
     if acc is not None:
-        stats["world_size"] = world
-        stats["distributed"] = str(acc.distributed_type).rsplit(".", 1)[-1]  # MULTI_CPU, FSDP, ...
+        kind = str(acc.distributed_type).rsplit(".", 1)[-1]  # MULTI_GPU, MULTI_CPU, FSDP, ...
+        stats["world_size"], stats["distributed"] = world, kind
         # under FSDP the adapter weights are sharded: gather them (every rank takes part)
-        full = acc.get_state_dict(model) if str(acc.distributed_type).endswith("FSDP") else None
+        full = acc.get_state_dict(model) if kind == "FSDP" else None
         if not acc.is_main_process:
             acc.wait_for_everyone()
             return stats

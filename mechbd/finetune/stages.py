@@ -68,7 +68,6 @@ def generation_backend(run: Run, adapter: Path | None = None) -> Iterator[Any]:
         base_model_dir(run),
         adapter,
         trust_remote_code=kw["trust_remote_code"],
-        merge_dtype=kw["dtype"],
         dtype=kw["dtype"],
         tensor_parallel_size=e.tensor_parallel_size,
         gpu_memory_utilization=e.vllm_gpu_memory,
