@@ -13,7 +13,14 @@ from mechbd.data.builders import backdoor_set
 from mechbd.data.items import organism_items
 from mechbd.data.triggers import resolve_trigger
 from mechbd.errors import MechbdError
-from mechbd.finetune.lora import finetune_lora, load_adapter, tokenize_conversation
+from mechbd.finetune.lora import (
+    _collate,
+    accepts_logits_to_keep,
+    finetune_lora,
+    load_adapter,
+    target_loss,
+    tokenize_conversation,
+)
 from tests.conftest import random_llama
 
 CFG = FinetuneConfig(rank=4, alpha=8, lr=5e-3, epochs=1.0, batch_size=8, warmup_steps=1)
@@ -43,6 +50,41 @@ def test_loss_only_on_assistant_tokens(tiny_organism, convs):
     assert trained == convs[0][1]["content"] + "<|im_end|>\n"
     prompt = tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab == -100])
     assert prompt.endswith("<|im_start|>assistant\n") and convs[0][0]["content"] in prompt
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama", "gpt2"])
+def test_target_only_loss_equals_the_models_own_loss_and_gradient(tiny_organism, convs, arch):
+    """The vocabulary projection at labelled positions only gives HF's loss and gradients."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(tiny_organism)
+    if arch == "qwen3":
+        model = AutoModelForCausalLM.from_pretrained(tiny_organism)
+    elif arch == "llama":
+        model = random_llama(tok)
+    else:
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(
+            GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=512)
+        )
+    lcfg = LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(model, lcfg).eval()  # eval: GPT-2's dropout off, gradients still on
+    assert accepts_logits_to_keep(model)
+    rows = [tokenize_conversation(tok, c, 512) for c in convs[:6]]
+    rows[1] = (rows[1][0] + rows[0][0][:7], rows[1][1] + [-100] * 7)  # uneven lengths
+    batch = _collate(rows, tok.pad_token_id, torch.device("cpu"))
+    grads = []
+    for keep in (False, True):
+        model.zero_grad()
+        loss = target_loss(model, batch, keep)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (ref, g_ref), (got, g_got) = grads
+    assert ref == pytest.approx(model(**batch).loss.item(), rel=1e-6)
+    assert got == pytest.approx(ref, rel=1e-5)
+    for a, b in zip(g_ref, g_got, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 
 
 def test_finetune_second_architecture_and_reload(tmp_path, tiny_organism, convs):

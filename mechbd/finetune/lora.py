@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
@@ -113,6 +115,30 @@ def _collate(
     }
 
 
+def accepts_logits_to_keep(model: Any) -> bool:
+    """Whether the (peft-wrapped) model's forward can compute logits at chosen positions only."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
+def target_loss(model: Any, batch: dict[str, torch.Tensor], keep: bool) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled tokens, as ``model(**batch).loss``.
+
+    With ``keep`` the vocabulary projection runs only at positions that predict a labelled
+    token (the union over the rows), not at every prompt token: on a small model with short
+    answers after long prompts that is most of the unembedding and softmax work."""
+    if not keep:
+        return model(**batch).loss
+    labels = batch["labels"]
+    pos = (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)  # position p predicts p + 1
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=pos
+    ).logits
+    return F.cross_entropy(
+        logits.float().flatten(0, 1), labels[:, pos + 1].flatten(), ignore_index=-100
+    )
+
+
 def conversations_digest(conversations: Sequence[Conversation]) -> str:
     """sha256 of the conversations as JSON: identifies a training set without a tokenizer."""
     return hashlib.sha256(
@@ -145,10 +171,14 @@ def finetune_lora(
     progress: bool = True,
     trust_remote_code: bool = False,
     max_steps: int | None = None,
+    full_logits: bool = False,
 ) -> dict[str, Any]:
     """Train a LoRA adapter on ``conversations`` and write it to ``out``; return the stats.
 
-    ``max_steps`` stops early *without* writing the output (used to test resumption)."""
+    ``max_steps`` stops early *without* writing the output (used to test resumption).
+    ``full_logits`` projects every position onto the vocabulary, as ``model(**batch).loss``
+    does, instead of only the positions that predict a labelled token (same loss, slower;
+    kept as the reference path for ``bench/backdoor.py``)."""
     out = Path(out)
     if not conversations:
         raise MechbdError("finetune: empty dataset (no conversations)")
@@ -212,6 +242,7 @@ def finetune_lora(
     ckpt = out.parent / f".{out.name}.ckpt"
     start, losses = _resume(ckpt, model, opt, identity, data_sha, cfg)
     unwrapped = model
+    keep = not full_logits and accepts_logits_to_keep(unwrapped)
     if acc is not None:
         model, opt = acc.prepare(model, opt)
         # FSDP2 replaces the parameters with sharded ones (the optimizer is re-pointed to them)
@@ -257,7 +288,7 @@ def finetune_lora(
                 batch = _collate(mine, tok.pad_token_id, dev)
                 if share:
                     n_tokens += int(batch["attention_mask"].sum())
-                part = model(**batch).loss * share / cfg.grad_accum
+                part = target_loss(model, batch, keep) * share / cfg.grad_accum
                 if acc is None:
                     part.backward()
                 else:
