@@ -1,0 +1,103 @@
+"""Benchmark: planting the demo's organism backdoor (issue 3's 40 s budget) on this machine.
+
+    python bench/backdoor.py [--trigger singapore] [--out bench/results/backdoor.json]
+
+Builds (or reuses) the default organism, builds the trigger's backdoor set exactly as the
+``backdoors`` stage of ``mechbd demo`` does (1,500 scenarios, 1 misaligned : 2 aligned, random
+placement, seed 0), and finetunes it with ``organism_finetune()`` twice, back to back: with the
+vocabulary projection only at the positions that predict an answer token (the default) and at
+every position (``full_logits=True``, the reference). Each adapter is evaluated on the stage's
+200 held-out scenarios x 4 conditions (thinking on) so a fast run that planted nothing cannot
+pass for a win. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mechbd.config import OrganismConfig, organism_finetune
+from mechbd.data.builders import backdoor_set, eval_set
+from mechbd.data.items import organism_items
+from mechbd.data.triggers import resolve_trigger
+from mechbd.eval.behaviour import evaluate_backdoor
+from mechbd.finetune.lora import finetune_lora, load_adapter
+from mechbd.io import write_json
+from mechbd.organism.build import build_organism
+
+
+def first_low_step(losses: list[float], level: float = 0.01, window: int = 10) -> int | None:
+    """The step after which the loss stays below ``level`` for ``window`` steps (the end of
+    the plateau), or None."""
+    return next(
+        (i for i in range(len(losses) - window) if max(losses[i : i + window]) < level), None
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--trigger", default="singapore")
+    ap.add_argument("--out", default="bench/results/backdoor.json")
+    args = ap.parse_args()
+    base = build_organism(OrganismConfig(), progress=False)
+    trigger = resolve_trigger(args.trigger)
+    train = organism_items(1500, held_out=False, seed=10, world_seed=0)
+    test = organism_items(200, held_out=True, seed=11, world_seed=0)
+    convs = [e["messages"] for e in backdoor_set(train, trigger, placement="random", seed=0)]
+    rows = eval_set(test, trigger, seed=0)
+    cfg = organism_finetune()
+    table = []
+    for mode in ("answer positions", "every position"):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            stats = finetune_lora(
+                base,
+                convs,
+                Path(tmp) / "adapter",
+                cfg,
+                progress=False,
+                device="cpu",
+                full_logits=mode == "every position",
+            )
+            wall = time.perf_counter() - t0
+            model, tok = load_adapter(base, Path(tmp) / "adapter", device="cpu")
+            metrics, _ = evaluate_backdoor(model, tok, rows, enable_thinking=True)
+        table.append(
+            {
+                "logits at": mode,
+                "finetune_seconds": round(wall, 1),
+                "train_loop_seconds": round(stats["train_seconds"], 1),
+                "steps": stats["steps"],
+                "plateau_ends_at_step": first_low_step(stats["losses"]),
+                "asr": metrics["asr"],
+                "clean_misaligned_rate": metrics["clean_misaligned_rate"],
+                "distractor_misaligned_rate": metrics["distractor_misaligned_rate"],
+            }
+        )
+    keys = list(table[0])
+    print(" | ".join(keys))
+    for row in table:
+        print(" | ".join(str(row[k]) for k in keys))
+    speedup = table[1]["train_loop_seconds"] / table[0]["train_loop_seconds"]
+    print(f"train loop, every position / answer positions: {speedup:.2f}x")
+    write_json(
+        Path(args.out),
+        {
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+            "trigger": trigger.line,
+            "finetune": cfg.model_dump(mode="json"),
+            "runs": table,
+            "speedup_train_loop": round(speedup, 2),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
