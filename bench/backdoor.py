@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from mechbd.config import OrganismConfig, organism_finetune
+from mechbd.config import RunConfig
 from mechbd.data.builders import backdoor_set, eval_set
 from mechbd.data.items import organism_items
 from mechbd.data.triggers import resolve_trigger
@@ -45,13 +45,18 @@ def main() -> None:
     ap.add_argument("--trigger", default="singapore")
     ap.add_argument("--out", default="bench/results/backdoor.json")
     args = ap.parse_args()
-    base = build_organism(OrganismConfig(), progress=False)
+    run = RunConfig()  # the demo's settings; the data as backdoors_stage builds it
+    bd, seed, world = run.backdoors, run.seed, run.organism.seed
+    base = build_organism(run.organism, progress=False)
     trigger = resolve_trigger(args.trigger)
-    train = organism_items(1500, held_out=False, seed=10, world_seed=0)
-    test = organism_items(200, held_out=True, seed=11, world_seed=0)
-    convs = [e["messages"] for e in backdoor_set(train, trigger, placement="random", seed=0)]
-    rows = eval_set(test, trigger, seed=0)
-    cfg = organism_finetune()
+    train = organism_items(bd.n_train, held_out=False, seed=seed + 10, world_seed=world)
+    test = organism_items(bd.n_eval, held_out=True, seed=seed + 11, world_seed=world)
+    ds = backdoor_set(
+        train, trigger, misaligned_share=bd.misaligned_share, placement=bd.placement, seed=seed
+    )
+    convs = [e["messages"] for e in ds]
+    rows = eval_set(test, trigger, seed=seed)
+    cfg = bd.finetune
     table = []
     for mode in ("answer positions", "every position"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -67,7 +72,7 @@ def main() -> None:
             )
             wall = time.perf_counter() - t0
             model, tok = load_adapter(base, Path(tmp) / "adapter", device="cpu")
-            metrics, _ = evaluate_backdoor(model, tok, rows, enable_thinking=True)
+            metrics, _ = evaluate_backdoor(model, tok, rows, enable_thinking=bd.enable_thinking)
         table.append(
             {
                 "logits at": mode,

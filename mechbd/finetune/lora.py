@@ -125,8 +125,8 @@ def target_loss(model: Any, batch: dict[str, torch.Tensor], keep: bool) -> torch
     """Mean next-token cross-entropy over the labelled tokens, as ``model(**batch).loss``.
 
     With ``keep`` the vocabulary projection runs only at positions that predict a labelled
-    token (the union over the rows), not at every prompt token: on a small model with short
-    answers after long prompts that is most of the unembedding and softmax work."""
+    token (the union over the rows), not at every prompt token: with a large vocabulary and
+    short answers after long prompts that is most of the unembedding and softmax work."""
     if not keep:
         return model(**batch).loss
     labels = batch["labels"]
@@ -178,7 +178,7 @@ def finetune_lora(
     ``max_steps`` stops early *without* writing the output (used to test resumption).
     ``full_logits`` projects every position onto the vocabulary, as ``model(**batch).loss``
     does, instead of only the positions that predict a labelled token (same loss, slower;
-    kept as the reference path for ``bench/backdoor.py``)."""
+    the reference path of ``bench/backdoor.py`` and ``bench/finetune_logits.py``)."""
     out = Path(out)
     if not conversations:
         raise MechbdError("finetune: empty dataset (no conversations)")
