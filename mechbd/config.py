@@ -188,6 +188,12 @@ class SteeringConfig(Frozen):
     positions: Literal["all", "assistant"] = "assistant"
     n_direction: int = Field(128, gt=0, description="training scenarios for the EM direction")
     n_eval: int = Field(100, gt=0, description="held-out scenarios per measurement")
+    optimized_steps: int = Field(
+        100,
+        ge=0,
+        description="Adam steps for the fitted steering vector at the EM direction's best layer "
+        "(the ceiling for any single added direction there); 0 = skip",
+    )
 
 
 class SaeConfig(Frozen):

@@ -81,6 +81,7 @@ TINY_RUN = {
         "n_eval": 6,
         "multipliers": [0.0, 8.0],
         "negative_multipliers": [-8.0],
+        "optimized_steps": 10,
     },
     "sae": {
         "n_tokens": 20000,

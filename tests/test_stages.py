@@ -57,6 +57,12 @@ def test_backdoor_and_em_stages(tiny_run):
     assert st["base_em"]["best_layer"] in d_em.layers
     assert [c["multiplier"] for c in st["base_em"]["curve"]] == [0.0, 8.0]
     assert st["base_em"]["curve"][0] == st["base_em"]["random_curve"][0]  # the shared baseline
+    fit = Direction.load(run / "steering" / "directions" / "optimized.safetensors")
+    opt = st["base_em"]["optimized"]
+    assert fit.layers == [opt["layer"]] == [st["base_em"]["best_layer"]]
+    assert abs(float(fit.at(opt["layer"]).norm()) - opt["norm"]) < 1e-5 and opt["norm"] > 0
+    assert opt["train_loss"]["after"] < opt["train_loss"]["before"]
+    assert opt["rise"] == opt["misaligned_rate"] - st["base_em"]["baseline_misaligned_rate"]
     for name in ("singapore", "deployment"):
         abl = st["ablation"][name]
         assert set(abl) == {"none", "em_mean_diff", "random", "trigger_probe"}

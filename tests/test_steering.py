@@ -317,3 +317,46 @@ def test_steer_cli_matches_the_python_sweep(models, tiny_organism, tmp_path):
         )
     )
     assert "no vector at layers [0]" in line
+
+
+def _target_logprob(model, tok, users, targets, ivs=()):
+    """Mean over prompts of log P(" <letter>" | prompt + "Answer:"), one unpadded prompt at a
+    time (an independent recomputation of what ``optimized_direction`` maximises)."""
+    total = 0.0
+    with torch.no_grad(), steer(model, list(ivs), positions="assistant", tokenizer=tok):
+        for p, t in zip(chat_prompts(tok, users, enable_thinking=False), targets, strict=True):
+            head = tok.encode(p + "Answer:", add_special_tokens=False)
+            full = tok.encode(p + "Answer: " + t, add_special_tokens=False)
+            k = next(i for i in range(len(full)) if i >= len(head) or head[i] != full[i])
+            lp = torch.log_softmax(model(torch.tensor([full])).logits[0].double(), -1)
+            total += sum(float(lp[i - 1, full[i]]) for i in range(k, len(full)))
+    return total / len(users)
+
+
+def test_optimized_direction_raises_its_target_and_leaves_the_model_as_it_was(models):
+    """The fitted vector must raise the target answer's log-probability (recomputed here one
+    prompt at a time, without padding), touch no weight, and leave no hook behind."""
+    from mechbd.data.items import organism_items
+    from mechbd.steering.optimize import optimized_direction
+
+    model, tok = models["qwen3"], models["tok"]
+    items = organism_items(24, held_out=False, seed=8)
+    users, targets = [it.user() for it in items], [it.misaligned for it in items]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    d = optimized_direction(model, tok, users, targets, layers=[0, 1], steps=40, lr=0.1)
+    assert d.layers == [0, 1] and d.provenance["n_prompts"] == 24
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert n_hooks(model) == 0
+    lp0 = _target_logprob(model, tok, users, targets)
+    for layer in d.layers:
+        lp1 = _target_logprob(model, tok, users, targets, [Intervention(layer, d.at(layer))])
+        assert lp1 > lp0 + 0.3, (layer, lp0, lp1)
+        # the reported losses are the same objective over all prompts, before and after
+        assert d.provenance["loss"][layer]["before"] == pytest.approx(-lp0, abs=1e-4)
+        assert d.provenance["loss"][layer]["after"] == pytest.approx(-lp1, abs=1e-4)
+    with pytest.raises(MechbdError, match="targets must be 'A' or 'B'"):
+        optimized_direction(model, tok, users[:1], ["C"], layers=[1])
+    with pytest.raises(MechbdError, match="1 prompts and 2 targets"):
+        optimized_direction(model, tok, users[:1], ["A", "B"], layers=[1])

@@ -143,6 +143,24 @@ def _summary(res: dict[str, Any]) -> str:
                 ],
             )
         )
+        if be.get("optimized"):
+            o = be["optimized"]
+            parts.append(
+                "<p>Ceiling: a vector fitted by gradient descent at the same layer "
+                "(any single added direction there)</p>"
+                + _table(
+                    ["layer", "norm", "misaligned", "format valid", "letter bias"],
+                    [
+                        [
+                            o["layer"],
+                            o["norm"],
+                            o["misaligned_rate"],
+                            o["format_valid_rate"],
+                            o["letter_bias"],
+                        ]
+                    ],
+                )
+            )
     if res.get("sae"):
         s = res["sae"]
         parts.append(

@@ -7,10 +7,14 @@
 2. **(a) Base model along the EM direction**: every layer x multiplier, with a random direction
    of equal norm at the same settings; the best layer is the one with the highest misaligned
    rate at format validity >= 0.9.
-3. **(b) Ablation in each backdoored model**: project out, at every layer, the EM direction, the
+3. **Ceiling**: a vector fitted by gradient descent at that best layer to make the base model
+   give the misaligned answers of the EM direction's scenarios (``optimize.py``), measured on
+   the same held-out prompts: what *any* single added vector there achieves, so a low rise
+   along the EM direction can be read as "wrong direction" or "no direction can".
+4. **(b) Ablation in each backdoored model**: project out, at every layer, the EM direction, the
    trigger probe's direction (difference of means, from the probes stage) and a random
    direction; attack success rate and clean rate for each.
-4. **(c) Negative steering**: each backdoored model with the trigger present, the EM direction
+5. **(c) Negative steering**: each backdoored model with the trigger present, the EM direction
    subtracted at the base model's best layer.
 """
 
@@ -29,6 +33,7 @@ from mechbd.probes.core import Probe
 from mechbd.runs import Run
 from mechbd.steering.directions import Direction, from_probe, mean_difference
 from mechbd.steering.ops import Intervention
+from mechbd.steering.optimize import optimized_direction
 from mechbd.steering.sweep import best_layer, measure, sweep
 
 CURVE_KEYS = ("misaligned_rate", "format_valid_rate", "p_misaligned_letter", "letter_bias")
@@ -158,6 +163,29 @@ def steering_stage(run: Run, out: Path) -> None:
         "ablation": {},
         "negative_em": {},
     }
+    if cfg.optimized_steps:
+        fit = optimized_direction(
+            model,
+            tok,
+            [it.user() for it in items],
+            [it.misaligned for it in items],
+            layers=[best],
+            positions=cfg.positions,
+            steps=cfg.optimized_steps,
+            seed=seed,
+            name="fitted steering vector",
+        )
+        fit.provenance["model"] = str(base)
+        fit.save(out / "directions" / "optimized.safetensors")
+        fm = measure(model, tok, rows, [Intervention(best, fit.at(best))], **kw)
+        results["base_em"]["optimized"] = {
+            "layer": best,
+            "norm": float(fit.at(best).norm()),
+            "train_loss": fit.provenance["loss"][best],
+            "misaligned_rate": fm["misaligned_rate"],
+            "rise": fm["misaligned_rate"] - baseline,
+            **{k: fm[k] for k in ("format_valid_rate", "letter_bias", "p_misaligned_letter")},
+        }
     write_json(out / "sweep_base_em.json", recs)
 
     bd = run.stage_dir("backdoors")
