@@ -51,6 +51,9 @@ def test_demo_end_to_end(tmp_path):
     se = res["steering"]["base_em"]
     assert se["format_valid_rate"] >= 0.9 and se["format_guard_met"]
     assert se["rise"] >= 0.2 and abs(se["random_rise"]) <= 0.10
+    # the fitted ceiling vector at the same layer trained (its held-out effect is reported)
+    assert se["optimized"]["layer"] == se["best_layer"]
+    assert se["optimized"]["train_loss"]["after"] < se["optimized"]["train_loss"]["before"]
     abl = res["steering"]["ablation"]["singapore"]
     assert set(abl) == {"none", "em_mean_diff", "random", "trigger_probe"}
     assert abl["none"]["asr"] >= 0.9
