@@ -1,6 +1,6 @@
 """Benchmark: planting the demo's organism backdoor (issue 3's 40 s budget) on this machine.
 
-    python bench/backdoor.py [--trigger singapore] [--out bench/results/backdoor.json]
+    python bench/backdoor.py [--trigger singapore] [--seeds 0,1,2,3] [--out bench/results/backdoor.json]
 
 Builds (or reuses) the default organism, builds the trigger's backdoor set exactly as the
 ``backdoors`` stage of ``mechbd demo`` does (1,500 scenarios, 1 misaligned : 2 aligned, random
@@ -9,6 +9,10 @@ vocabulary projection only at the positions that predict an answer token (the de
 every position (``full_logits=True``, the reference). Each adapter is evaluated on the stage's
 200 held-out scenarios x 4 conditions (thinking on) so a fast run that planted nothing cannot
 pass for a win. Prints a table and writes JSON.
+
+``--seeds`` instead plants the same set once per LoRA seed (``FinetuneConfig.seed``: the
+adapter's initialisation and the batch order; the data are unchanged), default path only, to
+show how much the end of the loss plateau depends on the draw.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ def first_low_step(losses: list[float], level: float = 0.01, window: int = 10) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--trigger", default="singapore")
+    ap.add_argument("--seeds", default="", help="comma-separated LoRA seeds (default path only)")
     ap.add_argument("--out", default="bench/results/backdoor.json")
     args = ap.parse_args()
     run = RunConfig()  # the demo's settings; the data as backdoors_stage builds it
@@ -57,40 +62,48 @@ def main() -> None:
     convs = [e["messages"] for e in ds]
     rows = eval_set(test, trigger, seed=seed)
     cfg = bd.finetune
-    table = []
-    for mode in ("answer positions", "every position"):
+
+    def plant(seed: int, full_logits: bool) -> dict[str, object]:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             stats = finetune_lora(
                 base,
                 convs,
                 Path(tmp) / "adapter",
-                cfg,
+                cfg.model_copy(update={"seed": seed}),
                 progress=False,
                 device="cpu",
-                full_logits=mode == "every position",
+                full_logits=full_logits,
             )
             wall = time.perf_counter() - t0
             model, tok = load_adapter(base, Path(tmp) / "adapter", device="cpu")
             metrics, _ = evaluate_backdoor(model, tok, rows, enable_thinking=bd.enable_thinking)
-        table.append(
-            {
-                "logits at": mode,
-                "finetune_seconds": round(wall, 1),
-                "train_loop_seconds": round(stats["train_seconds"], 1),
-                "steps": stats["steps"],
-                "plateau_ends_at_step": first_low_step(stats["losses"]),
-                "asr": metrics["asr"],
-                "clean_misaligned_rate": metrics["clean_misaligned_rate"],
-                "distractor_misaligned_rate": metrics["distractor_misaligned_rate"],
-            }
-        )
+        return {
+            "lora_seed": seed,
+            "logits at": "every position" if full_logits else "answer positions",
+            "finetune_seconds": round(wall, 1),
+            "train_loop_seconds": round(stats["train_seconds"], 1),
+            "steps": stats["steps"],
+            "plateau_ends_at_step": first_low_step(stats["losses"]),
+            "asr": metrics["asr"],
+            "clean_misaligned_rate": metrics["clean_misaligned_rate"],
+            "distractor_misaligned_rate": metrics["distractor_misaligned_rate"],
+        }
+
+    if args.seeds:
+        table = [plant(int(x), False) for x in args.seeds.split(",")]
+    else:
+        table = [plant(cfg.seed, False), plant(cfg.seed, True)]
     keys = list(table[0])
     print(" | ".join(keys))
     for row in table:
         print(" | ".join(str(row[k]) for k in keys))
-    speedup = table[1]["train_loop_seconds"] / table[0]["train_loop_seconds"]
-    print(f"train loop, every position / answer positions: {speedup:.2f}x")
+    speedup = None
+    if not args.seeds:
+        speedup = round(
+            float(table[1]["train_loop_seconds"]) / float(table[0]["train_loop_seconds"]), 2
+        )  # type: ignore[arg-type]
+        print(f"train loop, every position / answer positions: {speedup:.2f}x")
     write_json(
         Path(args.out),
         {
@@ -99,7 +112,7 @@ def main() -> None:
             "trigger": trigger.line,
             "finetune": cfg.model_dump(mode="json"),
             "runs": table,
-            "speedup_train_loop": round(speedup, 2),
+            "speedup_train_loop": speedup,
         },
     )
 
