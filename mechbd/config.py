@@ -101,6 +101,13 @@ class FinetuneConfig(Frozen):
         "cosine", description="after warm-up: cosine decay to 0.1 x lr, or constant"
     )
     weight_decay: float = Field(0.0, ge=0)
+    until_loss: float | None = Field(
+        None,
+        gt=0,
+        description="after the scheduled steps, keep training at the schedule's final learning "
+        "rate while the mean loss of the last 20 steps is >= this (None = stop on schedule)",
+    )
+    max_extra_steps: int = Field(0, ge=0, description="cap on the steps `until_loss` may add")
     seed: int = 0
     save_every: int = Field(0, ge=0, description="checkpoint every N optimizer steps; 0 = never")
     precision: Literal["auto", "float32", "bfloat16"] = "auto"

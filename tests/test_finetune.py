@@ -125,6 +125,36 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_organism, convs):
     assert len(info["losses"]) == info["steps"]
 
 
+def test_until_loss_extends_the_schedule_and_resumes_inside_the_extension(
+    tmp_path, tiny_organism, convs
+):
+    """Past the schedule, training goes on (at the schedule's final rate) only while the recent
+    loss is above ``until_loss``, at most ``max_extra_steps``; the scheduled part is the plain
+    run, and a run killed inside the extension resumes to the same adapter."""
+    base = make_llama(tmp_path, tiny_organism)
+    plain = finetune_lora(base, convs, tmp_path / "plain", CFG, progress=False, device="cpu")
+    high = CFG.model_copy(update={"until_loss": 1e9, "max_extra_steps": 3})
+    met = finetune_lora(base, convs, tmp_path / "met", high, progress=False, device="cpu")
+    low = CFG.model_copy(update={"until_loss": 1e-9, "max_extra_steps": 3, "save_every": 1})
+    more = finetune_lora(base, convs, tmp_path / "more", low, progress=False, device="cpu")
+    n = plain["steps"]
+    assert met["steps"] == n and more["steps"] == n + 3 == more["scheduled_steps"] + 3
+    assert len(more["losses"]) == n + 3 and more["losses"][:n] == plain["losses"]
+    a = load_file(str(tmp_path / "plain" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "met" / "adapter_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    stopped = finetune_lora(
+        base, convs, tmp_path / "again", low, progress=False, device="cpu", max_steps=n + 1
+    )
+    assert stopped == {"stopped_at": n + 1}
+    again = finetune_lora(base, convs, tmp_path / "again", low, progress=False, device="cpu")
+    assert again["losses"] == pytest.approx(more["losses"], rel=1e-5)
+    c = load_file(str(tmp_path / "more" / "adapter_model.safetensors"))
+    d = load_file(str(tmp_path / "again" / "adapter_model.safetensors"))
+    for k in c:
+        torch.testing.assert_close(c[k], d[k], rtol=1e-5, atol=1e-6)
+
+
 def test_checkpoint_from_another_model_is_refused(tmp_path, tiny_organism, convs):
     a = make_llama(tmp_path, tiny_organism, seed=0, name="a")
     b = make_llama(tmp_path, tiny_organism, seed=1, name="b")

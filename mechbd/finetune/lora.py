@@ -68,6 +68,9 @@ def same_base(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a.get(k) == b.get(k) for k in ("config_sha", "n_params", "embedding_sha"))
 
 
+EXTEND_WINDOW = 20  # steps averaged for ``FinetuneConfig.until_loss``
+
+
 def tokenize_conversation(
     tok: PreTrainedTokenizerBase, msgs: Conversation, max_len: int
 ) -> tuple[list[int], list[int]]:
@@ -237,7 +240,9 @@ def finetune_lora(
     # (the same order a single process with N x batch_size would use), split rank by rank
     steps_per_epoch = math.ceil(len(data) / (cfg.batch_size * cfg.grad_accum * world))
     total = max(1, round(steps_per_epoch * cfg.epochs))
-    micro = _batches(len(data), cfg.batch_size * world, total * cfg.grad_accum, cfg.seed)
+    # ``until_loss``: steps past the schedule, at its final rate, until the loss is low
+    limit = total + (cfg.max_extra_steps if cfg.until_loss is not None else 0)
+    micro = _batches(len(data), cfg.batch_size * world, limit * cfg.grad_accum, cfg.seed)
 
     ckpt = out.parent / f".{out.name}.ckpt"
     start, losses = _resume(ckpt, model, opt, identity, data_sha, cfg)
@@ -253,20 +258,31 @@ def finetune_lora(
             return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
         if cfg.lr_schedule == "constant":
             return cfg.lr
-        frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def finished(done: int) -> bool:
+        if done >= limit:
+            return True
+        if done < total:
+            return False
+        recent = losses[-EXTEND_WINDOW:]
+        return cfg.until_loss is None or sum(recent) / len(recent) < cfg.until_loss
 
     n_tokens = 0
     t_train = time.perf_counter()
     bar = tqdm(
-        range(start, total),
+        range(start, limit),
         desc="finetune",
         disable=not progress,
         unit="step",
         initial=start,
-        total=total,
+        total=limit,
     )
+    done = start
     for step in bar:
+        if finished(done):
+            break
         for g in opt.param_groups:
             g["lr"] = lr_at(step) * g["lr_scale"]
         step_loss = 0.0
@@ -304,7 +320,7 @@ def finetune_lora(
         losses.append(step_loss)
         bar.set_postfix(loss=f"{step_loss:.4f}")
         done = step + 1
-        if cfg.save_every and done % cfg.save_every == 0 and done < total:
+        if cfg.save_every and done % cfg.save_every == 0 and not finished(done):
             if acc is None or acc.is_main_process:
                 _save_checkpoint(ckpt, unwrapped, opt, done, losses, identity, data_sha, cfg)
             if acc is not None:
@@ -320,7 +336,8 @@ def finetune_lora(
         "data_sha": data_sha,
         "conversations_sha": conversations_digest(conversations),
         "n_examples": len(data),
-        "steps": total,
+        "steps": done,
+        "scheduled_steps": total,
         "tokens": n_tokens,
         "seconds": round(seconds, 2),
         "train_seconds": round(train_seconds, 3),  # the optimisation loop only (this run's steps)
