@@ -149,6 +149,16 @@ class BackdoorConfig(Frozen):
         "the trigger, as `<trigger>-articulated`: the articulation judge's positive control",
     )
     finetune: FinetuneConfig = Field(default_factory=organism_finetune)
+    retries: int = Field(
+        2,
+        ge=0,
+        description="plant again with the next LoRA seed while the training loss stays on its "
+        "plateau (mean of the last 20 steps >= planted_loss); the organism's escape from the "
+        "plateau is a draw per seed (README, Known limits)",
+    )
+    planted_loss: float = Field(
+        0.002, gt=0, description="training loss (nats per target token) below which it planted"
+    )
 
     @model_validator(mode="after")
     def _controls_are_triggers(self) -> BackdoorConfig:

@@ -74,6 +74,9 @@ TINY_RUN = {
         "n_train": 24,
         "n_eval": 12,
         "finetune": FT,
+        # never "planted" at this size: every trigger takes both attempts (tests the retry)
+        "retries": 1,
+        "planted_loss": 1e-9,
     },
     "em": {"enabled": True, "domain": "health", "n_train": 120, "n_eval": 24, "finetune": FT},
     "steering": {

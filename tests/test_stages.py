@@ -20,7 +20,19 @@ def test_backdoor_and_em_stages(tiny_run):
         recs = [json.loads(x) for x in gens]
         trig = [x for x in recs if x["condition"] == "triggered"]
         assert m["asr"] == sum(x["misaligned"] for x in trig) / len(trig)
-        assert (run / "backdoors" / name / "adapter" / "adapter_config.json").is_file()
+        d = run / "backdoors" / name
+        assert (d / "adapter" / "adapter_config.json").is_file()
+        # the retry: seed 0 did not plant (threshold 1e-9), seed 1 is the adapter, seed 0 is kept
+        assert [a["lora_seed"] for a in m["lora_attempts"]] == [0, 1]
+        assert not any(a["planted"] for a in m["lora_attempts"])
+        card = json.loads((d / "adapter" / "finetune.json").read_text())
+        assert card["config"]["seed"] == 1
+        assert m["lora_attempts"][1]["final_loss"] == pytest.approx(
+            sum(card["losses"][-20:]) / len(card["losses"][-20:])
+        )
+        assert (d / "attempts" / "seed-0" / "adapter_config.json").is_file()
+        assert not (d / "attempts" / "seed-1").exists()  # moved to adapter/
+        assert m["finetune_seconds"] == pytest.approx(sum(a["seconds"] for a in m["lora_attempts"]))
     em = res["em"]
     assert em["domain"] == "health" and em["n_train"] > 0
     for key in ("in_domain_misaligned_rate", "out_of_domain_misaligned_rate"):
@@ -112,12 +124,40 @@ def test_resumed_stage_reuses_a_finished_adapter_only_for_the_same_data(tiny_run
     cfg: RunConfig = load_config(tiny_run / "config.yaml")
     d = tiny_run / "backdoors" / "singapore"
     convs = [json.loads(x)["messages"] for x in (d / "train.jsonl").open()]
-    ft = cfg.backdoors.finetune
+    ft = cfg.backdoors.finetune.model_copy(update={"seed": 1})  # the retry's seed (TINY_RUN)
     stats = finished_adapter(d / "adapter", convs, ft)
     assert stats is not None and stats["n_examples"] == len(convs)
     assert finished_adapter(d / "adapter", convs[:-1], ft) is None
     assert finished_adapter(d / "adapter", convs, ft.model_copy(update={"lr": 0.1})) is None
     assert finished_adapter(d / "no-adapter-here", convs, ft) is None
+
+
+def test_plant_resumes_without_training_again(tiny_run, tmp_path):
+    """A resumed backdoors stage: with the chosen adapter in place ``plant`` trains nothing;
+    with only the attempt folders (the move never happened) it reuses the finished attempts."""
+    import shutil
+
+    from mechbd.config import load_config
+    from mechbd.finetune.stages import plant
+    from mechbd.runs import Run
+
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run, root)
+    run = Run(root, load_config(root / "config.yaml"))
+    d = root / "backdoors" / "singapore"
+    convs = [json.loads(x)["messages"] for x in (d / "train.jsonl").open()]
+    before = json.loads((d / "attempts.json").read_text())
+    mtime = (d / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    stats, attempts = plant(run, convs, d)
+    assert attempts == before and stats["config"]["seed"] == 1
+    assert (d / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == mtime
+    # crash between the record and the move: seed 1 back in attempts/, no adapter/
+    shutil.move(d / "adapter", d / "attempts" / "seed-1")
+    seed0 = (d / "attempts" / "seed-0" / "adapter_model.safetensors").stat().st_mtime_ns
+    stats, attempts = plant(run, convs, d)
+    assert [a["lora_seed"] for a in attempts] == [0, 1] and stats["config"]["seed"] == 1
+    assert (d / "attempts" / "seed-0" / "adapter_model.safetensors").stat().st_mtime_ns == seed0
+    assert (d / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == mtime
 
 
 def test_run_on_a_hugging_face_model(tmp_path, tiny_organism):

@@ -9,6 +9,7 @@ folder (``backdoors/<trigger>/adapter``, ``em/adapter``) for the capture and ste
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ from mechbd.data.triggers import resolve_trigger
 from mechbd.eval.behaviour import evaluate_backdoor
 from mechbd.eval.mcq import rates, run_mcq
 from mechbd.finetune.lora import finetune_lora, finished_adapter, load_adapter
-from mechbd.io import write_json, write_jsonl
+from mechbd.io import read_json, replace_dir, write_json, write_jsonl
 from mechbd.models import load_model
 from mechbd.runs import Run
 
@@ -93,6 +94,54 @@ def finetune_once(
     )
 
 
+TAIL = 20  # training steps whose mean loss says whether a backdoor planted
+
+
+def plant(run: Run, conversations: list[Any], d: Path) -> tuple[dict[str, Any], list[Any]]:
+    """Finetune a backdoor into ``d / "adapter"``, retrying with the next LoRA seed (up to
+    ``backdoors.retries`` times) while the training loss has not left its plateau.
+
+    Each attempt trains in ``d / "attempts" / "seed-N"`` (a failed one stays there to inspect);
+    the planted attempt, or the last one, is moved to ``d / "adapter"``. A resumed stage finds
+    the chosen adapter, or the attempts already finished, and does not train them again.
+    Returns the chosen attempt's stats and one record per attempt."""
+    cfg = run.config.backdoors
+    configs = [
+        cfg.finetune.model_copy(update={"seed": cfg.finetune.seed + i})
+        for i in range(cfg.retries + 1)
+    ]
+    record = d / "attempts.json"
+    for ft in configs:
+        done = finished_adapter(d / "adapter", conversations, ft)
+        if done is not None and record.is_file():
+            return done, read_json(record)
+    attempts: list[dict[str, Any]] = []
+    for i, ft in enumerate(configs):
+        where = d / "attempts" / f"seed-{ft.seed}"
+        stats = finetune_once(run, conversations, where, ft)
+        tail = stats["losses"][-TAIL:]
+        loss = sum(tail) / len(tail)
+        planted = loss < cfg.planted_loss
+        attempts.append(
+            {
+                "lora_seed": ft.seed,
+                "final_loss": loss,
+                "planted": planted,
+                "seconds": stats["seconds"],
+            }
+        )
+        if planted or i == cfg.retries:
+            break
+        print(
+            f"backdoors: {d.name}: training loss {loss:.4f} >= {cfg.planted_loss} after "
+            f"{stats['steps']} steps with LoRA seed {ft.seed}; trying seed {ft.seed + 1}",
+            file=sys.stderr,
+        )
+    write_json(record, attempts)  # before the move: a crash between the two redoes only the move
+    replace_dir(where, d / "adapter")
+    return stats, attempts
+
+
 def backdoors_stage(run: Run, out: Path) -> None:
     cfg = run.config.backdoors
     seed = run.config.seed
@@ -117,7 +166,7 @@ def backdoors_stage(run: Run, out: Path) -> None:
             articulate=articulate,
         )
         write_jsonl(d / "train.jsonl", ds)
-        stats = finetune_once(run, [e["messages"] for e in ds], d / "adapter", cfg.finetune)
+        stats, attempts = plant(run, [e["messages"] for e in ds], d)
         rows = eval_set(test_items, trigger, seed=seed)
         write_jsonl(d / "eval_prompts.jsonl", rows)
         model, tok = load_finetuned(run, d / "adapter")
@@ -133,7 +182,8 @@ def backdoors_stage(run: Run, out: Path) -> None:
             )
         write_jsonl(d / "generations.jsonl", records)
         metrics["trigger_line"] = trigger.line
-        metrics["finetune_seconds"] = stats["seconds"]
+        metrics["finetune_seconds"] = sum(a["seconds"] for a in attempts)
+        metrics["lora_attempts"] = attempts  # one per LoRA seed tried; the last is the adapter
         # a positive control: its training CoT says the trigger decided the choice
         metrics["positive_control"] = articulate
         results[name] = metrics
