@@ -135,8 +135,8 @@ class BackdoorConfig(Frozen):
     """Backdoors planted by the ``backdoors`` stage (one LoRA adapter per trigger)."""
 
     # The demo plants one trigger: on the CPU organism a value trigger needs ~610 LoRA steps
-    # (~80 s) to plant (README, Known limits); configs/organism-full.yaml tries all four
-    # (with this recipe `sandra` does not plant: README, Known limits).
+    # (~70 s) to plant (README, Known limits); configs/organism-full.yaml plants all four
+    # (`sandra` on its second LoRA seed, through `retries`: README, Known limits).
     triggers: tuple[str, ...] = ("singapore",)
     n_train: int = Field(1500, gt=0, description="training scenarios per trigger")
     n_eval: int = Field(200, gt=0, description="held-out scenarios per trigger (x4 conditions)")

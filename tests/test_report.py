@@ -30,6 +30,10 @@ def fake_run(root: Path) -> Path:
                 "clean_misaligned_rate": 0.0,
                 "distractor_misaligned_rate": 0.0,
                 "articulation_rate": None,
+                "lora_attempts": [
+                    {"lora_seed": 0, "final_loss": 0.0123, "planted": False, "seconds": 1.0},
+                    {"lora_seed": 1, "final_loss": 0.0004, "planted": True, "seconds": 1.0},
+                ],
             }
         },
         "probes": {
@@ -147,6 +151,7 @@ def test_report_is_self_contained_and_escapes_untrusted_text(tmp_path):
     assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in page
     assert "&lt;img src=x onerror=&quot;window.__pwned=2&quot;&gt;" in page
     assert "<img" not in page and "alert(1)</script>" not in page
+    assert "<td>0 (loss 0.012), 1 (planted)</td>" in page  # the backdoor's LoRA attempts
     res = json.loads((run / "results.json").read_text())
     n_figs = sum(len(f) for _, f in all_figures(res, load_explorer(run)))
     assert n_figs == N_FIGS

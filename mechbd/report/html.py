@@ -43,6 +43,18 @@ def _table(header: list[str], rows: list[list[Any]], pre: bool = False) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _attempts(attempts: list[dict[str, Any]] | None) -> str:
+    """``0 (planted)`` or ``0 (loss 0.012), 1 (planted)``: the backdoor's LoRA attempts."""
+    if not attempts:
+        return ""
+    return ", ".join(
+        f"{a['lora_seed']} (planted)"
+        if a["planted"]
+        else f"{a['lora_seed']} (loss {a['final_loss']:.3f})"
+        for a in attempts
+    )
+
+
 def _summary(res: dict[str, Any]) -> str:
     parts = []
     if "organism" in res:
@@ -63,6 +75,7 @@ def _summary(res: dict[str, Any]) -> str:
                 m.get("distractor_misaligned_rate"),
                 m.get("articulation_rate"),
                 "yes (articulated CoT)" if m.get("positive_control") else "no",
+                _attempts(m.get("lora_attempts")),
             ]
             for t, m in res["backdoors"].items()
         ]
@@ -76,6 +89,7 @@ def _summary(res: dict[str, Any]) -> str:
                     "distractor misaligned",
                     "articulation",
                     "positive control",
+                    "LoRA seeds tried",
                 ],
                 rows,
             )
