@@ -344,7 +344,10 @@ def test_optimized_direction_raises_its_target_and_leaves_the_model_as_it_was(mo
     users, targets = [it.user() for it in items], [it.misaligned for it in items]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
+    model.train()  # the fit runs in eval mode and restores the caller's mode
     d = optimized_direction(model, tok, users, targets, layers=[0, 1], steps=40, lr=0.1)
+    assert model.training
+    model.eval()
     assert d.layers == [0, 1] and d.provenance["n_prompts"] == 24
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [p.requires_grad for p in model.parameters()] == flags

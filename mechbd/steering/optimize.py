@@ -65,11 +65,12 @@ def optimized_direction(
     name: str = "optimised",
 ) -> Direction:
     """One vector per layer in ``layers``, each fitted alone (steered at that layer only) to
-    raise the probability of the continuation `` <targets[i]>``
-    after ``Answer:``, i.e. to make the model answer ``targets[i]`` (``"A"`` or ``"B"``) to ``users[i]``.
+    make the model answer ``targets[i]`` (``"A"`` or ``"B"``) to ``users[i]``: it maximises
+    the log-probability of the reply ``Answer: <targets[i]>`` (thinking off).
 
-    Adam from zero, ``steps`` minibatches of ``batch_size`` prompts. The model's weights are
-    frozen for the fit and their ``requires_grad`` flags restored afterwards."""
+    Adam from zero, ``steps`` minibatches of ``batch_size`` prompts. The model runs in eval
+    mode with its weights frozen for the fit; its mode and ``requires_grad`` flags are
+    restored afterwards."""
     if not users or len(users) != len(targets):
         raise MechbdError(
             f"optimised steering: {len(users)} prompts and {len(targets)} targets "
@@ -82,6 +83,7 @@ def optimized_direction(
     enc = {k: v.to(device) for k, v in _encode(tok, users, targets).items()}
     d = int(model.get_input_embeddings().weight.shape[1])  # type: ignore[operator]
     flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
     g = torch.Generator().manual_seed(seed)
     n = len(users)
 
@@ -104,6 +106,7 @@ def optimized_direction(
     vecs: dict[int, torch.Tensor] = {}
     losses: dict[int, dict[str, float]] = {}
     try:
+        model.eval()  # no dropout noise in the objective
         for p in model.parameters():
             p.requires_grad_(False)
         for layer in layers:
@@ -123,6 +126,7 @@ def optimized_direction(
             vecs[layer] = v.detach().float().cpu()
             losses[layer] = {"before": start, "after": full(layer, v.detach())}
     finally:
+        model.train(was_training)
         for p, f in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(f)
     return Direction(
