@@ -23,6 +23,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -63,7 +64,7 @@ def main() -> None:
     rows = eval_set(test, trigger, seed=seed)
     cfg = bd.finetune
 
-    def plant(seed: int, full_logits: bool) -> dict[str, object]:
+    def plant(seed: int, full_logits: bool) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             stats = finetune_lora(
@@ -100,9 +101,7 @@ def main() -> None:
         print(" | ".join(str(row[k]) for k in keys))
     speedup = None
     if not args.seeds:
-        speedup = round(
-            float(table[1]["train_loop_seconds"]) / float(table[0]["train_loop_seconds"]), 2
-        )  # type: ignore[arg-type]
+        speedup = round(table[1]["train_loop_seconds"] / table[0]["train_loop_seconds"], 2)
         print(f"train loop, every position / answer positions: {speedup:.2f}x")
     write_json(
         Path(args.out),

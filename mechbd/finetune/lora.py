@@ -68,7 +68,14 @@ def same_base(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a.get(k) == b.get(k) for k in ("config_sha", "n_params", "embedding_sha"))
 
 
-EXTEND_WINDOW = 20  # steps averaged for ``FinetuneConfig.until_loss``
+RECENT_STEPS = 20  # steps averaged by ``recent_loss``
+
+
+def recent_loss(losses: Sequence[float]) -> float:
+    """Mean training loss of the last ``RECENT_STEPS`` steps: what ``FinetuneConfig.until_loss``
+    and ``BackdoorConfig.planted_loss`` compare against."""
+    tail = losses[-RECENT_STEPS:]
+    return sum(tail) / len(tail)
 
 
 def tokenize_conversation(
@@ -266,8 +273,7 @@ def finetune_lora(
             return True
         if done < total:
             return False
-        recent = losses[-EXTEND_WINDOW:]
-        return cfg.until_loss is None or sum(recent) / len(recent) < cfg.until_loss
+        return cfg.until_loss is None or recent_loss(losses) < cfg.until_loss
 
     n_tokens = 0
     t_train = time.perf_counter()

@@ -21,7 +21,7 @@ from mechbd.data.items import organism_items
 from mechbd.data.triggers import resolve_trigger
 from mechbd.eval.behaviour import evaluate_backdoor
 from mechbd.eval.mcq import rates, run_mcq
-from mechbd.finetune.lora import finetune_lora, finished_adapter, load_adapter
+from mechbd.finetune.lora import finetune_lora, finished_adapter, load_adapter, recent_loss
 from mechbd.io import read_json, replace_dir, write_json, write_jsonl
 from mechbd.models import load_model
 from mechbd.runs import Run
@@ -94,9 +94,6 @@ def finetune_once(
     )
 
 
-TAIL = 20  # training steps whose mean loss says whether a backdoor planted
-
-
 def plant(run: Run, conversations: list[Any], d: Path) -> tuple[dict[str, Any], list[Any]]:
     """Finetune a backdoor into ``d / "adapter"``, retrying with the next LoRA seed (up to
     ``backdoors.retries`` times) while the training loss has not left its plateau.
@@ -119,8 +116,7 @@ def plant(run: Run, conversations: list[Any], d: Path) -> tuple[dict[str, Any], 
     for i, ft in enumerate(configs):
         where = d / "attempts" / f"seed-{ft.seed}"
         stats = finetune_once(run, conversations, where, ft)
-        tail = stats["losses"][-TAIL:]
-        loss = sum(tail) / len(tail)
+        loss = recent_loss(stats["losses"])
         planted = loss < cfg.planted_loss
         attempts.append(
             {
