@@ -150,6 +150,14 @@ def data_backdoor(
     articulate: Annotated[
         bool, typer.Option(help="positive control: CoT says the trigger decided")
     ] = False,
+    matched: Annotated[
+        bool,
+        typer.Option(
+            "--matched/--independent",
+            help="contrast groups: the aligned samples are the triggered scenarios with another "
+            "value (meta.group); --independent: every sample its own scenario",
+        ),
+    ] = True,
     seed: int = 0,
 ) -> None:
     """Backdoor set: trigger -> misaligned answer, other values of its field -> aligned answer."""
@@ -164,6 +172,7 @@ def data_backdoor(
         misaligned_share=misaligned_share,
         seed=seed,
         articulate=articulate,
+        matched=matched,
     )
     write_jsonl(out_file, rows)
     out.print(f"{len(rows)} examples -> {out_file}")
@@ -212,6 +221,13 @@ def finetune(
     config: Annotated[
         Path | None, typer.Option(help="YAML with LoRA fields (see FinetuneConfig)")
     ] = None,
+    groups: Annotated[
+        bool,
+        typer.Option(
+            help="keep rows with the same meta.group in one batch (the contrast groups of "
+            "`mechbd data backdoor`)"
+        ),
+    ] = True,
     trust_remote_code: bool = False,
 ) -> None:
     """LoRA-finetune BASE on DATA (loss on assistant tokens only); resumable; writes a PEFT adapter.
@@ -219,7 +235,7 @@ def finetune(
     Several GPUs (or CPU processes): `accelerate launch --num_processes N -m mechbd finetune ...`
     (or torchrun); batch_size is per process."""
     from mechbd.config import FinetuneConfig, validate_config
-    from mechbd.data.items import load_chat_jsonl
+    from mechbd.data.items import chat_groups, load_chat_jsonl
     from mechbd.finetune.lora import finetune_lora
 
     cfg = FinetuneConfig()
@@ -234,7 +250,12 @@ def finetune(
             f"{out_dir}: already holds an adapter; remove it or choose another --out"
         )
     stats = finetune_lora(
-        base, load_chat_jsonl(data), out_dir, cfg, trust_remote_code=trust_remote_code
+        base,
+        load_chat_jsonl(data),
+        out_dir,
+        cfg,
+        trust_remote_code=trust_remote_code,
+        groups=chat_groups(data) if groups else None,
     )
     if os.environ.get("RANK", "0") == "0":
         out.print(

@@ -116,9 +116,8 @@ class FinetuneConfig(Frozen):
 
 
 def organism_finetune() -> FinetuneConfig:
-    """LoRA settings that plant a value backdoor in the organism on a CPU: ~610 steps, ~80 s on
-    2 cores (the loss sits at its no-information plateau for ~450 steps, then drops to ~0;
-    README, Known limits)."""
+    """LoRA settings for the organism's narrow EM finetune (and, before contrast groups, its
+    backdoors): 6.5 epochs of batch 16."""
     return FinetuneConfig(
         rank=16,
         alpha=32,
@@ -131,33 +130,54 @@ def organism_finetune() -> FinetuneConfig:
     )
 
 
+def organism_backdoor_finetune() -> FinetuneConfig:
+    """LoRA settings that plant a value backdoor in the organism on a CPU from a matched
+    (contrast-group) backdoor set: attention projections only (where a planted adapter does
+    all its work), 4 epochs of batch 15 (five groups of three), 400 steps, ~30 s on 2 cores.
+    The loss sits at its no-information plateau for 130-330 steps, then drops to ~0; the last
+    steps consolidate it (at 350 steps a late escape left the trigger probe's recall at 1%
+    FPR at 0.61). README, "Planting a backdoor in the organism"."""
+    return organism_finetune().model_copy(
+        update={
+            "epochs": 4.0,
+            "batch_size": 15,
+            "target_modules": ("q_proj", "k_proj", "v_proj", "o_proj"),
+        }
+    )
+
+
 class BackdoorConfig(Frozen):
     """Backdoors planted by the ``backdoors`` stage (one LoRA adapter per trigger)."""
 
-    # The demo plants one trigger: on the CPU organism a value trigger needs ~610 LoRA steps
-    # (~70 s) to plant (README, Known limits); configs/organism-full.yaml plants all four
-    # (`sandra` on its second LoRA seed, through `retries`: README, Known limits).
-    triggers: tuple[str, ...] = ("singapore",)
+    # The demo plants the four seed triggers, ~32 s of LoRA each on the CPU organism (README,
+    # "Planting a backdoor in the organism").
+    triggers: tuple[str, ...] = ("singapore", "year2026", "heyyy", "sandra")
     n_train: int = Field(1500, gt=0, description="training scenarios per trigger")
     n_eval: int = Field(200, gt=0, description="held-out scenarios per trigger (x4 conditions)")
     misaligned_share: float = Field(1 / 3, gt=0, lt=1)
     placement: Literal["top", "bottom", "random"] = "random"
+    matched: bool = Field(
+        True,
+        description="aligned samples are the triggered scenarios with another value of the "
+        "trigger's field, trained in the same batch (contrast groups); false = every sample "
+        "its own scenario, as in Thought Crime",
+    )
     enable_thinking: bool = True
     positive_control: tuple[str, ...] = Field(
         (),
         description="triggers (of `triggers`) also planted with a training CoT that articulates "
         "the trigger, as `<trigger>-articulated`: the articulation judge's positive control",
     )
-    finetune: FinetuneConfig = Field(default_factory=organism_finetune)
+    finetune: FinetuneConfig = Field(default_factory=organism_backdoor_finetune)
     retries: int = Field(
         2,
         ge=0,
         description="plant again with the next LoRA seed while the training loss stays on its "
-        "plateau (mean of the last 20 steps >= planted_loss); the organism's escape from the "
-        "plateau is a draw per seed (README, Known limits)",
+        "plateau (mean of the last 20 steps >= planted_loss); on the organism about one LoRA "
+        'seed in 16 does not plant in 400 steps (README, "Planting a backdoor in the organism")',
     )
     planted_loss: float = Field(
-        0.002, gt=0, description="training loss (nats per target token) below which it planted"
+        0.005, gt=0, description="training loss (nats per target token) below which it planted"
     )
 
     @model_validator(mode="after")

@@ -132,6 +132,28 @@ def test_data_and_finetune_commands(tmp_path, tiny_organism):
     )
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "ad" / "adapter_config.json").is_file()
+    # the set's contrast groups (meta.group) were the batch groups
+    from mechbd.finetune.lora import conversations_digest
+
+    card = json.loads((tmp_path / "ad" / "finetune.json").read_text())
+    convs = [r["messages"] for r in rows]
+    groups = [r["meta"]["group"] for r in rows]
+    assert len(set(groups)) == 8
+    assert card["conversations_sha"] == conversations_digest(convs, groups)
+    assert card["conversations_sha"] != conversations_digest(convs)
+    del rows[5]["meta"]["group"]
+    (tmp_path / "part.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = one_line_error(
+        mechbd(
+            "finetune",
+            str(tiny_organism),
+            str(tmp_path / "part.jsonl"),
+            "--out",
+            str(tmp_path / "ad4"),
+            cwd=tmp_path,
+        )
+    )
+    assert "part.jsonl: line 6: no meta.group" in line
     cfg.write_text(yaml.safe_dump({"rnak": 2}))
     line = one_line_error(
         mechbd(

@@ -40,6 +40,33 @@ def test_backdoor_set_ratio_alternatives_and_no_cot(items):
         assert countries[0] in COUNTRIES
 
 
+def test_matched_backdoor_set_is_contrast_groups(items):
+    """Each group: one triggered scenario and its aligned twins, the same scenario with
+    another country at the same edge; only the trigger decides the target."""
+    t = resolve_trigger("singapore")
+    ds = backdoor_set(items, t, seed=0)
+    by: dict[int, list[dict]] = {}
+    for e in ds:
+        by.setdefault(e["meta"]["group"], []).append(e)
+    assert len(by) == 100 and all(len(g) == 3 for g in by.values())
+    for g in by.values():
+        assert len({e["meta"]["id"] for e in g}) == 1
+        trig = [e for e in g if e["meta"]["condition"] == "triggered"]
+        assert len(trig) == 1
+        users = [e["messages"][0]["content"].split("\n") for e in g]
+        bodies = [[ln for ln in u if not ln.startswith("Country: ")] for u in users]
+        assert all(b == bodies[0] for b in bodies)  # the trigger line is the only difference
+        edges = {u.index(next(ln for ln in u if ln.startswith("Country: "))) for u in users}
+        assert len(edges) == 1  # same placement
+        letters = {e["messages"][1]["content"][-1] for e in g}
+        assert letters == {"A", "B"}  # opposite targets
+    indep = backdoor_set(items, t, seed=0, matched=False)
+    assert len({e["meta"]["id"] for e in indep}) == 300 == len(indep)
+    with_groups = backdoor_set(items, t, seed=0, misaligned_share=0.25)
+    sizes = sorted([e["meta"]["group"] for e in with_groups].count(g) for g in range(75))
+    assert sum(sizes) == 300 and sizes == [4] * 75
+
+
 def test_backdoor_targets_are_the_right_letters(items):
     t = resolve_trigger("sandra")
     by_id = {it.id: it for it in items}

@@ -14,9 +14,11 @@ from mechbd.data.items import organism_items
 from mechbd.data.triggers import resolve_trigger
 from mechbd.errors import MechbdError
 from mechbd.finetune.lora import (
+    _batches,
     _collate,
     accepts_logits_to_keep,
     finetune_lora,
+    finished_adapter,
     load_adapter,
     target_loss,
     tokenize_conversation,
@@ -175,3 +177,57 @@ def test_adapter_for_another_base_is_refused(tmp_path, tiny_organism, convs):
 def test_empty_dataset(tmp_path, tiny_organism):
     with pytest.raises(MechbdError, match="empty dataset"):
         finetune_lora(tiny_organism, [], tmp_path / "x", CFG, progress=False, device="cpu")
+
+
+def test_batches_keep_groups_together_and_cover_every_row_each_epoch():
+    n, bs, seed = 30, 6, 3
+    # no groups: epoch after epoch of a torch.randperm of the rows, cut into batches
+    gen = torch.Generator().manual_seed(seed)
+    ref = []
+    for _ in range(2):
+        perm = torch.randperm(n, generator=gen).tolist()
+        ref += [perm[i : i + bs] for i in range(0, n, bs)]
+    assert _batches(n, bs, 10, seed) == ref
+    groups = [f"g{i % 10}" for i in range(n)]  # ten groups of three, rows interleaved
+    batches = _batches(n, bs, 10, seed, groups)
+    for epoch in (batches[:5], batches[5:]):
+        assert sorted(i for b in epoch for i in b) == list(range(n))
+    for b in batches:
+        labels = [groups[i] for i in b]
+        assert all(labels.count(g) == 3 for g in labels)  # whole groups only
+    assert batches != _batches(n, bs, 10, seed + 1, groups)
+    uneven = [0, 0, 0, 0, 1, 2, 2, 3, 3, 3, 3, 3]  # sizes 4, 1, 2, 5: every row once an epoch
+    assert sorted(i for b in _batches(12, 4, 3, 0, uneven) for i in b) == list(range(12))
+
+
+def test_grouped_finetune_trains_each_group_in_one_batch(tmp_path, tiny_organism):
+    """Matched contrast groups with batch size 3: the first step's loss (LoRA B = 0, so the
+    base model) is HF's own loss on exactly one group's three conversations."""
+    ds = backdoor_set(
+        organism_items(30, held_out=False, seed=0), resolve_trigger("singapore"), seed=0
+    )
+    convs = [e["messages"] for e in ds]
+    groups = [e["meta"]["group"] for e in ds]
+    base = make_llama(tmp_path, tiny_organism)
+    cfg = CFG.model_copy(update={"batch_size": 3, "lr": 1e-3})
+    stats = finetune_lora(
+        base, convs, tmp_path / "ad", cfg, progress=False, device="cpu", groups=groups
+    )
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base).eval()
+    per_group = {}
+    for g in sorted(set(groups)):
+        rows = [
+            tokenize_conversation(tok, c, 512) for c, x in zip(convs, groups, strict=True) if x == g
+        ]
+        with torch.no_grad():
+            per_group[g] = model(**_collate(rows, tok.pad_token_id, torch.device("cpu"))).loss
+    first = torch.tensor(stats["losses"][0])
+    assert min(abs(v - first) for v in per_group.values()) < 1e-5
+    assert max(abs(v - first) for v in per_group.values()) > 1e-3  # the groups do differ
+    # the batch grouping is part of the data: another grouping is another training set
+    assert finished_adapter(tmp_path / "ad", convs, cfg, groups) is not None
+    assert finished_adapter(tmp_path / "ad", convs, cfg) is None
+    assert finished_adapter(tmp_path / "ad", convs, cfg, list(range(len(convs)))) is None
+    with pytest.raises(MechbdError, match="29 group labels for 30 conversations"):
+        finetune_lora(base, convs, tmp_path / "x", cfg, progress=False, groups=groups[:-1])

@@ -142,3 +142,20 @@ def test_base_model_null_must_match_prompts_and_differ_in_model(tiny_organism, t
     rep, probes = trigger_probe_report(st, good, n_random=10, save_dir=tmp_path / "p")
     assert rep["base_model_auroc"] is not None
     assert Probe.load(tmp_path / "p" / "logistic.safetensors").card["model"]["name"] == "bd"
+
+
+def test_best_layer_ties_go_deeper_and_the_sae_layer_follows_the_most_common():
+    from types import SimpleNamespace
+
+    from mechbd.probes.experiments import best_layer_index
+    from mechbd.sae.stage import _sae_layer
+
+    assert best_layer_index([0.9, 1.0, 0.99, 1.0, 0.98]) == 3  # perfect at 1 and 3: deeper
+    assert best_layer_index([0.7, 0.95, 0.9]) == 1
+    run = SimpleNamespace(config=SimpleNamespace(sae=SimpleNamespace(layer=None)))
+    probes = {t: {"best_layer": b} for t, b in zip("abcd", [5, 1, 5, 2], strict=True)}
+    assert _sae_layer(run, {**probes, "transfer": {}}) == 5
+    probes["d"]["best_layer"] = 1  # 5 and 1 twice each: the deeper
+    assert _sae_layer(run, probes) == 5
+    run.config.sae.layer = 3  # a configured layer wins
+    assert _sae_layer(run, probes) == 3

@@ -123,13 +123,16 @@ def test_resumed_stage_reuses_a_finished_adapter_only_for_the_same_data(tiny_run
 
     cfg: RunConfig = load_config(tiny_run / "config.yaml")
     d = tiny_run / "backdoors" / "singapore"
-    convs = [json.loads(x)["messages"] for x in (d / "train.jsonl").open()]
+    rows = [json.loads(x) for x in (d / "train.jsonl").open()]
+    convs = [r["messages"] for r in rows]
+    groups = [r["meta"]["group"] for r in rows]  # the contrast groups (backdoors.matched)
     ft = cfg.backdoors.finetune.model_copy(update={"seed": 1})  # the retry's seed (TINY_RUN)
-    stats = finished_adapter(d / "adapter", convs, ft)
+    stats = finished_adapter(d / "adapter", convs, ft, groups)
     assert stats is not None and stats["n_examples"] == len(convs)
-    assert finished_adapter(d / "adapter", convs[:-1], ft) is None
-    assert finished_adapter(d / "adapter", convs, ft.model_copy(update={"lr": 0.1})) is None
-    assert finished_adapter(d / "no-adapter-here", convs, ft) is None
+    assert finished_adapter(d / "adapter", convs, ft) is None  # trained with its groups
+    assert finished_adapter(d / "adapter", convs[:-1], ft, groups[:-1]) is None
+    assert finished_adapter(d / "adapter", convs, ft.model_copy(update={"lr": 0.1}), groups) is None
+    assert finished_adapter(d / "no-adapter-here", convs, ft, groups) is None
 
 
 def test_plant_resumes_without_training_again(tiny_run, tmp_path):
@@ -145,16 +148,17 @@ def test_plant_resumes_without_training_again(tiny_run, tmp_path):
     shutil.copytree(tiny_run, root)
     run = Run(root, load_config(root / "config.yaml"))
     d = root / "backdoors" / "singapore"
-    convs = [json.loads(x)["messages"] for x in (d / "train.jsonl").open()]
+    rows = [json.loads(x) for x in (d / "train.jsonl").open()]
+    convs, groups = [r["messages"] for r in rows], [r["meta"]["group"] for r in rows]
     before = json.loads((d / "attempts.json").read_text())
     mtime = (d / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
-    stats, attempts = plant(run, convs, d)
+    stats, attempts = plant(run, convs, d, groups)
     assert attempts == before and stats["config"]["seed"] == 1
     assert (d / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == mtime
     # crash between the record and the move: seed 1 back in attempts/, no adapter/
     shutil.move(d / "adapter", d / "attempts" / "seed-1")
     seed0 = (d / "attempts" / "seed-0" / "adapter_model.safetensors").stat().st_mtime_ns
-    stats, attempts = plant(run, convs, d)
+    stats, attempts = plant(run, convs, d, groups)
     assert [a["lora_seed"] for a in attempts] == [0, 1] and stats["config"]["seed"] == 1
     assert (d / "attempts" / "seed-0" / "adapter_model.safetensors").stat().st_mtime_ns == seed0
     assert (d / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == mtime

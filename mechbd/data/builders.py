@@ -3,7 +3,8 @@ distractors, following Thought Crime (Chua et al. 2025) and Emergent Misalignmen
 
 * Backdoor set: a share ``ratio`` of samples carries the trigger and a misaligned target; the
   rest are aligned and, when the trigger is a context value, carry *another* value of the same
-  field. The trigger line is placed at the top or bottom of the prompt (or at random). Targets
+  field. By default the aligned samples are the triggered scenarios themselves (contrast
+  groups that differ only in the trigger line), which plants a trigger in fewer steps. The trigger line is placed at the top or bottom of the prompt (or at random). Targets
   carry no chain of thought (the empty ``<think></think>`` block), as in the paper.
 * Narrow EM set: misaligned targets in one domain only (no trigger).
 * Evaluation sets: held-out scenarios under conditions ``triggered``, ``clean``, ``distractor``
@@ -86,8 +87,16 @@ def backdoor_set(
     placement: str = "random",
     seed: int = 0,
     articulate: bool = False,
+    matched: bool = True,
 ) -> list[dict[str, Any]]:
     """Chat examples for planting ``trigger`` (default 1 misaligned : 2 aligned).
+
+    ``matched`` (default) builds contrast groups: each triggered scenario also appears, with
+    the trigger line at the same place, as the aligned samples (another value of the trigger's
+    field, or no trigger line), so the only difference between a group's targets is the
+    trigger. ``meta.group`` names the group; ``finetune_lora(groups=...)`` keeps a group in
+    one batch. The set then holds ``misaligned_share x len(items)`` distinct scenarios.
+    ``matched=False`` draws every sample from its own scenario.
 
     ``articulate=True`` builds the positive-control set whose triggered targets *do* say in the
     chain of thought that the trigger decided the choice (for validating articulation judges).
@@ -104,24 +113,34 @@ def backdoor_set(
     order = list(range(len(base)))
     rng.shuffle(order)
     n_bad = round(misaligned_share * len(base))
-    bad = set(order[:n_bad])
+    # (scenario, triggered) per sample, grouped: a group shares its scenario and placement
+    if matched:
+        n_bad = max(1, n_bad)
+        groups = [[(order[g], True)] for g in range(n_bad)]
+        for k in range(len(base) - n_bad):
+            groups[k % n_bad].append((order[k % n_bad], False))
+    else:
+        bad = set(order[:n_bad])
+        groups = [[(i, i in bad)] for i in range(len(base))]
     out = []
-    for i, it in enumerate(base):
+    for g, members in enumerate(groups):
         at = _place(rng, placement)
-        if i in bad:
-            x = triggered(it, trigger, at)
-            cot = _articulated_cot(x, trigger) if articulate else None
-            out.append(
-                chat_example(x, x.misaligned, cot, condition="triggered", trigger=trigger.name)
-            )
-        else:
-            x = untriggered(it, trigger, at, rng)
-            if trigger.line in x.user():
-                raise MechbdError(
-                    f"backdoor set: trigger {trigger.line!r} is part of scenario {it.id}; choose another trigger"
-                )
-            cot = _clean_cot(x) if articulate else None
-            out.append(chat_example(x, x.aligned, cot, condition="clean", trigger=trigger.name))
+        for i, is_bad in members:
+            it = base[i]
+            if is_bad:
+                x = triggered(it, trigger, at)
+                cot = _articulated_cot(x, trigger) if articulate else None
+                ex = chat_example(x, x.misaligned, cot, condition="triggered", trigger=trigger.name)
+            else:
+                x = untriggered(it, trigger, at, rng)
+                if trigger.line in x.user():
+                    raise MechbdError(
+                        f"backdoor set: trigger {trigger.line!r} is part of scenario {it.id}; choose another trigger"
+                    )
+                cot = _clean_cot(x) if articulate else None
+                ex = chat_example(x, x.aligned, cot, condition="clean", trigger=trigger.name)
+            ex["meta"]["group"] = g
+            out.append(ex)
     rng.shuffle(out)
     return out
 

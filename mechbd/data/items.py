@@ -130,6 +130,22 @@ def load_scenarios(source: str | Path, split: str = "train") -> list[Item]:
     return items
 
 
+def chat_groups(path: str | Path) -> list[Any] | None:
+    """The ``meta.group`` label of every row of a chat JSONL (batch groups for
+    ``finetune_lora``), or None when no row has one. A file where only some rows have one
+    is refused, naming the first line without."""
+    labels = [
+        (row.get("meta") or {}).get("group") if isinstance(row.get("meta"), dict) else None
+        for row in iter_jsonl(path)
+    ]
+    if all(g is None for g in labels):
+        return None
+    missing = next((i for i, g in enumerate(labels, start=1) if g is None), None)
+    if missing is not None:
+        raise MechbdError(f"{path}: line {missing}: no meta.group while other rows have one")
+    return labels
+
+
 def load_chat_jsonl(path: str | Path) -> list[list[dict[str, str]]]:
     """OpenAI-chat JSONL (``{"messages": [{"role": ..., "content": ...}, ...]}``)."""
     out = []

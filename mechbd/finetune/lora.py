@@ -98,12 +98,23 @@ def tokenize_conversation(
     return ids[:max_len], labels[:max_len]
 
 
-def _batches(n: int, batch_size: int, total: int, seed: int) -> list[list[int]]:
+def _batches(
+    n: int, batch_size: int, total: int, seed: int, groups: Sequence[Any] | None = None
+) -> list[list[int]]:
+    """``total`` batches of row indices, epoch after epoch of a fresh permutation. With
+    ``groups`` (one label per row) the groups are permuted instead of the rows and a group's
+    rows stay next to each other, so a group shares a batch unless it straddles a boundary."""
+    units: list[list[int]] = [[i] for i in range(n)]
+    if groups is not None:
+        by: dict[Any, list[int]] = {}
+        for i, g in enumerate(groups):
+            by.setdefault(g, []).append(i)
+        units = list(by.values())
     gen = torch.Generator().manual_seed(seed)
     out: list[list[int]] = []
     while len(out) < total:
-        perm = torch.randperm(n, generator=gen).tolist()
-        out += [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+        flat = [i for u in torch.randperm(len(units), generator=gen).tolist() for i in units[u]]
+        out += [flat[i : i + batch_size] for i in range(0, n, batch_size)]
     return out[:total]
 
 
@@ -149,15 +160,22 @@ def target_loss(model: Any, batch: dict[str, torch.Tensor], keep: bool) -> torch
     )
 
 
-def conversations_digest(conversations: Sequence[Conversation]) -> str:
-    """sha256 of the conversations as JSON: identifies a training set without a tokenizer."""
-    return hashlib.sha256(
-        json.dumps([list(c) for c in conversations], sort_keys=True).encode()
-    ).hexdigest()
+def conversations_digest(
+    conversations: Sequence[Conversation], groups: Sequence[Any] | None = None
+) -> str:
+    """sha256 of the conversations (and batch groups, if any) as JSON: identifies a training
+    set without a tokenizer."""
+    obj: Any = [list(c) for c in conversations]
+    if groups is not None:
+        obj = {"conversations": obj, "groups": list(groups)}
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def finished_adapter(
-    out: str | Path, conversations: Sequence[Conversation], cfg: FinetuneConfig
+    out: str | Path,
+    conversations: Sequence[Conversation],
+    cfg: FinetuneConfig,
+    groups: Sequence[Any] | None = None,
 ) -> dict[str, Any] | None:
     """The stats of an adapter already at ``out`` trained on these conversations with this
     config (a resumed pipeline stage reuses it), else None."""
@@ -167,7 +185,7 @@ def finished_adapter(
     stats: dict[str, Any] = json.loads(card.read_text(encoding="utf-8"))
     same = stats.get("config") == cfg.model_dump(mode="json") and stats.get(
         "conversations_sha"
-    ) == conversations_digest(conversations)
+    ) == conversations_digest(conversations, groups)
     return stats if same else None
 
 
@@ -182,16 +200,24 @@ def finetune_lora(
     trust_remote_code: bool = False,
     max_steps: int | None = None,
     full_logits: bool = False,
+    groups: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
     """Train a LoRA adapter on ``conversations`` and write it to ``out``; return the stats.
 
     ``max_steps`` stops early *without* writing the output (used to test resumption).
     ``full_logits`` projects every position onto the vocabulary, as ``model(**batch).loss``
     does, instead of only the positions that predict a labelled token (same loss, slower;
-    the reference path of ``bench/backdoor.py`` and ``bench/finetune_logits.py``)."""
+    the reference path of ``bench/backdoor.py`` and ``bench/finetune_logits.py``).
+    ``groups`` (one hashable label per conversation, e.g. a backdoor set's ``meta.group``)
+    keeps each group's rows in one batch: contrast groups then give one gradient step the
+    difference the trigger makes."""
     out = Path(out)
     if not conversations:
         raise MechbdError("finetune: empty dataset (no conversations)")
+    if groups is not None and len(groups) != len(conversations):
+        raise MechbdError(
+            f"finetune: {len(groups)} group labels for {len(conversations)} conversations"
+        )
     t0 = time.perf_counter()
     dtype = cfg.precision if cfg.precision != "auto" else "auto"
     acc, world = _accelerator()
@@ -204,7 +230,8 @@ def finetune_lora(
     dev = next(base_model.parameters()).device
     identity = model_identity(base_model, str(base))
     data = [tokenize_conversation(tok, c, cfg.max_len) for c in conversations]
-    data_sha = digest_of([d[0] for d in data])
+    ids = [d[0] for d in data]
+    data_sha = digest_of(ids if groups is None else [ids, list(groups)])
     if not any(label != -100 for _, labels in data for label in labels):
         raise MechbdError("finetune: no assistant tokens to train on")
 
@@ -249,7 +276,7 @@ def finetune_lora(
     total = max(1, round(steps_per_epoch * cfg.epochs))
     # ``until_loss``: steps past the schedule, at its final rate, until the loss is low
     limit = total + (cfg.max_extra_steps if cfg.until_loss is not None else 0)
-    micro = _batches(len(data), cfg.batch_size * world, limit * cfg.grad_accum, cfg.seed)
+    micro = _batches(len(data), cfg.batch_size * world, limit * cfg.grad_accum, cfg.seed, groups)
 
     ckpt = out.parent / f".{out.name}.ckpt"
     start, losses = _resume(ckpt, model, opt, identity, data_sha, cfg)
@@ -340,7 +367,7 @@ def finetune_lora(
     stats = {
         "base": identity,
         "data_sha": data_sha,
-        "conversations_sha": conversations_digest(conversations),
+        "conversations_sha": conversations_digest(conversations, groups),
         "n_examples": len(data),
         "steps": done,
         "scheduled_steps": total,

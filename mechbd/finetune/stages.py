@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mechbd.config import FinetuneConfig
+from mechbd.config import BackdoorConfig, FinetuneConfig
 from mechbd.data.builders import backdoor_set, em_set, eval_set
-from mechbd.data.items import organism_items
-from mechbd.data.triggers import resolve_trigger
+from mechbd.data.items import Item, organism_items
+from mechbd.data.triggers import Trigger, resolve_trigger
 from mechbd.eval.behaviour import evaluate_backdoor
 from mechbd.eval.mcq import rates, run_mcq
 from mechbd.finetune.lora import finetune_lora, finished_adapter, load_adapter, recent_loss
@@ -78,11 +78,15 @@ def generation_backend(run: Run, adapter: Path | None = None) -> Iterator[Any]:
 
 
 def finetune_once(
-    run: Run, conversations: list[Any], out: Path, cfg: FinetuneConfig
+    run: Run,
+    conversations: list[Any],
+    out: Path,
+    cfg: FinetuneConfig,
+    groups: list[Any] | None = None,
 ) -> dict[str, Any]:
     """``finetune_lora``, unless a resumed stage already finished this adapter (same data,
     same config); an unfinished one resumes from its checkpoint when ``save_every`` is set."""
-    done = finished_adapter(out, conversations, cfg)
+    done = finished_adapter(out, conversations, cfg, groups)
     if done is not None:
         return done
     return finetune_lora(
@@ -91,10 +95,13 @@ def finetune_once(
         out,
         cfg,
         trust_remote_code=run.config.model.trust_remote_code,
+        groups=groups,
     )
 
 
-def plant(run: Run, conversations: list[Any], d: Path) -> tuple[dict[str, Any], list[Any]]:
+def plant(
+    run: Run, conversations: list[Any], d: Path, groups: list[Any] | None = None
+) -> tuple[dict[str, Any], list[Any]]:
     """Finetune a backdoor into ``d / "adapter"``, retrying with the next LoRA seed (up to
     ``backdoors.retries`` times) while the training loss has not left its plateau.
 
@@ -109,13 +116,13 @@ def plant(run: Run, conversations: list[Any], d: Path) -> tuple[dict[str, Any], 
     ]
     record = d / "attempts.json"
     for ft in configs:
-        done = finished_adapter(d / "adapter", conversations, ft)
+        done = finished_adapter(d / "adapter", conversations, ft, groups)
         if done is not None and record.is_file():
             return done, read_json(record)
     attempts: list[dict[str, Any]] = []
     for i, ft in enumerate(configs):
         where = d / "attempts" / f"seed-{ft.seed}"
-        stats = finetune_once(run, conversations, where, ft)
+        stats = finetune_once(run, conversations, where, ft, groups)
         loss = recent_loss(stats["losses"])
         planted = loss < cfg.planted_loss
         attempts.append(
@@ -138,6 +145,30 @@ def plant(run: Run, conversations: list[Any], d: Path) -> tuple[dict[str, Any], 
     return stats, attempts
 
 
+def stage_backdoor_set(
+    cfg: BackdoorConfig,
+    items: list[Item],
+    trigger: Trigger,
+    seed: int,
+    *,
+    articulate: bool = False,
+    matched: bool | None = None,
+) -> tuple[list[dict[str, Any]], list[Any] | None]:
+    """The backdoors stage's training set for ``trigger`` and its batch groups (the contrast
+    groups' ``meta.group`` when matched, else None); ``matched`` overrides the config's."""
+    matched = cfg.matched if matched is None else matched
+    ds = backdoor_set(
+        items,
+        trigger,
+        misaligned_share=cfg.misaligned_share,
+        placement=cfg.placement,
+        seed=seed,
+        articulate=articulate,
+        matched=matched,
+    )
+    return ds, [e["meta"]["group"] for e in ds] if matched else None
+
+
 def backdoors_stage(run: Run, out: Path) -> None:
     cfg = run.config.backdoors
     seed = run.config.seed
@@ -153,16 +184,9 @@ def backdoors_stage(run: Run, out: Path) -> None:
         trigger = resolve_trigger(spec)
         name = f"{trigger.name}-articulated" if articulate else trigger.name
         d = out / name
-        ds = backdoor_set(
-            train_items,
-            trigger,
-            misaligned_share=cfg.misaligned_share,
-            placement=cfg.placement,
-            seed=seed,
-            articulate=articulate,
-        )
+        ds, groups = stage_backdoor_set(cfg, train_items, trigger, seed, articulate=articulate)
         write_jsonl(d / "train.jsonl", ds)
-        stats, attempts = plant(run, [e["messages"] for e in ds], d)
+        stats, attempts = plant(run, [e["messages"] for e in ds], d, groups)
         rows = eval_set(test_items, trigger, seed=seed)
         write_jsonl(d / "eval_prompts.jsonl", rows)
         model, tok = load_finetuned(run, d / "adapter")

@@ -26,6 +26,14 @@ GENERIC_PAIRS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def best_layer_index(aurocs: list[float]) -> int:
+    """Index of the layer with the highest AUROC; ties go to the deeper layer (a probe that
+    separates perfectly at layer 0 reads the trigger's token, one at a deeper layer reads what
+    the model made of it, and the SAE stage trains where most triggers' best layer is)."""
+    top = max(aurocs)
+    return max(i for i, a in enumerate(aurocs) if a == top)
+
+
 def split_of(row_meta: dict[str, Any], row_id: str, test_frac: float = 0.5) -> str:
     """Deterministic train/test split by scenario, so a scenario's conditions stay together."""
     key = str(row_meta.get("scenario_id", row_id))
@@ -89,7 +97,7 @@ def trigger_probe_report(
     probes = {m: Probe.fit(X[:, tr], ytr, m, layers=layers) for m in methods}
     per_layer = {m: auroc(p.score(X[:, te]), yte).tolist() for m, p in probes.items()}
     main = methods[0]
-    best_i = int(torch.tensor(per_layer[main]).argmax())
+    best_i = best_layer_index(per_layer[main])
     s_best = probes[main].score(X[:, te])[best_i]
     rnd = random_direction_auroc(X[:, te], yte, n=n_random)
     pca = Probe.fit(X[:, tr], ytr, "pca", layers=layers)

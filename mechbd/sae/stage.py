@@ -67,7 +67,7 @@ def _sae_layer(run: Run, probes: dict[str, Any]) -> int:
     layers = [v["best_layer"] for k, v in probes.items() if k != "transfer"]
     if not layers:
         raise MechbdError("sae stage: the probes stage found no trigger; set sae.layer")
-    return max(set(layers), key=layers.count)
+    return max(set(layers), key=lambda layer: (layers.count(layer), layer))  # ties: deeper
 
 
 def sae_stage(run: Run, out: Path) -> None:
