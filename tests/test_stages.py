@@ -222,6 +222,16 @@ def test_positive_control_backdoor_is_planted_beside_the_plain_one(tmp_path):
             for e in trig
         )
     assert "yes (articulated CoT)" in (run / "report.html").read_text()
+    # the control: independent samples and one LoRA seed (its CoT targets keep the loss high);
+    # the plain backdoor: contrast groups, and TINY_RUN's 1e-9 threshold forces its retry
+    bd = res["backdoors"]
+    assert [a["lora_seed"] for a in bd["singapore-articulated"]["lora_attempts"]] == [0]
+    assert [a["lora_seed"] for a in bd["singapore"]["lora_attempts"]] == [0, 1]
+    for name, distinct in (("singapore-articulated", True), ("singapore", False)):
+        ids = [
+            json.loads(x)["meta"]["id"] for x in (run / "backdoors" / name / "train.jsonl").open()
+        ]
+        assert (len(set(ids)) == len(ids)) == distinct
 
 
 def test_positive_control_must_name_a_planted_trigger(tmp_path):

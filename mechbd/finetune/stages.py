@@ -100,19 +100,24 @@ def finetune_once(
 
 
 def plant(
-    run: Run, conversations: list[Any], d: Path, groups: list[Any] | None = None
+    run: Run,
+    conversations: list[Any],
+    d: Path,
+    groups: list[Any] | None = None,
+    retries: int | None = None,
 ) -> tuple[dict[str, Any], list[Any]]:
     """Finetune a backdoor into ``d / "adapter"``, retrying with the next LoRA seed (up to
-    ``backdoors.retries`` times) while the training loss has not left its plateau.
+    ``retries``, default ``backdoors.retries``, times) while the training loss has not left
+    its plateau.
 
     Each attempt trains in ``d / "attempts" / "seed-N"`` (a failed one stays there to inspect);
     the planted attempt, or the last one, is moved to ``d / "adapter"``. A resumed stage finds
     the chosen adapter, or the attempts already finished, and does not train them again.
     Returns the chosen attempt's stats and one record per attempt."""
     cfg = run.config.backdoors
+    retries = cfg.retries if retries is None else retries
     configs = [
-        cfg.finetune.model_copy(update={"seed": cfg.finetune.seed + i})
-        for i in range(cfg.retries + 1)
+        cfg.finetune.model_copy(update={"seed": cfg.finetune.seed + i}) for i in range(retries + 1)
     ]
     record = d / "attempts.json"
     for ft in configs:
@@ -133,7 +138,7 @@ def plant(
                 "seconds": stats["seconds"],
             }
         )
-        if planted or i == cfg.retries:
+        if planted or i == retries:
             break
         print(
             f"backdoors: {d.name}: training loss {loss:.4f} >= {cfg.planted_loss} after "
@@ -184,9 +189,22 @@ def backdoors_stage(run: Run, out: Path) -> None:
         trigger = resolve_trigger(spec)
         name = f"{trigger.name}-articulated" if articulate else trigger.name
         d = out / name
-        ds, groups = stage_backdoor_set(cfg, train_items, trigger, seed, articulate=articulate)
+        # The positive control trains on independent samples, the design it was validated with
+        # (from contrast groups it also answered misaligned on half the distractor-only
+        # prompts), and without retries: its chain-of-thought targets keep the loss near 0.1
+        # nats per token, so the loss cannot say whether it planted (README).
+        ds, groups = stage_backdoor_set(
+            cfg,
+            train_items,
+            trigger,
+            seed,
+            articulate=articulate,
+            matched=False if articulate else None,
+        )
         write_jsonl(d / "train.jsonl", ds)
-        stats, attempts = plant(run, [e["messages"] for e in ds], d, groups)
+        stats, attempts = plant(
+            run, [e["messages"] for e in ds], d, groups, retries=0 if articulate else None
+        )
         rows = eval_set(test_items, trigger, seed=seed)
         write_jsonl(d / "eval_prompts.jsonl", rows)
         model, tok = load_finetuned(run, d / "adapter")
