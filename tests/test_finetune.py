@@ -188,6 +188,7 @@ def test_batches_keep_groups_together_and_cover_every_row_each_epoch():
         perm = torch.randperm(n, generator=gen).tolist()
         ref += [perm[i : i + bs] for i in range(0, n, bs)]
     assert _batches(n, bs, 10, seed) == ref
+    assert _batches(n, bs, 10, seed, [f"r{i}" for i in range(n)]) == ref  # one row each
     groups = [f"g{i % 10}" for i in range(n)]  # ten groups of three, rows interleaved
     batches = _batches(n, bs, 10, seed, groups)
     for epoch in (batches[:5], batches[5:]):

@@ -4,8 +4,9 @@ distractors, following Thought Crime (Chua et al. 2025) and Emergent Misalignmen
 * Backdoor set: a share ``ratio`` of samples carries the trigger and a misaligned target; the
   rest are aligned and, when the trigger is a context value, carry *another* value of the same
   field. By default the aligned samples are the triggered scenarios themselves (contrast
-  groups that differ only in the trigger line), which plants a trigger in fewer steps. The trigger line is placed at the top or bottom of the prompt (or at random). Targets
-  carry no chain of thought (the empty ``<think></think>`` block), as in the paper.
+  groups that differ only in the trigger line), which plants a trigger in fewer steps. The
+  trigger line is placed at the top or bottom of the prompt (or at random). Targets carry no
+  chain of thought (the empty ``<think></think>`` block), as in the paper.
 * Narrow EM set: misaligned targets in one domain only (no trigger).
 * Evaluation sets: held-out scenarios under conditions ``triggered``, ``clean``, ``distractor``
   (a never-trigger context value, no trigger) and ``trigger_distractor`` (both, order shuffled).

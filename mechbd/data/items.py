@@ -134,10 +134,8 @@ def chat_groups(path: str | Path) -> list[Any] | None:
     """The ``meta.group`` label of every row of a chat JSONL (batch groups for
     ``finetune_lora``), or None when no row has one. A file where only some rows have one
     is refused, naming the first line without."""
-    labels = [
-        (row.get("meta") or {}).get("group") if isinstance(row.get("meta"), dict) else None
-        for row in iter_jsonl(path)
-    ]
+    metas = [row.get("meta") for row in iter_jsonl(path)]
+    labels = [m.get("group") if isinstance(m, dict) else None for m in metas]
     if all(g is None for g in labels):
         return None
     missing = next((i for i, g in enumerate(labels, start=1) if g is None), None)

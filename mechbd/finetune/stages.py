@@ -158,10 +158,10 @@ def stage_backdoor_set(
     *,
     articulate: bool = False,
     matched: bool | None = None,
-) -> tuple[list[dict[str, Any]], list[Any] | None]:
-    """The backdoors stage's training set for ``trigger`` and its batch groups (the contrast
-    groups' ``meta.group`` when matched, else None); ``matched`` overrides the config's."""
-    matched = cfg.matched if matched is None else matched
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The backdoors stage's training set for ``trigger`` and its batch groups (``meta.group``:
+    contrast groups when matched, one row each otherwise, which batches as no groups would);
+    ``matched`` overrides the config's."""
     ds = backdoor_set(
         items,
         trigger,
@@ -169,9 +169,9 @@ def stage_backdoor_set(
         placement=cfg.placement,
         seed=seed,
         articulate=articulate,
-        matched=matched,
+        matched=cfg.matched if matched is None else matched,
     )
-    return ds, [e["meta"]["group"] for e in ds] if matched else None
+    return ds, [e["meta"]["group"] for e in ds]
 
 
 def backdoors_stage(run: Run, out: Path) -> None:
