@@ -120,16 +120,19 @@ def test_data_and_finetune_commands(tmp_path, tiny_organism):
     assert p.returncode == 0 and len((tmp_path / "ev.jsonl").read_text().splitlines()) == 20
     cfg = tmp_path / "lora.yaml"
     cfg.write_text(yaml.safe_dump({"rank": 2, "alpha": 4, "epochs": 1.0, "batch_size": 8}))
-    p = mechbd(
-        "finetune",
-        str(tiny_organism),
-        str(tmp_path / "bd.jsonl"),
-        "--out",
-        str(tmp_path / "ad"),
-        "--config",
-        str(cfg),
-        cwd=tmp_path,
-    )
+
+    def finetune(data: str, adapter: str, *extra: str):
+        return mechbd(
+            "finetune",
+            str(tiny_organism),
+            str(tmp_path / data),
+            "--out",
+            str(tmp_path / adapter),
+            *extra,
+            cwd=tmp_path,
+        )
+
+    p = finetune("bd.jsonl", "ad", "--config", str(cfg))
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "ad" / "adapter_config.json").is_file()
     # the set's contrast groups (meta.group) were the batch groups
@@ -143,40 +146,11 @@ def test_data_and_finetune_commands(tmp_path, tiny_organism):
     assert card["conversations_sha"] != conversations_digest(convs)
     del rows[5]["meta"]["group"]
     (tmp_path / "part.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    line = one_line_error(
-        mechbd(
-            "finetune",
-            str(tiny_organism),
-            str(tmp_path / "part.jsonl"),
-            "--out",
-            str(tmp_path / "ad4"),
-            cwd=tmp_path,
-        )
-    )
+    line = one_line_error(finetune("part.jsonl", "ad4"))
     assert "part.jsonl: line 6: no meta.group" in line
     cfg.write_text(yaml.safe_dump({"rnak": 2}))
-    line = one_line_error(
-        mechbd(
-            "finetune",
-            str(tiny_organism),
-            str(tmp_path / "bd.jsonl"),
-            "--out",
-            str(tmp_path / "ad2"),
-            "--config",
-            str(cfg),
-            cwd=tmp_path,
-        )
-    )
+    line = one_line_error(finetune("bd.jsonl", "ad2", "--config", str(cfg)))
     assert "lora.yaml" in line and "'rnak'" in line
     (tmp_path / "bad.jsonl").write_text('{"messages": []}\n')
-    line = one_line_error(
-        mechbd(
-            "finetune",
-            str(tiny_organism),
-            str(tmp_path / "bad.jsonl"),
-            "--out",
-            str(tmp_path / "ad3"),
-            cwd=tmp_path,
-        )
-    )
+    line = one_line_error(finetune("bad.jsonl", "ad3"))
     assert "bad.jsonl: line 1" in line
