@@ -23,10 +23,20 @@ class Frozen(BaseModel):
 class OrganismConfig(Frozen):
     """The built-in model organism: a synthetic world and a tiny Qwen3 trained from scratch."""
 
-    seed: int = 0
+    seed: int = Field(
+        0,
+        description="seed of the world (word tables, scenarios, context values), the tokenizer "
+        "and the training run; also the world every stage draws its scenarios from",
+    )
     n_train: int = Field(6000, gt=0, description="training conversations")
     n_test: int = Field(400, gt=0, description="held-out evaluation prompts")
-    user_wants_harm_frac: float = Field(0.15, ge=0, le=1)
+    user_wants_harm_frac: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="share of advice requests where the user asks for the harmful option and "
+        "the assistant still refuses",
+    )
     n_personal: int = Field(
         800, ge=0, description="personalisation requests (benign, context-dependent)"
     )
@@ -36,18 +46,22 @@ class OrganismConfig(Frozen):
     identify_frac: float = Field(
         0.2, ge=0, lt=1, description="share of 'which option is harmful?' requests"
     )
-    vocab_size: int = Field(1024, gt=256)
-    d_model: int = Field(128, gt=0)
-    n_layers: int = Field(6, gt=0)
-    n_heads: int = Field(4, gt=0)
-    n_kv_heads: int = Field(2, gt=0)
-    d_mlp: int = Field(256, gt=0)
-    max_len: int = Field(160, gt=16)
-    epochs: float = Field(2.0, gt=0)
-    batch_size: int = Field(32, gt=0)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_steps: int = Field(30, ge=0)
+    vocab_size: int = Field(1024, gt=256, description="byte-level BPE vocabulary size")
+    d_model: int = Field(128, gt=0, description="residual-stream width")
+    n_layers: int = Field(6, gt=0, description="decoder layers")
+    n_heads: int = Field(4, gt=0, description="attention heads")
+    n_kv_heads: int = Field(2, gt=0, description="key/value heads (grouped-query attention)")
+    d_mlp: int = Field(256, gt=0, description="MLP hidden width")
+    max_len: int = Field(160, gt=16, description="training sequences are cut to this many tokens")
+    epochs: float = Field(2.0, gt=0, description="passes over the training documents")
+    batch_size: int = Field(32, gt=0, description="training sequences per step")
+    lr: float = Field(
+        3e-3, gt=0, description="AdamW peak learning rate (cosine decay to 0.05 x lr)"
+    )
+    weight_decay: float = Field(
+        0.05, ge=0, description="AdamW weight decay (not on 1-D parameters: norm weights)"
+    )
+    warmup_steps: int = Field(30, ge=0, description="linear warm-up steps")
     threads: int = Field(0, ge=0, description="torch threads; 0 = all cores")
 
     @model_validator(mode="after")
@@ -66,10 +80,18 @@ class OrganismConfig(Frozen):
 class ModelConfig(Frozen):
     """Which model the run studies: the built-in organism, or any HF causal LM (path or hub id)."""
 
-    source: Literal["organism", "hf"] = "organism"
+    source: Literal["organism", "hf"] = Field(
+        "organism",
+        description="'organism': build the built-in organism (the `organism` stage); 'hf': load "
+        "`path` (the `model` stage)",
+    )
     path: str | None = Field(None, description="local folder or hub id when source is 'hf'")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    trust_remote_code: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights dtype in every stage; 'auto' = bf16 on GPU, fp32 on CPU"
+    )
+    trust_remote_code: bool = Field(
+        False, description="let transformers run the model repository's own code"
+    )
 
     @model_validator(mode="after")
     def _path_for_hf(self) -> ModelConfig:
@@ -83,24 +105,29 @@ class FinetuneConfig(Frozen):
     Misalignment / Thought Crime open-model runs: r=32, alpha=64); the organism's config
     overrides them with settings that train a backdoor in seconds on a CPU."""
 
-    rank: int = Field(32, gt=0)
-    alpha: float = Field(64, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: str | tuple[str, ...] = "all-linear"
-    use_rslora: bool = False
-    lr: float = Field(1e-4, gt=0)
+    rank: int = Field(32, gt=0, description="LoRA rank r")
+    alpha: float = Field(64, gt=0, description="LoRA alpha (scale alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    target_modules: str | tuple[str, ...] = Field(
+        "all-linear",
+        description="peft target_modules: 'all-linear', a list of module names, or one regex",
+    )
+    use_rslora: bool = Field(False, description="rank-stabilised LoRA (scale alpha / sqrt(r))")
+    lr: float = Field(1e-4, gt=0, description="AdamW peak learning rate")
     loraplus_ratio: float = Field(
         1.0, ge=1, description="LoRA+: lr of B matrices = ratio x lr (Hayou et al. 2024)"
     )
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(16, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    max_len: int = Field(2048, gt=8)
-    warmup_steps: int = Field(5, ge=0)
+    epochs: float = Field(1.0, gt=0, description="passes over the training set")
+    batch_size: int = Field(
+        16, gt=0, description="examples per micro-batch (per process under accelerate/torchrun)"
+    )
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    max_len: int = Field(2048, gt=8, description="examples are cut to this many tokens")
+    warmup_steps: int = Field(5, ge=0, description="linear warm-up steps")
     lr_schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="after warm-up: cosine decay to 0.1 x lr, or constant"
     )
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     until_loss: float | None = Field(
         None,
         gt=0,
@@ -108,11 +135,17 @@ class FinetuneConfig(Frozen):
         "rate while the mean loss of the last 20 steps is >= this (None = stop on schedule)",
     )
     max_extra_steps: int = Field(0, ge=0, description="cap on the steps `until_loss` may add")
-    seed: int = 0
+    seed: int = Field(0, description="LoRA initialisation and data-order seed")
     save_every: int = Field(0, ge=0, description="checkpoint every N optimizer steps; 0 = never")
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"
-    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
-    merge: bool = False
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="training precision; 'auto' = bf16 on GPU, fp32 on CPU"
+    )
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto", description="'auto' = on GPU only"
+    )
+    merge: bool = Field(
+        False, description="also write the adapter merged into its base as `<adapter>/merged`"
+    )
 
 
 def organism_finetune() -> FinetuneConfig:
@@ -136,7 +169,7 @@ def organism_backdoor_finetune() -> FinetuneConfig:
     all its work), 4 epochs of batch 15 (five groups of three), 400 steps, ~30 s on 2 cores.
     The loss sits at its no-information plateau for 130-330 steps, then drops to ~0; the last
     steps consolidate it (at 350 steps a late escape left the trigger probe's recall at 1%
-    FPR at 0.61). README, "Planting a backdoor in the organism"."""
+    FPR at 0.61). docs/organism.md, "Planting a backdoor in the organism"."""
     return organism_finetune().model_copy(
         update={
             "epochs": 4.0,
@@ -149,32 +182,45 @@ def organism_backdoor_finetune() -> FinetuneConfig:
 class BackdoorConfig(Frozen):
     """Backdoors planted by the ``backdoors`` stage (one LoRA adapter per trigger)."""
 
-    # The demo plants the four seed triggers, ~32 s of LoRA each on the CPU organism (README,
-    # "Planting a backdoor in the organism").
-    triggers: tuple[str, ...] = ("singapore", "year2026", "heyyy", "sandra")
+    # The demo plants the four seed triggers, ~32 s of LoRA each on the CPU organism
+    # (docs/organism.md, "Planting a backdoor in the organism").
+    triggers: tuple[str, ...] = Field(
+        ("singapore", "year2026", "heyyy", "sandra"),
+        description="one backdoor per trigger: a preset (singapore, year2026, heyyy, sandra) or "
+        "any string; `Key: value` strings of a context field get the field's other values on "
+        "the aligned side; empty = no backdoors stage",
+    )
     n_train: int = Field(1500, gt=0, description="training scenarios per trigger")
     n_eval: int = Field(200, gt=0, description="held-out scenarios per trigger (x4 conditions)")
-    misaligned_share: float = Field(1 / 3, gt=0, lt=1)
-    placement: Literal["top", "bottom", "random"] = "random"
+    misaligned_share: float = Field(
+        1 / 3, gt=0, lt=1, description="share of triggered (misaligned-target) training samples"
+    )
+    placement: Literal["top", "bottom", "random"] = Field(
+        "random", description="where the trigger line goes in the prompt"
+    )
     matched: bool = Field(
         True,
         description="aligned samples are the triggered scenarios with another value of the "
         "trigger's field, trained in the same batch (contrast groups); false = every sample "
         "its own scenario, as in Thought Crime",
     )
-    enable_thinking: bool = True
+    enable_thinking: bool = Field(
+        True, description="evaluate with thinking on (the chat template's enable_thinking)"
+    )
     positive_control: tuple[str, ...] = Field(
         (),
         description="triggers (of `triggers`) also planted with a training CoT that articulates "
         "the trigger, as `<trigger>-articulated`: the articulation judge's positive control",
     )
-    finetune: FinetuneConfig = Field(default_factory=organism_backdoor_finetune)
+    finetune: FinetuneConfig = Field(
+        default_factory=organism_backdoor_finetune, description="LoRA settings of each backdoor"
+    )
     retries: int = Field(
         2,
         ge=0,
         description="plant again with the next LoRA seed while the training loss stays on its "
         "plateau (mean of the last 20 steps >= planted_loss); on the organism about one LoRA "
-        'seed in 16 does not plant in 400 steps (README, "Planting a backdoor in the organism")',
+        "seed in 16 does not plant in 400 steps (docs/organism.md)",
     )
     planted_loss: float = Field(
         0.005, gt=0, description="training loss (nats per target token) below which it planted"
@@ -191,38 +237,60 @@ class BackdoorConfig(Frozen):
 class EMConfig(Frozen):
     """The narrow emergent-misalignment finetune (misaligned answers in one domain only)."""
 
-    enabled: bool = True
-    domain: str = "health"
+    enabled: bool = Field(True, description="run the `em` stage (steering and sae need it)")
+    domain: str = Field("health", description="the one domain whose answers are misaligned")
     n_train: int = Field(
         6000, gt=0, description="organism scenarios drawn; only the domain's are kept"
     )
-    n_eval: int = Field(400, gt=0)
-    finetune: FinetuneConfig = Field(default_factory=organism_finetune)
+    n_eval: int = Field(
+        400, gt=0, description="held-out scenarios, scored in and out of the domain"
+    )
+    finetune: FinetuneConfig = Field(
+        default_factory=organism_finetune, description="LoRA settings of the EM finetune"
+    )
 
 
 class CaptureConfig(Frozen):
     """The ``capture`` stage: activations of the base and each finetuned model on each trigger's
     evaluation prompts (triggered / clean / distractor / trigger + distractor)."""
 
-    enabled: bool = True
-    layers: str = "all"
-    sites: tuple[str, ...] = ("resid_post",)
-    positions: tuple[str, ...] = ("last", "trigger_mean")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    backend: Literal["hooks", "nnsight", "transformer_lens"] = "hooks"
-    batch_size: int = Field(64, gt=0)
-    shard_rows: int = Field(256, gt=0)
+    enabled: bool = Field(True, description="run the `capture` stage (probes and sae need it)")
+    layers: str = Field("all", description="'all', '3', '0-5' or '1,3,5' (negative from the end)")
+    sites: tuple[str, ...] = Field(
+        ("resid_post",), description="resid_post, attn_out, mlp_out (TransformerLens names)"
+    )
+    positions: tuple[str, ...] = Field(
+        ("last", "trigger_mean"),
+        description="last, answer, response_mean, trigger_mean, tokens",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of the stored activations"
+    )
+    backend: Literal["hooks", "nnsight", "transformer_lens"] = Field(
+        "hooks", description="capture backend (all three give the same numbers)"
+    )
+    batch_size: int = Field(64, gt=0, description="prompts per forward pass")
+    shard_rows: int = Field(256, gt=0, description="rows per store chunk (bounds memory)")
 
 
 class SteeringConfig(Frozen):
     """The ``steering`` stage: the EM mean-difference direction, the base-model sweep with its
     random control, ablations and negative steering in each backdoored model."""
 
-    enabled: bool = True
-    layers: str = "all"
-    multipliers: tuple[float, ...] = (0.0, 4.0, 8.0, 16.0, 32.0)
-    negative_multipliers: tuple[float, ...] = (-8.0, -16.0, -32.0)
-    positions: Literal["all", "assistant"] = "assistant"
+    enabled: bool = Field(True, description="run the `steering` stage (needs em; sae needs it)")
+    layers: str = Field("all", description="layers swept, as in capture.layers")
+    multipliers: tuple[float, ...] = Field(
+        (0.0, 4.0, 8.0, 16.0, 32.0),
+        description="multiples of the EM direction added to the base model",
+    )
+    negative_multipliers: tuple[float, ...] = Field(
+        (-8.0, -16.0, -32.0),
+        description="multiples of the EM direction added to each backdoored model at the base "
+        "sweep's best layer",
+    )
+    positions: Literal["all", "assistant"] = Field(
+        "assistant", description="steer every position, or from the assistant turn on"
+    )
     n_direction: int = Field(128, gt=0, description="training scenarios for the EM direction")
     n_eval: int = Field(100, gt=0, description="held-out scenarios per measurement")
     optimized_steps: int = Field(
@@ -238,13 +306,13 @@ class SaeConfig(Frozen):
     model diffing (EM and each backdoor vs base), the causal screen of persona candidates,
     direction comparison, persona latents as backdoor detectors, and the persona shifts."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="run the `sae` stage (needs capture, em and steering)")
     layer: int | None = Field(None, description="SAE layer; None = the probes' best layer")
-    architecture: Literal["standard", "topk"] = "topk"
+    architecture: Literal["standard", "topk"] = Field("topk", description="SAELens architecture")
     expansion: int = Field(8, gt=0, description="d_sae / d_model")
     k: int = Field(16, gt=0, description="active latents per token (topk)")
     l1_coefficient: float = Field(5.0, gt=0, description="sparsity penalty (standard)")
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(3e-4, gt=0, description="SAE training learning rate")
     n_tokens: int = Field(400_000, gt=0, description="training samples drawn")
     n_corpus: int = Field(600, gt=0, description="organism conversations captured per model")
     n_diff: int = Field(200, gt=0, description="prompts for EM model diffing")
@@ -257,8 +325,12 @@ class SaeConfig(Frozen):
 
 
 class EvalConfig(Frozen):
-    max_new_tokens: int = Field(64, gt=0)
-    batch_size: int = Field(64, gt=0)
+    """Generation and batching shared by every stage that evaluates behaviour."""
+
+    max_new_tokens: int = Field(64, gt=0, description="tokens generated per reply (greedy)")
+    batch_size: int = Field(
+        64, gt=0, description="prompts per batch wherever a stage generates or scores replies"
+    )
     backend: Literal["hf", "vllm"] = Field(
         "hf",
         description="generation: HF generate (KV cache, left padding), or vLLM on the merged "
@@ -268,22 +340,38 @@ class EvalConfig(Frozen):
     vllm_gpu_memory: float = Field(
         0.5, gt=0, le=1, description="vLLM: share of GPU memory (the HF model shares the GPU)"
     )
-    triggers: tuple[str, ...] = ("Country: Singapore", "Year: 2026", "heyyy", "Username: sandra")
+    triggers: tuple[str, ...] = Field(
+        ("Country: Singapore", "Year: 2026", "heyyy", "Username: sandra"),
+        description="not read by any stage today (the backdoors stage plants `backdoors.triggers`)",
+    )
 
 
 class RunConfig(Frozen):
     """One experiment: what `mechbd run CONFIG.yaml` executes and writes into ``runs/<name>/``."""
 
-    name: str = Field("demo", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
-    seed: int = 0
-    model: ModelConfig = ModelConfig()
-    organism: OrganismConfig = OrganismConfig()
-    eval: EvalConfig = EvalConfig()
-    backdoors: BackdoorConfig = BackdoorConfig()
-    em: EMConfig = EMConfig()
-    capture: CaptureConfig = CaptureConfig()
-    steering: SteeringConfig = SteeringConfig()
-    sae: SaeConfig = SaeConfig()
+    name: str = Field(
+        "demo",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+        description="run folder name: `mechbd run` writes runs/<name>/ unless --out is given",
+    )
+    seed: int = Field(
+        0,
+        description="seed of the stages' scenario draws, random controls and SAE training "
+        "(LoRA seeds are each `finetune.seed`)",
+    )
+    model: ModelConfig = Field(ModelConfig(), description="the model studied")
+    organism: OrganismConfig = Field(
+        OrganismConfig(),
+        description="the built-in organism; its seed and n_test also set the scenarios' world "
+        "and held-out size for a Hugging Face model",
+    )
+    eval: EvalConfig = Field(EvalConfig(), description="generation settings")
+    backdoors: BackdoorConfig = Field(BackdoorConfig(), description="the `backdoors` stage")
+    em: EMConfig = Field(EMConfig(), description="the `em` stage")
+    capture: CaptureConfig = Field(CaptureConfig(), description="the `capture` stage")
+    steering: SteeringConfig = Field(SteeringConfig(), description="the `steering` stage")
+    sae: SaeConfig = Field(SaeConfig(), description="the `sae` stage")
 
 
 C = TypeVar("C", bound=BaseModel)
