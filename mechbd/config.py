@@ -307,7 +307,10 @@ class SaeConfig(Frozen):
     direction comparison, persona latents as backdoor detectors, and the persona shifts."""
 
     enabled: bool = Field(True, description="run the `sae` stage (needs capture, em and steering)")
-    layer: int | None = Field(None, description="SAE layer; None = the probes' best layer")
+    layer: int | None = Field(
+        None,
+        description="SAE layer; None = the most common of the probes' best layers (ties: deeper)",
+    )
     architecture: Literal["standard", "topk"] = Field("topk", description="SAELens architecture")
     expansion: int = Field(8, gt=0, description="d_sae / d_model")
     k: int = Field(16, gt=0, description="active latents per token (topk)")
