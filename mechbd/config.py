@@ -132,7 +132,8 @@ class FinetuneConfig(Frozen):
         None,
         gt=0,
         description="after the scheduled steps, keep training at the schedule's final learning "
-        "rate while the mean loss of the last 20 steps is >= this (None = stop on schedule)",
+        "rate while the mean loss of the last 20 steps is >= this (None = stop on schedule); "
+        "finetune.json then records `steps` beside `scheduled_steps`",
     )
     max_extra_steps: int = Field(0, ge=0, description="cap on the steps `until_loss` may add")
     seed: int = Field(0, description="LoRA initialisation and data-order seed")
