@@ -85,27 +85,22 @@ def _without_none(tp: Any) -> Any:
     return tp
 
 
-def _value(v: Any) -> str:
-    """A default value as it is written in YAML or on the command line."""
-    if isinstance(v, Enum):
-        v = v.value
-    if isinstance(v, PurePath):
-        return v.as_posix()
-    if isinstance(v, str):
-        return v
-    if isinstance(v, tuple | list):
-        return json.dumps([_plain(x) for x in v])
-    return json.dumps(_plain(v))
-
-
 def _plain(v: Any) -> Any:
+    """A value as YAML or JSON would hold it: enums by value, paths as strings, tuples as lists."""
     if isinstance(v, Enum):
-        return v.value
+        return _plain(v.value)
     if isinstance(v, PurePath):
         return v.as_posix()
     if isinstance(v, tuple | list):
         return [_plain(x) for x in v]
     return v
+
+
+def _value(v: Any) -> str:
+    """A default value as it is written in YAML or on the command line: strings bare, everything
+    else as JSON (which YAML reads too)."""
+    v = _plain(v)
+    return v if isinstance(v, str) else json.dumps(v)
 
 
 def _code(text: str) -> str:
@@ -349,7 +344,8 @@ def _config_default(field: Any) -> str:
         return f"[{cls}](#{_anchor(cls)}) defaults" + (f", except {changes}" if changes else "")
     if value is None:
         return "`null`"
-    return _code(_value(value)) if _value(value) != "" else '`""`'
+    text = _value(value)
+    return _code(text) if text else '`""`'
 
 
 def config_markdown(root: type[BaseModel] | None = None) -> str:
