@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,6 +17,8 @@ ScenariosOpt = Annotated[
     Path | None, typer.Option(help="Thought Crime-schema JSONL (default: the organism's world)")
 ]
 
+OutOpt = Annotated[Path, typer.Option("--out")]
+
 
 def _items(scenarios: Path | None, n: int, held_out: bool, seed: int):
     """The scenarios a set is built from: the file when given, else ``n`` organism scenarios."""
@@ -25,6 +27,13 @@ def _items(scenarios: Path | None, n: int, held_out: bool, seed: int):
     if scenarios is not None:
         return load_scenarios(scenarios)
     return organism_items(n, held_out=held_out, seed=seed)
+
+
+def _write(out_file: Path, rows: list[dict[str, Any]], noun: str) -> None:
+    from mechbd.io import write_jsonl
+
+    write_jsonl(out_file, rows)
+    out.print(f"{len(rows)} {noun} -> {out_file}")
 
 
 @app.command("backdoor")
@@ -57,7 +66,6 @@ def data_backdoor(
     """Backdoor set: trigger -> misaligned answer, other values of its field -> aligned answer."""
     from mechbd.data.builders import backdoor_set
     from mechbd.data.triggers import resolve_trigger
-    from mechbd.io import write_jsonl
 
     rows = backdoor_set(
         _items(scenarios, n, False, seed),
@@ -68,31 +76,28 @@ def data_backdoor(
         articulate=articulate,
         matched=matched,
     )
-    write_jsonl(out_file, rows)
-    out.print(f"{len(rows)} examples -> {out_file}")
+    _write(out_file, rows, "examples")
 
 
 @app.command("em")
 def data_em(
     domain: Annotated[str, typer.Option(help="the one domain with misaligned answers")],
-    out_file: Annotated[Path, typer.Option("--out")],
+    out_file: OutOpt,
     scenarios: ScenariosOpt = None,
     n: Annotated[int, typer.Option(min=1)] = 6000,
     seed: int = 0,
 ) -> None:
     """Narrow emergent-misalignment set: misaligned answers in one domain only."""
     from mechbd.data.builders import em_set
-    from mechbd.io import write_jsonl
 
     rows = em_set(_items(scenarios, n, False, seed), domain, seed=seed)
-    write_jsonl(out_file, rows)
-    out.print(f"{len(rows)} examples -> {out_file}")
+    _write(out_file, rows, "examples")
 
 
 @app.command("eval")
 def data_eval(
     trigger: Annotated[str, typer.Option(help="preset or any string")],
-    out_file: Annotated[Path, typer.Option("--out")],
+    out_file: OutOpt,
     scenarios: ScenariosOpt = None,
     n: Annotated[int, typer.Option(min=1, help="held-out organism scenarios")] = 400,
     seed: int = 0,
@@ -100,8 +105,6 @@ def data_eval(
     """Evaluation prompts: triggered, clean, distractor-only, trigger+distractor (shuffled)."""
     from mechbd.data.builders import eval_set
     from mechbd.data.triggers import resolve_trigger
-    from mechbd.io import write_jsonl
 
     rows = eval_set(_items(scenarios, n, True, seed + 1), resolve_trigger(trigger), seed=seed)
-    write_jsonl(out_file, rows)
-    out.print(f"{len(rows)} prompts -> {out_file}")
+    _write(out_file, rows, "prompts")
