@@ -7,8 +7,9 @@ instead of a silently ignored setting. The resolved config is written into each 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -401,6 +402,16 @@ def validate_config(cls: type[C], data: dict[str, Any], source: str = "<config>"
 
 def load_config(path: str | os.PathLike[str], cls: type[C] = RunConfig) -> C:  # type: ignore[assignment]
     """Load a YAML config; errors name the file and the field at fault."""
+    return validate_config(cls, read_yaml_mapping(path), str(Path(path)))
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def read_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The top-level mapping of a YAML file (``{}`` for an empty file); a missing file, bad YAML
+    or a top level that is not a mapping is a :class:`ConfigError` naming the file (and line)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -414,8 +425,48 @@ def load_config(path: str | os.PathLike[str], cls: type[C] = RunConfig) -> C:  #
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of fields at the top level")
-    return validate_config(cls, data, str(path))
+    return data
 
 
-def dump_config(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+def load_organism_config(path: str | os.PathLike[str] | None) -> OrganismConfig:
+    """The organism settings in a YAML file: a run config's ``organism`` section, or a file of
+    organism fields alone. ``None`` gives the defaults."""
+    if path is None:
+        return OrganismConfig()
+    data = read_yaml_mapping(path)
+    if "organism" in data:
+        return validate_config(RunConfig, data, str(path)).organism
+    return validate_config(OrganismConfig, data, str(path))
+
+
+def load_finetune_config(path: str | os.PathLike[str] | None) -> FinetuneConfig:
+    """LoRA settings from a YAML file of :class:`FinetuneConfig` fields; ``None`` gives the
+    defaults."""
+    return FinetuneConfig() if path is None else load_config(path, FinetuneConfig)
+
+
+T = TypeVar("T")
+
+
+@overload
+def parse_list(spec: str, option: str) -> list[str]: ...
+@overload
+def parse_list(spec: str, option: str, item: Callable[[str], T]) -> list[T]: ...
+
+
+def parse_list(spec: str, option: str, item: Callable[[str], Any] = str) -> list[Any]:
+    """A comma list given on the command line (``"resid_post,mlp_out"``, ``"0,1,2.5"``): items
+    stripped, empty items dropped, each converted by ``item``. An item ``item`` cannot read, or
+    no item at all, is a :class:`ConfigError` naming ``option`` and the item."""
+    out: list[Any] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        try:
+            out.append(item(part))
+        except ValueError:
+            kind = getattr(item, "__name__", "value")
+            raise ConfigError(f"{option}: cannot read {part!r} as {kind}") from None
+    if not out:
+        raise ConfigError(f"{option}: empty list (give one or more items separated by commas)")
+    return out

@@ -154,3 +154,29 @@ def test_data_and_finetune_commands(tmp_path, tiny_organism):
     (tmp_path / "bad.jsonl").write_text('{"messages": []}\n')
     line = one_line_error(finetune("bad.jsonl", "ad3"))
     assert "bad.jsonl: line 1" in line
+
+
+def test_bad_comma_lists_are_one_line_errors_before_any_model_loads(tmp_path):
+    import torch
+
+    from mechbd.steering.directions import Direction
+
+    Direction({0: torch.ones(4)}).save(tmp_path / "d.safetensors")
+    (tmp_path / "ev.jsonl").write_text('{"user": "x"}\n')
+    line = one_line_error(
+        mechbd(
+            "steer",
+            "no-such-model",
+            "ev.jsonl",
+            "--direction",
+            "d.safetensors",
+            "--multipliers",
+            "0,x",
+            cwd=tmp_path,
+        )
+    )
+    assert "--multipliers: cannot read 'x' as float" in line
+    line = one_line_error(
+        mechbd("capture", "no-such-model", "p.jsonl", "--out", "o", "--sites", ",", cwd=tmp_path)
+    )
+    assert "--sites: empty list" in line

@@ -151,3 +151,43 @@ def from_sae_decoder(
         {layer: v / v.norm() * scale},
         {"name": name or f"SAE latent {latent}", "how": f"SAE decoder row x {scale}"},
     )
+
+
+def build_directions(
+    direction_files: Sequence[str | Path] = (),
+    probe_files: Sequence[str | Path] = (),
+    *,
+    mean_diff_store: str | Path | None = None,
+    positive: Sequence[str] = ("triggered",),
+    negative: Sequence[str] = ("clean",),
+    position: str = "last",
+    control: bool = True,
+) -> dict[str, Direction]:
+    """The directions a steering sweep runs, by name: each saved direction file and each probe
+    file (named by file stem), then ``"mean_diff"`` = mean(``positive`` rows) - mean(``negative``
+    rows) of ``mean_diff_store`` at ``position``, and with ``control`` an equal-norm random
+    ``"random(<name>)"`` for each (seed 0). Nothing to build is an error."""
+    dirs: dict[str, Direction] = {}
+    for f in direction_files:
+        dirs[Path(f).stem] = Direction.load(f)
+    for f in probe_files:
+        dirs[Path(f).stem] = from_probe(Probe.load(f), name=Path(f).stem)
+    if mean_diff_store is not None:
+        st = ActivationStore(mean_diff_store)
+        pos, neg = st.indices(list(positive)), st.indices(list(negative))
+        dirs["mean_diff"] = mean_difference(st, pos, neg, position=position)
+    if not dirs:
+        raise MechbdError("no steering direction: give direction files, probes or a store")
+    if control:
+        for name, d in list(dirs.items()):
+            dirs[f"random({name})"] = d.random_like()
+    return dirs
+
+
+def check_layers(directions: dict[str, Direction], layers: Sequence[int]) -> None:
+    """Every direction has a vector at every one of ``layers``; else an error naming the
+    direction and the layers it lacks."""
+    for name, d in directions.items():
+        missing = [layer for layer in layers if layer not in d.vectors]
+        if missing:
+            raise MechbdError(f"direction {name!r} has no vector at layers {missing}")
