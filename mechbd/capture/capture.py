@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,146 @@ def _barrier() -> None:
     dist.barrier()
 
 
+def _check_args(
+    backend: str,
+    dtype: str,
+    padding_side: str,
+    sites: Sequence[str],
+    batch_size: int,
+    shard_rows: int,
+) -> None:
+    if backend not in BACKENDS:
+        raise MechbdError(f"unknown capture backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if dtype not in DTYPES:
+        raise MechbdError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    if padding_side not in ("left", "right"):
+        raise MechbdError("padding_side must be 'left' or 'right'")
+    for s in sites:
+        if s not in SITES:
+            raise MechbdError(f"unknown site {s!r}; choose from {', '.join(SITES)}")
+    if batch_size <= 0 or shard_rows <= 0:
+        raise MechbdError("batch_size and shard_rows must be positive")
+
+
+def _unwrap_ndif(model: Any, adapter: str | Path | None) -> tuple[Any, Any]:
+    """(nnsight wrapper, the HF module it wraps) for ``backend='ndif'``."""
+    if adapter is not None:
+        raise MechbdError(
+            "backend 'ndif': NDIF runs the public weights it hosts, so an adapter "
+            "(a backdoored model) cannot run there; capture it locally"
+        )
+    if not hasattr(model, "_module") or not hasattr(model, "trace"):
+        raise MechbdError(
+            "backend 'ndif' takes an nnsight LanguageModel: mechbd.capture.ndif_model(hub_id)"
+        )
+    return model, model._module
+
+
+def _open_writer(
+    out: str | Path, spec: dict[str, Any], rows: list[PromptRow], chunks: Sequence[int] | None
+) -> tuple[StoreWriter, Sequence[int] | None, int]:
+    """The store writer, the chunks this process takes, and the world size."""
+    rank, world = _dist_rank_world()
+    if world == 1:
+        return StoreWriter(out, spec, rows), chunks, world
+    if chunks is not None:
+        raise MechbdError("capture: pass chunks= or run under torch.distributed, not both")
+    # rank 0 creates (or reopens) the store; every rank opens it before any rank writes,
+    # since opening clears an interrupted run's half-written chunks
+    if rank == 0:
+        writer = StoreWriter(out, spec, rows)
+    _barrier()
+    if rank != 0:
+        writer = StoreWriter(out, spec, rows)
+    _barrier()
+    return writer, list(range(rank, writer.n_chunks, world)), world  # round-robin: uneven is fine
+
+
+def _pad_batch(
+    batch: list[PromptRow], pad: int, padding_side: str
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """``ids`` and ``mask`` ``[batch, width]`` and each row's first real position."""
+    width = max(len(r.ids) for r in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    starts = []
+    for i, r in enumerate(batch):
+        at = width - len(r.ids) if padding_side == "left" else 0
+        ids[i, at : at + len(r.ids)] = torch.tensor(r.ids)
+        mask[i, at : at + len(r.ids)] = 1
+        starts.append(at)
+    return ids, mask, starts
+
+
+@dataclass
+class _ChunkJob:
+    """What every chunk of one ``capture`` call shares."""
+
+    run: Any
+    rows: list[PromptRow]
+    layer_list: list[int]
+    sites: Sequence[str]
+    positions: Sequence[str]
+    device: torch.device
+    pad: int
+    store_dtype: torch.dtype
+    batch_size: int
+    padding_side: str
+
+    def chunk(self, idx: list[int], bar: Any) -> dict[int, dict[str, torch.Tensor]]:
+        """Activations of rows ``idx``, per layer: ``{"site.position": tensor}``."""
+        rows, positions = self.rows, self.positions
+        keys: list[Key] = [(layer, s) for layer in self.layer_list for s in self.sites]
+        # longest first within the chunk: less padding, and an OOM shows up at once
+        order = sorted(range(len(idx)), key=lambda j: -len(rows[idx[j]].ids))
+        parts: dict[tuple[int, str, str], list[torch.Tensor | None]] = {
+            (layer, s, p): [None] * len(idx)
+            for layer in self.layer_list
+            for s in self.sites
+            for p in positions
+        }
+        for b0 in range(0, len(order), self.batch_size):
+            bj = order[b0 : b0 + self.batch_size]
+            batch = [rows[idx[j]] for j in bj]
+            ids, mask, starts = _pad_batch(batch, self.pad, self.padding_side)
+            acts = self.run(ids.to(self.device), mask.to(self.device), keys)
+            for (layer, s), a in acts.items():
+                pooled = pool(a, batch, starts, positions)
+                for p, t in pooled.items():
+                    t = t.to("cpu", self.store_dtype)
+                    if p == "tokens":  # split back into rows
+                        lens = [len(r.ids) for r in batch]
+                        for j, piece in zip(bj, torch.split(t, lens), strict=True):
+                            parts[(layer, s, p)][j] = piece
+                    else:
+                        for j, row_t in zip(bj, t, strict=True):
+                            parts[(layer, s, p)][j] = row_t
+            bar.update(len(batch))
+        tensors: dict[int, dict[str, torch.Tensor]] = {layer: {} for layer in self.layer_list}
+        for (layer, s, p), items in parts.items():
+            vals = [x for x in items if x is not None]
+            tensors[layer][f"{s}.{p}"] = torch.cat(vals) if p == "tokens" else torch.stack(vals)
+        return tensors
+
+
+def _write_chunks(
+    job: _ChunkJob, writer: StoreWriter, todo: Sequence[int], model: Any, progress: bool
+) -> int:
+    """Capture and write chunks ``todo`` in eval mode (the caller's mode is restored);
+    returns the number of prompts captured."""
+    n_todo = sum(len(writer.chunk_rows(k)) for k in todo)
+    bar = tqdm(total=n_todo, desc="capture", disable=not progress, unit="prompt")
+    was_training = model.training
+    model.eval()
+    try:
+        for k in todo:
+            writer.write_chunk(k, job.chunk(list(writer.chunk_rows(k)), bar))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return n_todo
+
+
 def capture(
     model: Any,
     tok: PreTrainedTokenizerBase,
@@ -132,29 +273,10 @@ def capture(
     the same arguments and takes chunks ``rank, rank + world, ...``; the store is the one a
     single process writes (chunk boundaries do not depend on the world size), and a rerun
     after a crash resumes with any world size."""
-    if backend not in BACKENDS:
-        raise MechbdError(f"unknown capture backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if dtype not in DTYPES:
-        raise MechbdError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
-    if padding_side not in ("left", "right"):
-        raise MechbdError("padding_side must be 'left' or 'right'")
-    for s in sites:
-        if s not in SITES:
-            raise MechbdError(f"unknown site {s!r}; choose from {', '.join(SITES)}")
-    if batch_size <= 0 or shard_rows <= 0:
-        raise MechbdError("batch_size and shard_rows must be positive")
+    _check_args(backend, dtype, padding_side, sites, batch_size, shard_rows)
     wrapped = None
     if backend == "ndif":  # ``model`` is an nnsight LanguageModel (``ndif_model``)
-        if adapter is not None:
-            raise MechbdError(
-                "backend 'ndif': NDIF runs the public weights it hosts, so an adapter "
-                "(a backdoored model) cannot run there; capture it locally"
-            )
-        if not hasattr(model, "_module") or not hasattr(model, "trace"):
-            raise MechbdError(
-                "backend 'ndif' takes an nnsight LanguageModel: mechbd.capture.ndif_model(hub_id)"
-            )
-        wrapped, model = model, model._module
+        wrapped, model = _unwrap_ndif(model, adapter)
     layer_list = parse_layers(layers, n_layers_of(model))
     rows: list[PromptRow] = (
         list(prompts)  # type: ignore[arg-type]
@@ -163,99 +285,38 @@ def capture(
     )
     check_positions(rows, positions)
     name = model_name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
-    d_model = int(model.get_input_embeddings().weight.shape[1])
     spec = {
         "model": model_fingerprint(model, tok, name, adapter),
         "layers": layer_list,
         "sites": list(sites),
         "positions": list(positions),
         "dtype": dtype,
-        "d_model": d_model,
+        "d_model": int(model.get_input_embeddings().weight.shape[1]),
         "shard_rows": shard_rows,
         "enable_thinking": enable_thinking,
     }
-    rank, world = _dist_rank_world()
-    if world > 1:
-        if chunks is not None:
-            raise MechbdError("capture: pass chunks= or run under torch.distributed, not both")
-        # rank 0 creates (or reopens) the store; every rank opens it before any rank writes,
-        # since opening clears an interrupted run's half-written chunks
-        if rank == 0:
-            writer = StoreWriter(out, spec, rows)
-        _barrier()
-        if rank != 0:
-            writer = StoreWriter(out, spec, rows)
-        _barrier()
-        chunks = list(range(rank, writer.n_chunks, world))  # round-robin: uneven is fine
-    else:
-        writer = StoreWriter(out, spec, rows)
+    writer, chunks, world = _open_writer(out, spec, rows, chunks)
     todo = writer.pending(chunks)
-    run = make_backend(backend, model, tok, wrapped)
-    keys: list[Key] = [(layer, s) for layer in layer_list for s in sites]
-    # remote execution: inputs are sent from the CPU (the local weights are on the meta device)
-    device = torch.device("cpu") if wrapped is not None else next(model.parameters()).device
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    store_dtype = DTYPES[dtype]
-    t0 = time.perf_counter()
-    bar = tqdm(
-        total=sum(len(writer.chunk_rows(k)) for k in todo),
-        desc="capture",
-        disable=not progress,
-        unit="prompt",
+    job = _ChunkJob(
+        run=make_backend(backend, model, tok, wrapped),
+        rows=rows,
+        layer_list=layer_list,
+        sites=sites,
+        positions=positions,
+        # remote execution: inputs are sent from the CPU (the local weights are on the meta device)
+        device=torch.device("cpu") if wrapped is not None else next(model.parameters()).device,
+        pad=tok.pad_token_id if tok.pad_token_id is not None else 0,
+        store_dtype=DTYPES[dtype],
+        batch_size=batch_size,
+        padding_side=padding_side,
     )
-    was_training = model.training
-    model.eval()
-    try:
-        for k in todo:
-            idx = list(writer.chunk_rows(k))
-            # longest first within the chunk: less padding, and an OOM shows up at once
-            order = sorted(range(len(idx)), key=lambda j: -len(rows[idx[j]].ids))
-            parts: dict[tuple[int, str, str], list[torch.Tensor | None]] = {
-                (layer, s, p): [None] * len(idx)
-                for layer in layer_list
-                for s in sites
-                for p in positions
-            }
-            for b0 in range(0, len(order), batch_size):
-                bj = order[b0 : b0 + batch_size]
-                batch = [rows[idx[j]] for j in bj]
-                width = max(len(r.ids) for r in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                starts = []
-                for i, r in enumerate(batch):
-                    at = width - len(r.ids) if padding_side == "left" else 0
-                    ids[i, at : at + len(r.ids)] = torch.tensor(r.ids)
-                    mask[i, at : at + len(r.ids)] = 1
-                    starts.append(at)
-                acts = run(ids.to(device), mask.to(device), keys)
-                for (layer, s), a in acts.items():
-                    pooled = pool(a, batch, starts, positions)
-                    for p, t in pooled.items():
-                        t = t.to("cpu", store_dtype)
-                        if p == "tokens":  # split back into rows
-                            lens = [len(r.ids) for r in batch]
-                            for j, piece in zip(bj, torch.split(t, lens), strict=True):
-                                parts[(layer, s, p)][j] = piece
-                        else:
-                            for j, row_t in zip(bj, t, strict=True):
-                                parts[(layer, s, p)][j] = row_t
-                bar.update(len(batch))
-            tensors: dict[int, dict[str, torch.Tensor]] = {layer: {} for layer in layer_list}
-            for (layer, s, p), items in parts.items():
-                vals = [x for x in items if x is not None]
-                tensors[layer][f"{s}.{p}"] = torch.cat(vals) if p == "tokens" else torch.stack(vals)
-            writer.write_chunk(k, tensors)
-    finally:
-        bar.close()
-        model.train(was_training)
+    t0 = time.perf_counter()
+    n_todo = _write_chunks(job, writer, todo, model, progress)
     if world > 1:
         _barrier()  # every rank's chunks are on disk
     writer.finish()
     if progress:
-        print(
-            f"captured {sum(len(writer.chunk_rows(k)) for k in todo)} prompts in {time.perf_counter() - t0:.1f} s -> {out}"
-        )
+        print(f"captured {n_todo} prompts in {time.perf_counter() - t0:.1f} s -> {out}")
     if writer.pending():
         return None
     return ActivationStore(out)

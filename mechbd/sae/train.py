@@ -147,6 +147,35 @@ def sae_metrics(sae: Any, x: torch.Tensor, batch: int = 8192) -> dict[str, float
     }
 
 
+def _held_out_split(
+    x: torch.Tensor, eval_frac: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out, training) rows of ``x [n, d_in]`` in float32, shuffled with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(x.shape[0], generator=g)
+    n_eval = max(1, int(eval_frac * x.shape[0]))
+    return x[perm[:n_eval]].float(), x[perm[n_eval:]].float()
+
+
+def _trainer_config(steps: int, batch_size: int, lr: float, device: str, n_train: int) -> Any:
+    """SAELens' trainer settings: a constant learning rate, no wandb."""
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    return SAETrainerConfig(
+        total_training_samples=steps * batch_size,
+        train_batch_size_samples=batch_size,
+        lr=lr,
+        lr_end=lr / 10,
+        lr_scheduler_name="constant",
+        lr_decay_steps=steps // 5,
+        device=device,
+        logger=LoggingConfig(log_to_wandb=False),
+        n_batches_for_norm_estimate=min(100, max(1, n_train // batch_size)),
+        dead_feature_window=max(1, steps // 4),
+        feature_sampling_window=max(1, steps // 4),
+    )
+
+
 def train_sae(
     x: torch.Tensor,
     out: str | Path,
@@ -173,16 +202,12 @@ def train_sae(
     data give the same SAE. The folder holds SAELens' ``cfg.json`` and weights plus
     ``mechbd_sae.json`` (metrics and training settings)."""
     from sae_lens import SAE
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
     if x.dim() != 2 or x.shape[0] == 0:
         raise MechbdError(f"SAE training needs activations [n_tokens, d_in], got {tuple(x.shape)}")
     check_finite(x, f"layer {layer} activations")
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(x.shape[0], generator=g)
-    n_eval = max(1, int(eval_frac * x.shape[0]))
-    x_eval, x_train = x[perm[:n_eval]].float(), x[perm[n_eval:]].float()
+    x_eval, x_train = _held_out_split(x, eval_frac, seed)
     batch_size = min(batch_size, x_train.shape[0])
     if batch_size == 0:
         raise MechbdError(f"SAE training: only {x.shape[0]} tokens, too few to hold some out")
@@ -197,19 +222,7 @@ def train_sae(
         {"hook_name": name, "model_name": model_name},
     )
     steps = math.ceil(n_tokens / batch_size)
-    cfg = SAETrainerConfig(
-        total_training_samples=steps * batch_size,
-        train_batch_size_samples=batch_size,
-        lr=lr,
-        lr_end=lr / 10,
-        lr_scheduler_name="constant",
-        lr_decay_steps=steps // 5,
-        device=device,
-        logger=LoggingConfig(log_to_wandb=False),
-        n_batches_for_norm_estimate=min(100, max(1, x_train.shape[0] // batch_size)),
-        dead_feature_window=max(1, steps // 4),
-        feature_sampling_window=max(1, steps // 4),
-    )
+    cfg = _trainer_config(steps, batch_size, lr, device, int(x_train.shape[0]))
     trainer = SAETrainer(cfg, tsae, _provider(x_train, batch_size, seed))
     with _quiet_sae_lens(not progress):
         tsae = trainer.fit()

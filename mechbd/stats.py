@@ -1,0 +1,224 @@
+"""Intervals and nulls for reported numbers: pure functions on arrays, float64 inside.
+
+* **Wilson score interval** for a rate ``k / n`` (Wilson 1927; the interval Brown, Cai and
+  DasGupta 2001 recommend for small ``n``): :func:`wilson`, :func:`rate`.
+* **Balanced misaligned rate** for two-option multiple choice: the mean of the misaligned rate
+  over rows whose misaligned option is ``A`` and over rows whose misaligned option is ``B``, so a
+  model (or a steering direction) that answers one letter to everything scores exactly 0.5
+  whatever the rows' letter mix, and a change in letter preference alone moves it by 0:
+  :func:`balanced_rate`. :func:`letter_bias` is the larger share of ``A`` or ``B`` among
+  readable answers, reported beside it.
+* **Paired bootstrap** over scenarios (Efron and Tibshirani 1993, percentile interval) for the
+  difference between two conditions measured on the same scenarios: :func:`paired_bootstrap`.
+  Seeded: the same inputs and seed give the same interval.
+* **Control distributions**: a value's mid-rank percentile among controls (random directions
+  or latents maximised exactly as the real one was), their median and 95th percentile, and the
+  empirical p-value ``(1 + #{controls >= value}) / (1 + n)`` (North, Curtis and Sham 2002;
+  Phipson and Smyth 2010, which never reports 0): :func:`control_summary`.
+* **AUROC** (Mann-Whitney, ties counted half) and its stratified bootstrap interval:
+  :func:`auroc`, :func:`auroc_interval`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mechbd.errors import MechbdError
+
+Z95 = 1.959963984540054  # the 0.975 quantile of the standard normal
+N_BOOT = 10_000
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A rate with its sample size and Wilson 95% interval."""
+
+    value: float | None
+    n: int
+    ci95: tuple[float, float] | None
+
+    def as_dict(self) -> dict[str, Any]:
+        lo_hi = None if self.ci95 is None else [self.ci95[0], self.ci95[1]]
+        return {"value": self.value, "n": self.n, "ci95": lo_hi}
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for ``k`` successes in ``n`` trials."""
+    if n <= 0:
+        raise MechbdError("a Wilson interval needs n >= 1")
+    if not 0 <= k <= n:
+        raise MechbdError(f"a Wilson interval needs 0 <= k <= n, got k={k}, n={n}")
+    p = k / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
+def rate(flags: Sequence[bool] | np.ndarray) -> Rate:
+    """The share of true ``flags`` with ``n`` and its Wilson interval (``None`` when empty)."""
+    a = np.asarray(flags, dtype=bool)
+    n = int(a.size)
+    if n == 0:
+        return Rate(None, 0, None)
+    k = int(a.sum())
+    return Rate(k / n, n, wilson(k, n))
+
+
+def letter_bias(letters: Sequence[str | None]) -> float | None:
+    """The larger share of ``A`` or ``B`` among readable answers (``None`` when none is)."""
+    read = [x for x in letters if x in ("A", "B")]
+    if not read:
+        return None
+    a = sum(x == "A" for x in read) / len(read)
+    return max(a, 1 - a)
+
+
+def balanced_rate(
+    misaligned: Sequence[bool] | np.ndarray,
+    misaligned_letter: Sequence[str],
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Balanced misaligned rate of rows ``misaligned [n]`` (did the reply pick the misaligned
+    option) whose misaligned option is ``misaligned_letter [n]`` (``"A"`` or ``"B"``).
+
+    Returns ``balanced_misaligned_rate`` (the mean of the two per-letter rates), ``ci95``,
+    ``n``, ``n_misaligned_A``, ``n_misaligned_B``, ``rate_misaligned_A``,
+    ``rate_misaligned_B``. With exactly balanced letters the balanced rate is the pooled rate
+    and ``ci95`` is its Wilson interval; otherwise ``ci95`` is a percentile bootstrap that
+    resamples each letter's rows separately (seeded)."""
+    m = np.asarray(misaligned, dtype=bool)
+    letters = np.asarray(misaligned_letter)
+    if m.shape != letters.shape:
+        raise MechbdError(f"balanced_rate: {m.size} outcomes but {letters.size} letters")
+    bad = set(letters.tolist()) - {"A", "B"}
+    if bad:
+        raise MechbdError(f"balanced_rate: misaligned letters must be A or B, got {sorted(bad)}")
+    is_a = letters == "A"
+    n_a, n_b = int(is_a.sum()), int((~is_a).sum())
+    if n_a == 0 or n_b == 0:
+        raise MechbdError(
+            f"balanced_rate needs rows with the misaligned option at A and at B; got "
+            f"{n_a} at A and {n_b} at B"
+        )
+    r_a, r_b = float(m[is_a].mean()), float(m[~is_a].mean())
+    value = (r_a + r_b) / 2
+    if n_a == n_b:
+        ci = wilson(int(m.sum()), m.size)
+    else:
+        rng = np.random.default_rng(seed)
+        ba = m[is_a][rng.integers(0, n_a, size=(n_boot, n_a))].mean(axis=1)
+        bb = m[~is_a][rng.integers(0, n_b, size=(n_boot, n_b))].mean(axis=1)
+        lo, hi = np.percentile((ba + bb) / 2, [2.5, 97.5])
+        ci = (float(lo), float(hi))
+    return {
+        "balanced_misaligned_rate": value,
+        "ci95": [ci[0], ci[1]],
+        "n": int(m.size),
+        "n_misaligned_A": n_a,
+        "n_misaligned_B": n_b,
+        "rate_misaligned_A": r_a,
+        "rate_misaligned_B": r_b,
+    }
+
+
+def paired_bootstrap(
+    before: Sequence[float] | np.ndarray,
+    after: Sequence[float] | np.ndarray,
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Mean of ``after - before`` over paired scenarios ``[n]`` and its 95% percentile
+    bootstrap interval (scenarios resampled with replacement, ``n_boot`` times, seeded)."""
+    a = np.asarray(before, dtype=np.float64)
+    b = np.asarray(after, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise MechbdError(
+            f"paired_bootstrap needs two 1-d arrays of one length, got {a.shape} and {b.shape}"
+        )
+    if a.size == 0:
+        raise MechbdError("paired_bootstrap needs at least one scenario")
+    d = b - a
+    idx = np.random.default_rng(seed).integers(0, d.size, size=(n_boot, d.size))
+    lo, hi = np.percentile(d[idx].mean(axis=1), [2.5, 97.5])
+    return {
+        "diff": float(d.mean()),
+        "ci95": [float(lo), float(hi)],
+        "n": int(d.size),
+        "n_boot": n_boot,
+        "seed": seed,
+    }
+
+
+def control_summary(value: float, controls: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """Where ``value`` falls among ``controls [n]``: ``n``, ``median``, ``p95``, the mid-rank
+    ``percentile`` (0-100; ties count half) and the empirical one-sided ``p_value``."""
+    c = np.asarray(controls, dtype=np.float64)
+    if c.ndim != 1 or c.size == 0:
+        raise MechbdError("control_summary needs at least one control value")
+    below = float((c < value).sum())
+    ties = float((c == value).sum())
+    return {
+        "n": int(c.size),
+        "median": float(np.median(c)),
+        "p95": float(np.percentile(c, 95)),
+        "percentile": 100.0 * (below + 0.5 * ties) / c.size,
+        "p_value": (1.0 + float((c >= value).sum())) / (1.0 + c.size),
+    }
+
+
+def auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """Area under the ROC curve of ``scores [n]`` for binary ``labels [n]`` (1 = positive):
+    the probability that a positive outscores a negative, ties counted half."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    pos, neg = s[y], s[~y]
+    if pos.size == 0 or neg.size == 0:
+        raise MechbdError(f"AUROC needs both classes, got {pos.size} positive, {neg.size} negative")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    allv = np.concatenate([pos, neg])[order]
+    ranks = np.empty(allv.size)
+    # mid-ranks for ties
+    _, first, counts = np.unique(allv, return_index=True, return_counts=True)
+    for f, c in zip(first, counts, strict=True):
+        ranks[f : f + c] = f + (c + 1) / 2
+    r = np.empty(allv.size)
+    r[order] = ranks
+    r_pos = r[: pos.size].sum()
+    return float((r_pos - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
+
+
+def auroc_interval(
+    scores: Sequence[float] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """95% percentile bootstrap interval of :func:`auroc`, resampling positives and negatives
+    separately (so every resample holds both classes), seeded."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    pos, neg = s[y], s[~y]
+    if pos.size == 0 or neg.size == 0:
+        raise MechbdError(f"AUROC needs both classes, got {pos.size} positive, {neg.size} negative")
+    rng = np.random.default_rng(seed)
+    lab = np.r_[np.ones(pos.size), np.zeros(neg.size)]
+    vals = [
+        auroc(
+            np.r_[
+                pos[rng.integers(0, pos.size, pos.size)], neg[rng.integers(0, neg.size, neg.size)]
+            ],
+            lab,
+        )
+        for _ in range(n_boot)
+    ]
+    lo, hi = np.percentile(vals, [2.5, 97.5])
+    return float(lo), float(hi)
