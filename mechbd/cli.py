@@ -121,7 +121,8 @@ def organism_eval(
 
 
 def _items(scenarios: Path | None, n: int, held_out: bool, seed: int):
-    from mechbd.data.items import load_scenarios, organism_items
+    from mechbd.data.items import load_scenarios
+    from mechbd.organism.items import organism_items
 
     if scenarios is not None:
         return load_scenarios(scenarios)

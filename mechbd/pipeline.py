@@ -70,9 +70,9 @@ def hf_note(path: str) -> str:
 def model_stage(run: Run, out: Path) -> None:
     """A Hugging Face model: identity, size, dtype, and its clean behaviour on held-out
     organism-world scenarios (the ``organism`` results key, as for the organism)."""
-    from mechbd.data.items import organism_items
     from mechbd.eval.mcq import rates, run_mcq
     from mechbd.finetune.stages import base_model_dir, generation_backend, load_base
+    from mechbd.organism.items import organism_items
 
     cfg = run.config
     model, tok = load_base(run)

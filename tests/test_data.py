@@ -4,10 +4,12 @@ import logging
 import pytest
 
 from mechbd.data.builders import backdoor_set, check_trigger_present, em_set, eval_set
-from mechbd.data.items import Item, load_chat_jsonl, load_scenarios, organism_items
+from mechbd.data.format import COUNTRIES
+from mechbd.data.items import Item, load_chat_jsonl, load_scenarios
 from mechbd.data.triggers import resolve_trigger
 from mechbd.errors import MechbdError
-from mechbd.organism.world import COUNTRIES, DOMAINS
+from mechbd.organism.items import organism_items
+from mechbd.organism.world import DOMAINS
 
 
 @pytest.fixture(scope="module")
