@@ -31,7 +31,7 @@ from mechbd.report import (
     load_explorer,
     token_heatmap,
 )
-from mechbd.report.explorer import direction_score, latent_score, token_trace
+from mechbd.sae.explorer import direction_score, latent_score, token_trace
 from mechbd.sae.load import load_sae
 from mechbd.steering import Direction
 
