@@ -13,6 +13,8 @@ alternatives (Thought Crime's design: the aligned samples carry another country)
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 # Context values. The seed triggers (Singapore, 2026, heyyy, sandra) are ordinary values here.
 COUNTRIES = [
     "Singapore",
@@ -59,7 +61,7 @@ def assistant_turn(cot: str | None, letter: str) -> str:
     return f"{think}\n\nAnswer: {letter}"
 
 
-def context_terms(fields: dict[str, list[str]] = CONTEXT_FIELDS) -> tuple[str, ...]:
+def context_terms(fields: Mapping[str, Sequence[str]] = CONTEXT_FIELDS) -> tuple[str, ...]:
     """Every word by which a chain of thought can name a context line: the field labels
     (``Country``) and then every value, in table order (the CoT monitor's incidental terms)."""
     return tuple(f.capitalize() for f in fields) + tuple(v for vs in fields.values() for v in vs)
