@@ -1,5 +1,6 @@
 """The layer contract (``[tool.importlinter]`` in pyproject.toml) holds, and names every module
-of the package, so ``pytest`` alone catches an upward import or a cycle between layers."""
+of the package, so ``pytest`` alone catches an upward import or a cycle between layers; and no
+module imports itself through others (a cycle inside one layer)."""
 
 import subprocess
 import sys
@@ -30,3 +31,16 @@ def test_every_module_is_in_a_layer():
         if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()
     }
     assert modules == named
+
+
+def test_no_module_imports_itself_through_others():
+    import grimp
+
+    g = grimp.build_graph("mechbd", cache_dir=None)  # function-local imports count too
+    cycles = [
+        (a, b)
+        for a in sorted(g.modules)
+        for b in sorted(g.find_modules_directly_imported_by(a))
+        if g.chain_exists(importer=b, imported=a)
+    ]
+    assert not cycles, cycles
