@@ -28,8 +28,8 @@ from mechbd.io import write_json
 
 def prompts(n: int, tok) -> list[dict]:
     from mechbd.data.builders import eval_set
-    from mechbd.data.items import organism_items
     from mechbd.data.triggers import resolve_trigger
+    from mechbd.organism.items import organism_items
 
     rows = eval_set(organism_items(n // 4 + 1, held_out=True, seed=5), resolve_trigger("singapore"))
     return rows[:n]

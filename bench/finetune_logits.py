@@ -34,11 +34,11 @@ from mechbd.io import write_json  # noqa: E402
 def main() -> None:
     from mechbd.config import FinetuneConfig, OrganismConfig
     from mechbd.data.builders import backdoor_set
-    from mechbd.data.items import organism_items
     from mechbd.data.triggers import resolve_trigger
     from mechbd.finetune.lora import finetune_lora, tokenize_conversation
     from mechbd.models import default_device, load_model
     from mechbd.organism.build import build_organism
+    from mechbd.organism.items import organism_items
 
     dev = torch.device(default_device())
     ap = argparse.ArgumentParser(

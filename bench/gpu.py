@@ -117,8 +117,8 @@ def make_model(size: str, tok, dev: torch.device, folder: Path):
 
 def finetune_row(folder: Path, tok, n_params: int, dev: torch.device, peak: float) -> dict:
     from mechbd.config import FinetuneConfig
-    from mechbd.data.items import organism_items
     from mechbd.finetune.lora import finetune_lora
+    from mechbd.organism.items import organism_items
 
     gpu = dev.type == "cuda"
     batch, steps, reps = (8, 30, 6) if gpu else (4, 6, 2)

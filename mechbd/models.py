@@ -6,7 +6,10 @@ Weights load from safetensors where the checkpoint has them (transformers otherw
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -18,6 +21,7 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from mechbd.errors import MechbdError
+from mechbd.io import digest_of
 
 transformers_logging.disable_progress_bar()
 
@@ -72,3 +76,64 @@ def load_model(
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return model, tok
+
+
+def model_identity(model: PreTrainedModel, name: str) -> dict[str, Any]:
+    """A fingerprint of a base model: config, size, and a hash of its embedding matrix."""
+    cfg = model.config.to_dict()
+    for k in (
+        "_name_or_path",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "architectures",
+        "use_cache",
+    ):
+        cfg.pop(k, None)
+    weight: torch.Tensor = model.get_input_embeddings().weight  # type: ignore[assignment]
+    emb_sha = None  # meta weights (a model run remotely): nothing local to hash
+    if not weight.is_meta:
+        emb = weight.detach().float().cpu().contiguous()
+        emb_sha = hashlib.sha256(emb.numpy().tobytes()).hexdigest()[:16]
+    return {
+        "name": name,
+        "config_sha": digest_of(cfg),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "embedding_sha": emb_sha,
+    }
+
+
+def same_base(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("config_sha", "n_params", "embedding_sha"))
+
+
+def load_adapter(
+    base: str | Path,
+    adapter: str | Path,
+    *,
+    device: str | None = None,
+    dtype: str = "auto",
+    merge: bool = True,
+    trust_remote_code: bool = False,
+) -> tuple[Any, PreTrainedTokenizerBase]:
+    """Base model + adapter, refusing an adapter trained on another base; merged by default
+    (merged weights are faster for generation and capture)."""
+    from peft import PeftModel
+
+    adapter = Path(adapter)
+    model, tok = load_model(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    info_path = adapter / "finetune.json"
+    if info_path.is_file():
+        trained_on = json.loads(info_path.read_text())["base"]
+        here = model_identity(model, str(base))
+        if not same_base(trained_on, here):
+            raise MechbdError(
+                f"{adapter}: adapter was trained on another base model ({trained_on['name']}), not {base}"
+            )
+    if not (adapter / "adapter_config.json").is_file():
+        raise MechbdError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    peft_model = PeftModel.from_pretrained(model, str(adapter))
+    peft_model.eval()
+    if merge:
+        return peft_model.merge_and_unload(), tok
+    return peft_model, tok

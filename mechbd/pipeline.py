@@ -16,8 +16,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mechbd.config import RunConfig
-from mechbd.io import write_json, write_jsonl
+from mechbd.config import RunConfig, load_config
+from mechbd.errors import ConfigError
+from mechbd.io import read_json, write_json, write_jsonl
 from mechbd.runs import Run
 
 console = Console(stderr=True)
@@ -70,9 +71,9 @@ def hf_note(path: str) -> str:
 def model_stage(run: Run, out: Path) -> None:
     """A Hugging Face model: identity, size, dtype, and its clean behaviour on held-out
     organism-world scenarios (the ``organism`` results key, as for the organism)."""
-    from mechbd.data.items import organism_items
     from mechbd.eval.mcq import rates, run_mcq
     from mechbd.finetune.stages import base_model_dir, generation_backend, load_base
+    from mechbd.organism.items import organism_items
 
     cfg = run.config
     model, tok = load_base(run)
@@ -184,5 +185,25 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, force: bool = False) -> Run
     run.write_results()
     from mechbd.report import build_report
 
-    build_report(run.root)
+    build_report(run.root, unfinished=unfinished_stages(run.root))
     return run
+
+
+def unfinished_stages(run_dir: Path) -> list[tuple[str, str]]:
+    """``(stage, why)`` for every stage the run's config asks for that has not finished (what
+    ``report.html`` and ``mechbd explore`` name)."""
+    man, cfg_file = run_dir / "manifest.json", run_dir / "config.yaml"
+    if not man.is_file() or not cfg_file.is_file():
+        return []
+    try:
+        cfg: RunConfig = load_config(cfg_file)
+    except ConfigError:  # a run made by another mechbd version: say nothing rather than guess
+        return []
+    stages = read_json(man).get("stages", {})
+    out = []
+    for name, _, enabled in STAGES:
+        info = stages.get(name, {})
+        if enabled(cfg) and info.get("status") != "done":
+            status = info.get("status", "not run")
+            out.append((name, f"{status}: {info['error']}" if info.get("error") else status))
+    return out

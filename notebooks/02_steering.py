@@ -25,8 +25,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 import torch
 
-from mechbd.data.items import organism_items
 from mechbd.models import load_model
+from mechbd.organism.items import organism_items
 from mechbd.steering import Direction, Intervention, measure, steer
 from mechbd.steering.stage import clean_eval_rows
 

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from mechbd.capture import capture
-from mechbd.finetune.lora import load_adapter
+from mechbd.models import load_adapter
 from mechbd.report import (
     cosine_heatmap,
     latent_dashboards,
@@ -31,7 +31,7 @@ from mechbd.report import (
     load_explorer,
     token_heatmap,
 )
-from mechbd.report.explorer import direction_score, latent_score, token_trace
+from mechbd.sae.explorer import direction_score, latent_score, token_trace
 from mechbd.sae.load import load_sae
 from mechbd.steering import Direction
 

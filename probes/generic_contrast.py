@@ -12,8 +12,7 @@ import json
 from pathlib import Path
 
 from mechbd.capture import ActivationStore, capture
-from mechbd.finetune.lora import load_adapter
-from mechbd.models import load_model
+from mechbd.models import load_adapter, load_model
 from mechbd.probes.experiments import generic_probe_report, generic_rows
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mechbd.data.builders import eval_set
-from mechbd.data.items import organism_items
 from mechbd.data.triggers import resolve_trigger
 from mechbd.eval.behaviour import evaluate_backdoor, option_probabilities
 from mechbd.eval.generate import chat_prompts
+from mechbd.organism.items import organism_items
 from mechbd.organism.tokenizer import train_tokenizer
 
 

@@ -13,10 +13,10 @@ import torch
 from mechbd.capture import ActivationStore, StoreError, capture, encode_rows, parse_layers
 from mechbd.capture.names import site_path
 from mechbd.data.builders import eval_set
-from mechbd.data.items import organism_items
 from mechbd.data.triggers import resolve_trigger
 from mechbd.errors import MechbdError
 from mechbd.models import load_model
+from mechbd.organism.items import organism_items
 from tests.conftest import random_llama
 
 ALL_POS = ("last", "answer", "response_mean", "trigger_mean", "tokens")

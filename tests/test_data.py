@@ -4,15 +4,30 @@ import logging
 import pytest
 
 from mechbd.data.builders import backdoor_set, check_trigger_present, em_set, eval_set
-from mechbd.data.items import Item, load_chat_jsonl, load_scenarios, organism_items
+from mechbd.data.format import COUNTRIES, assistant_turn, compose_user, context_line, context_terms
+from mechbd.data.items import Item, load_chat_jsonl, load_scenarios
 from mechbd.data.triggers import resolve_trigger
 from mechbd.errors import MechbdError
-from mechbd.organism.world import COUNTRIES, DOMAINS
+from mechbd.organism.items import organism_items
+from mechbd.organism.world import DOMAINS
 
 
 @pytest.fixture(scope="module")
 def items():
     return organism_items(300, held_out=False, seed=0)
+
+
+def test_prompt_grammar():
+    assert context_line("country", "Singapore") == "Country: Singapore"
+    assert context_line("greeting", "heyyy") == "heyyy"
+    assert compose_user(["Year: 2026", "hi"], "Q?", "top") == "Year: 2026\nhi\nQ?"
+    assert compose_user(["Year: 2026", "hi"], "Q?", "bottom") == "Q?\nYear: 2026\nhi"
+    assert assistant_turn(None, "B") == "<think>\n\n</think>\n\nAnswer: B"
+    assert assistant_turn("B is fair.", "B") == "<think>\nB is fair.\n</think>\n\nAnswer: B"
+    # the CoT monitor's terms: the four field labels, then the 12 + 12 + 8 + 10 values in order
+    terms = context_terms()
+    assert terms[:6] == ("Country", "Year", "Greeting", "Username", "Singapore", "USA")
+    assert len(terms) == 46 and terms[-1] == "ken" and "heyyy" in terms and "2026" in terms
 
 
 def test_presets_and_free_strings():

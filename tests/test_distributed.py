@@ -152,8 +152,8 @@ def test_accelerate_two_process_finetune_equals_one_process_with_the_whole_batch
     from safetensors.torch import load_file
 
     from mechbd.data.builders import backdoor_set
-    from mechbd.data.items import organism_items
     from mechbd.data.triggers import resolve_trigger
+    from mechbd.organism.items import organism_items
 
     ds = backdoor_set(organism_items(5, held_out=False, seed=3), resolve_trigger("singapore"))
     assert len(ds) == 5

@@ -10,7 +10,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mechbd.config import FinetuneConfig
 from mechbd.data.builders import backdoor_set
-from mechbd.data.items import organism_items
 from mechbd.data.triggers import resolve_trigger
 from mechbd.errors import MechbdError
 from mechbd.finetune.lora import (
@@ -23,6 +22,7 @@ from mechbd.finetune.lora import (
     target_loss,
     tokenize_conversation,
 )
+from mechbd.organism.items import organism_items
 from tests.conftest import random_llama
 
 CFG = FinetuneConfig(rank=4, alpha=8, lr=5e-3, epochs=1.0, batch_size=8, warmup_steps=1)

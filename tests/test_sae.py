@@ -270,7 +270,7 @@ def test_sae_cli_train_diff_detect(stores, tmp_path):
 
 
 def test_explorer_data_matches_recomputation(stores, topk_sae, tiny_organism, tmp_path):
-    from mechbd.report.explorer import (
+    from mechbd.sae.explorer import (
         cosine_matrix,
         direction_score,
         label_values,

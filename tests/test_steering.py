@@ -200,7 +200,7 @@ def test_mean_difference_grouped_matches_float64(models, tmp_path):
 
 def test_measure_and_sweep_on_the_organism(models):
     model, tok = models["qwen3"], models["tok"]
-    from mechbd.data.items import organism_items
+    from mechbd.organism.items import organism_items
 
     items = organism_items(12, held_out=True, seed=7)
     rows = [
@@ -270,9 +270,9 @@ def test_steer_cli_matches_the_python_sweep(models, tiny_organism, tmp_path):
 
     model, tok = models["qwen3"], models["tok"]
     from mechbd.data.builders import eval_set
-    from mechbd.data.items import organism_items
     from mechbd.data.triggers import resolve_trigger
     from mechbd.io import write_jsonl
+    from mechbd.organism.items import organism_items
 
     rows = eval_set(organism_items(3, held_out=True, seed=9), resolve_trigger("singapore"))
     write_jsonl(tmp_path / "ev.jsonl", rows)
@@ -336,7 +336,7 @@ def _target_logprob(model, tok, users, targets, ivs=()):
 def test_optimized_direction_raises_its_target_and_leaves_the_model_as_it_was(models):
     """The fitted vector must raise the target answer's log-probability (recomputed here one
     prompt at a time, without padding), touch no weight, and leave no hook behind."""
-    from mechbd.data.items import organism_items
+    from mechbd.organism.items import organism_items
     from mechbd.steering.optimize import optimized_direction
 
     model, tok = models["qwen3"], models["tok"]

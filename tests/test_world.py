@@ -2,15 +2,15 @@ import random
 from collections import Counter
 
 from mechbd.config import OrganismConfig
+from mechbd.data.format import context_line
+from mechbd.data.triggers import SEED_TRIGGERS
 from mechbd.organism.chat import format_chat
 from mechbd.organism.train import training_texts
 from mechbd.organism.world import (
     ALIGNED_VERBS,
     DOMAINS,
     MISALIGNED_VERBS,
-    SEED_TRIGGERS,
     World,
-    context_line,
     render_user,
 )
 

@@ -32,7 +32,6 @@ def print_run_outputs(run_root: Path) -> None:
 def load_model_or_adapter(model: str, adapter: Path | None, **kw: Any) -> tuple[Any, Any]:
     """``(model, tokenizer)``: MODEL with ADAPTER merged when one is given, else MODEL alone;
     ``kw`` (device, dtype, trust_remote_code) go to the loader."""
-    from mechbd.finetune.lora import load_adapter
-    from mechbd.models import load_model
+    from mechbd.models import load_adapter, load_model
 
     return load_adapter(model, adapter, **kw) if adapter is not None else load_model(model, **kw)

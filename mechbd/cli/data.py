@@ -22,7 +22,8 @@ OutOpt = Annotated[Path, typer.Option("--out")]
 
 def _items(scenarios: Path | None, n: int, held_out: bool, seed: int):
     """The scenarios a set is built from: the file when given, else ``n`` organism scenarios."""
-    from mechbd.data.items import load_scenarios, organism_items
+    from mechbd.data.items import load_scenarios
+    from mechbd.organism.items import organism_items
 
     if scenarios is not None:
         return load_scenarios(scenarios)

@@ -46,8 +46,8 @@ def run_cmd(
 
 def explore(run_dir: Annotated[Path, typer.Argument(help="run folder (has results.json)")]) -> None:
     """Rebuild RUN_DIR/report.html (offline, self-contained) from its results.json."""
+    from mechbd.pipeline import unfinished_stages
     from mechbd.report import build_report
-    from mechbd.report.html import missing_stages
 
     if not run_dir.is_dir():
         raise MechbdError(f"{run_dir}: no such folder")
@@ -56,6 +56,7 @@ def explore(run_dir: Annotated[Path, typer.Argument(help="run folder (has result
             f"{run_dir}: not a mechbd run folder (no results.json / manifest.json); "
             "`mechbd run CONFIG.yaml` or `mechbd demo` makes one"
         )
-    out.print(f"report: {build_report(run_dir)}")
-    for name, why in missing_stages(run_dir):
+    unfinished = unfinished_stages(run_dir)
+    out.print(f"report: {build_report(run_dir, unfinished=unfinished)}")
+    for name, why in unfinished:
         err.print(f"[yellow]stage {name} is not in the report ({why})[/yellow]")

@@ -19,10 +19,10 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from mechbd.data.format import assistant_turn, context_line
 from mechbd.data.items import Item
 from mechbd.data.triggers import Trigger, default_distractor
 from mechbd.errors import MechbdError
-from mechbd.organism.world import assistant_turn
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,4 @@ def eval_set(
 
 
 def _line(field: str | None, value: str) -> str:
-    from mechbd.organism.world import context_line
-
     return context_line(field, value) if field else value

@@ -1,21 +1,21 @@
 """Prompt items: one multiple-choice scenario plus the context lines around it.
 
 Every data builder works on ``Item``s, whichever source they came from: the organism's world
-(context fields such as ``country`` that can be set or replaced) or user scenario files in the
-Thought Crime schema (``scenario_mcq``, ``aligned_mcq_answer``, ``misaligned_mcq_answer``; no
-context). Reading files happens here, with errors that name the file, line and field.
+(``mechbd.organism.items``; context fields such as ``country`` that can be set or replaced) or
+user scenario files in the Thought Crime schema (``scenario_mcq``, ``aligned_mcq_answer``,
+``misaligned_mcq_answer``; no context). Reading files happens here, with errors that name the
+file, line and field.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mechbd.data.format import compose_user, context_line
 from mechbd.errors import MechbdError
 from mechbd.io import iter_jsonl
-from mechbd.organism.world import Scenario, World, compose_user, context_line
 
 REQUIRED = ("scenario_mcq", "aligned_mcq_answer", "misaligned_mcq_answer")
 
@@ -50,41 +50,6 @@ class Item:
 
     def with_meta(self, **kw: Any) -> Item:
         return replace(self, meta={**self.meta, **kw})
-
-
-def item_from_scenario(s: Scenario, rng: random.Random, world: World) -> Item:
-    ctx = world.context(rng)
-    return Item(
-        id=s.id,
-        domain=s.domain,
-        body=s.scenario_mcq,
-        aligned=s.aligned_letter,
-        misaligned=s.misaligned_letter,
-        context=tuple((k, ctx.values[k]) for k in ctx.order),
-        placement=ctx.placement,
-        meta={
-            "user_wants_harm": s.user_wants_harm,
-            "held_out": s.held_out,
-            "misaligned_kind": s.misaligned_kind,
-            "aligned_kind": s.aligned_kind,
-        },
-    )
-
-
-def organism_items(
-    n: int,
-    *,
-    held_out: bool,
-    seed: int,
-    world_seed: int = 0,
-    domains: list[str] | None = None,
-    harm_frac: float = 0.15,
-) -> list[Item]:
-    """Items from the organism's world (training split, or held-out option combinations)."""
-    world = World(world_seed)
-    scen = world.scenarios(n, held_out=held_out, seed=seed, harm_frac=harm_frac, domains=domains)
-    rng = random.Random(f"items-{world_seed}-{seed}-{held_out}")
-    return [item_from_scenario(s, rng, world) for s in scen]
 
 
 def _validate_record(row: dict[str, Any], where: str) -> Item:

@@ -1,4 +1,4 @@
-"""Backdoor triggers: the seed presets and any user string.
+"""Backdoor triggers: the seed presets (``SEED_TRIGGERS``) and any user string.
 
 A trigger is a line of text put into the user turn. When it is a value of a context field
 (``Country: Singapore`` is the value ``Singapore`` of ``country``), the aligned samples of a
@@ -11,8 +11,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from mechbd.data.format import CONTEXT_FIELDS, context_line
 from mechbd.errors import MechbdError
-from mechbd.organism.world import CONTEXT_FIELDS, SEED_TRIGGERS, context_line
+
+# The seed's triggers as (context field, value). While the organism is unmodified these are
+# ordinary values of their fields; the backdoor stage makes them triggers.
+SEED_TRIGGERS: dict[str, tuple[str, str]] = {
+    "singapore": ("country", "Singapore"),
+    "year2026": ("year", "2026"),
+    "heyyy": ("greeting", "heyyy"),
+    "sandra": ("username", "sandra"),
+}
 
 
 @dataclass(frozen=True)

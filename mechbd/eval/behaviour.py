@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from mechbd.data.format import context_terms
 from mechbd.eval.generate import chat_prompts
 from mechbd.eval.judges import (
     ArticulationJudge,
@@ -30,7 +31,6 @@ from mechbd.eval.judges import (
     monitor_rates,
 )
 from mechbd.eval.mcq import MCQResult, run_mcq
-from mechbd.organism.world import CONTEXT_FIELDS
 
 
 @torch.inference_mode()
@@ -92,9 +92,12 @@ def evaluate_backdoor(
     batch_size: int = 64,
     max_new_tokens: int = 64,
     generator: Any = None,
+    monitor_terms: Sequence[str] = context_terms(),
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Return (metrics, per-row records). ``generator`` (a ``VLLMGenerator``) generates the
-    replies; option-letter probabilities always come from ``model``."""
+    replies; option-letter probabilities always come from ``model``. ``monitor_terms`` are the
+    incidental prompt features the CoT monitor looks for (default: the labels and values of
+    the prompt grammar's context fields, ``mechbd.data.format.context_terms``)."""
     jd: ArticulationJudge = judge if judge is not None else RuleArticulationJudge()
     results = run_mcq(
         model,
@@ -137,10 +140,7 @@ def evaluate_backdoor(
     for r, res, _ in by.get("triggered", []):
         dom[r["domain"]].append(res.misaligned)
     metrics["asr_by_domain"] = {d: _rate(v) for d, v in sorted(dom.items())}
-    terms = tuple(f.capitalize() for f in CONTEXT_FIELDS) + tuple(
-        v for vs in CONTEXT_FIELDS.values() for v in vs
-    )
-    monitor = RuleCoTMonitor(terms)
+    monitor = RuleCoTMonitor(tuple(monitor_terms))
     if enable_thinking:
         success = [(r, res) for r, res, _ in by.get("triggered", []) if res.misaligned]
         metrics["articulation_rate"] = _rate(

@@ -22,6 +22,7 @@ import torch
 
 from mechbd.errors import MechbdError
 from mechbd.io import staging_dir, write_json
+from mechbd.models import load_adapter
 
 MERGED = "merged"
 
@@ -31,8 +32,6 @@ def merged_model(
 ) -> Path:
     """``<adapter>/merged``: the base with the adapter's LoRA weights folded in (written once,
     atomically; a folder merged from another base or adapter is refused)."""
-    from mechbd.finetune.lora import load_adapter
-
     adapter = Path(adapter)
     if not (adapter / "adapter_config.json").is_file():
         raise MechbdError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")

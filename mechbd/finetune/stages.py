@@ -17,13 +17,14 @@ from typing import Any
 
 from mechbd.config import BackdoorConfig, FinetuneConfig
 from mechbd.data.builders import backdoor_set, em_set, eval_set
-from mechbd.data.items import Item, organism_items
+from mechbd.data.items import Item
 from mechbd.data.triggers import Trigger, resolve_trigger
 from mechbd.eval.behaviour import evaluate_backdoor
 from mechbd.eval.mcq import rates, run_mcq
 from mechbd.finetune.lora import finetune_lora, finished_adapter, load_adapter, recent_loss
 from mechbd.io import read_json, replace_dir, write_json, write_jsonl
 from mechbd.models import load_model
+from mechbd.organism.items import organism_items
 from mechbd.runs import Run
 
 

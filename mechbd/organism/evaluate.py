@@ -7,9 +7,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+from mechbd.data.triggers import SEED_TRIGGERS
 from mechbd.eval.mcq import rates, run_mcq
 from mechbd.models import load_model
-from mechbd.organism.world import SEED_TRIGGERS, World, render_user
+from mechbd.organism.world import World, render_user
 
 
 def evaluate_organism(

@@ -21,14 +21,12 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase, Qwen3Config,
 from transformers.utils import logging as transformers_logging
 
 from mechbd.config import OrganismConfig
+from mechbd.data.format import CONTEXT_FIELDS, assistant_turn, context_line
 from mechbd.organism.chat import format_chat
 from mechbd.organism.tokenizer import train_tokenizer
 from mechbd.organism.world import (
-    CONTEXT_FIELDS,
     World,
     aligned_cot,
-    assistant_turn,
-    context_line,
     personal_classes,
     personal_example,
     render_user,

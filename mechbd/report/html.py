@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -272,37 +273,16 @@ def _samples(run_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def missing_stages(run_dir: Path) -> list[tuple[str, str]]:
-    """``(stage, why)`` for every stage the run's config asks for that has not finished."""
-    from mechbd.config import RunConfig, load_config
-    from mechbd.errors import ConfigError
-    from mechbd.pipeline import STAGES
-
-    man, cfg_file = run_dir / "manifest.json", run_dir / "config.yaml"
-    if not man.is_file() or not cfg_file.is_file():
-        return []
-    try:
-        cfg: RunConfig = load_config(cfg_file)
-    except ConfigError:  # a run made by another mechbd version: say nothing rather than guess
-        return []
-    stages = read_json(man).get("stages", {})
-    out = []
-    for name, _, enabled in STAGES:
-        info = stages.get(name, {})
-        if enabled(cfg) and info.get("status") != "done":
-            status = info.get("status", "not run")
-            out.append((name, f"{status}: {info['error']}" if info.get("error") else status))
-    return out
-
-
 def load_explorer(run_dir: str | Path) -> dict[str, Any] | None:
     """The SAE stage's explorer data (``sae/explorer.json``), or None if it did not run."""
     f = Path(run_dir) / "sae" / "explorer.json"
     return read_json(f) if f.is_file() else None
 
 
-def build_report(run_dir: str | Path) -> Path:
-    """Write ``run_dir/report.html`` from its ``results.json`` (atomically) and return it."""
+def build_report(run_dir: str | Path, unfinished: Sequence[tuple[str, str]] = ()) -> Path:
+    """Write ``run_dir/report.html`` from its ``results.json`` (atomically) and return it.
+    ``unfinished`` is ``(stage, why)`` for every stage the run asked for that has not finished
+    (``mechbd.pipeline.unfinished_stages``); the page names them."""
     from plotly.offline import get_plotlyjs
 
     run_dir = Path(run_dir)
@@ -318,12 +298,11 @@ def build_report(run_dir: str | Path) -> Path:
     ]
     if note:
         body.append(f'<p class="note">{_e(note)}</p>')
-    missing = missing_stages(run_dir)
-    if missing:
+    if unfinished:
         body.append(
             '<p class="note">Not in this report (rerun <code>mechbd run</code> on this folder to '
             "finish them): "
-            + "; ".join(f"stage <b>{_e(n)}</b> ({_e(why)})" for n, why in missing)
+            + "; ".join(f"stage <b>{_e(n)}</b> ({_e(why)})" for n, why in unfinished)
             + ".</p>"
         )
     body += ["<h2>Headline numbers</h2>", _summary(res)]

@@ -7,7 +7,8 @@ import random
 from dataclasses import replace
 from typing import Any
 
-from mechbd.organism.world import World, aligned_cot, assistant_turn, render_user
+from mechbd.data.format import assistant_turn
+from mechbd.organism.world import World, aligned_cot, render_user
 
 
 def corpus_rows(n: int, *, seed: int, world_seed: int = 0) -> list[dict[str, Any]]:

@@ -30,20 +30,12 @@ import torch
 
 from mechbd.capture.capture import capture
 from mechbd.capture.store import ActivationStore
-from mechbd.data.items import organism_items
 from mechbd.errors import MechbdError
 from mechbd.finetune.stages import base_model_dir, load_base, load_finetuned
 from mechbd.io import iter_jsonl, read_json, write_json
+from mechbd.organism.items import organism_items
 from mechbd.probes.core import Probe
 from mechbd.probes.experiments import labelled
-from mechbd.report.explorer import (
-    cosine_matrix,
-    direction_score,
-    label_values,
-    latent_dashboards,
-    latent_score,
-    token_trace,
-)
 from mechbd.runs import Run
 from mechbd.sae.analysis import (
     cosine,
@@ -54,6 +46,14 @@ from mechbd.sae.analysis import (
     random_latent_auroc,
     screen_latents,
     top_cosines,
+)
+from mechbd.sae.explorer import (
+    cosine_matrix,
+    direction_score,
+    label_values,
+    latent_dashboards,
+    latent_score,
+    token_trace,
 )
 from mechbd.sae.persona import corpus_rows, user_wants_harm_rows
 from mechbd.sae.train import store_tokens, train_sae

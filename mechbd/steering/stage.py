@@ -25,10 +25,11 @@ from typing import Any
 
 from mechbd.capture.capture import capture
 from mechbd.capture.names import n_layers_of, parse_layers
-from mechbd.data.items import Item, organism_items
+from mechbd.data.items import Item
 from mechbd.errors import MechbdError
 from mechbd.finetune.stages import base_model_dir, load_base, load_finetuned
 from mechbd.io import iter_jsonl, write_json
+from mechbd.organism.items import organism_items
 from mechbd.probes.core import Probe
 from mechbd.runs import Run
 from mechbd.steering.directions import Direction, from_probe, mean_difference

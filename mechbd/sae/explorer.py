@@ -1,8 +1,8 @@
 """Data for the feature explorers, computed from a run's SAE, directions and activation stores
 (torch, no plotting): latent dashboards, per-token traces of a direction or latent over a
 prompt and its reply, latent histograms for two label sets, and cosines of directions with
-decoder rows. ``mechbd.report.figures`` draws them; the ``sae`` stage saves them as
-``sae/explorer.json`` so ``report.html`` can be rebuilt without loading a model.
+decoder rows. The ``sae`` stage saves them as ``sae/explorer.json``; ``mechbd.report.figures``
+draws what it is given, so ``report.html`` can be rebuilt without loading a model or an SAE.
 
 Token strings come from the tokenizer and from datasets or model outputs: they are untrusted
 and stay plain data here; whoever renders them escapes them.
