@@ -35,6 +35,24 @@ def test_schema_accepts_the_tiny_run(tiny_run):
         load_results(tiny_run / stage / "results.json")
 
 
+def test_schema_accepts_the_model_stage_sections():
+    """A Hugging Face model's ``model`` stage: ``dtype``, no organism key, three organism keys."""
+    res = validate_results(
+        {
+            "model": {
+                "name": "Qwen/Qwen3-0.6B",
+                "architecture": "Qwen3ForCausalLM",
+                "n_params": 596049920,
+                "dtype": "bfloat16",
+                "note": "Numbers from Qwen/Qwen3-0.6B",
+            },
+            "organism": {"clean_aligned_rate": 0.5, "format_valid_rate": 0.25, "n_test": 4},
+        }
+    )
+    assert res.organism is not None and res.organism.trigger_value_aligned_rate is None
+    assert res.backdoors is None
+
+
 def test_schema_names_a_misspelt_key():
     res = fake_results()
     validate_results(res)
