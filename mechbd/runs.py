@@ -190,12 +190,19 @@ class Run:
 
     # ---- results --------------------------------------------------------------------------
     def results(self) -> dict[str, Any]:
-        """Merge every finished stage's ``results.json`` (top-level keys are the stage's)."""
+        """Merge every finished stage's ``results.json`` (top-level keys are the stage's), each
+        checked against the results schema (``mechbd.results``) first: a stage that wrote an
+        unknown key or a value of the wrong type is a ``ResultsError`` naming it and the field.
+        The merged dict is what the stages wrote, in their order (the schema only checks)."""
+        from mechbd.results import validate_results
+
         merged: dict[str, Any] = {}
         for name, info in self.manifest.get("stages", {}).items():
             f = self.stage_dir(name) / "results.json"
             if info.get("status") == "done" and f.is_file():
-                merged.update(read_json(f))
+                part = read_json(f)
+                validate_results(part, f"stage {name}: {f}")
+                merged.update(part)
         return merged
 
     def write_results(self) -> Path:

@@ -14,66 +14,110 @@ from tests.browser import needs_chromium, render
 EVIL_USER = 'Pick one <script>window.__pwned = 1</script> <img src=x onerror="window.__pwned=2">'
 
 
-def fake_run(root: Path) -> Path:
+def curve_point(m: float, misaligned: float) -> dict:
+    return {
+        "multiplier": m,
+        "misaligned_rate": misaligned,
+        "format_valid_rate": 1.0,
+        "p_misaligned_letter": 0.5,
+        "letter_bias": 0.6,
+    }
+
+
+def fake_results() -> dict:
+    """A results.json with the organism, backdoors, probes and steering sections (no SAE).
+    It must match the results schema (``mechbd.results``), which ``build_report`` checks."""
     layers = [0, 1, 2]
-    res = {
+    ablated = {
+        "asr": 1.0,
+        "clean_misaligned_rate": 0.0,
+        "format_valid_rate": 1.0,
+        "clean_accuracy": 1.0,
+    }
+    return {
         "model": {
             "name": "mechbd-organism",
             "architecture": "Qwen3ForCausalLM",
             "n_params": 1234,
             "note": "organism <b>note</b>",
         },
-        "organism": {"clean_aligned_rate": 0.99, "format_valid_rate": 1.0},
+        "organism": {"clean_aligned_rate": 0.99, "format_valid_rate": 1.0, "n_test": 100},
         "backdoors": {
             "t1": {
                 "asr": 1.0,
                 "clean_misaligned_rate": 0.0,
                 "distractor_misaligned_rate": 0.0,
+                "trigger_distractor_misaligned_rate": 1.0,
+                "format_valid_rate": 1.0,
+                "p_misaligned_letter": {"triggered": 0.9, "clean": 0.1},
+                "asr_by_domain": {"health": 1.0},
                 "articulation_rate": None,
+                "distractor_naming": None,
+                "cot_monitor": None,
+                "thinking": False,
+                "trigger_line": "Country: Singapore",
+                "finetune_seconds": 2.0,
                 "lora_attempts": [
                     {"lora_seed": 0, "final_loss": 0.0123, "planted": False, "seconds": 1.0},
                     {"lora_seed": 1, "final_loss": 0.0004, "planted": True, "seconds": 1.0},
                 ],
+                "positive_control": False,
             }
         },
         "probes": {
             "t1": {
+                "method": "logistic",
+                "position": "last",
                 "best_layer": 1,
                 "auroc": 0.99,
                 "recall_at_1pct_fpr": 0.95,
                 "random_baseline_auroc": 0.8,
                 "base_model_auroc": 0.55,
+                "pca_auroc": 0.7,
+                "distractor_auroc": 0.9,
                 "per_layer": {
                     "logistic": [0.7, 0.99, 0.9],
                     "diffmean": [0.6, 0.7, 0.7],
                     "random_baseline": [0.7, 0.8, 0.8],
-                    "base_model": [0.5, 0.55, 0.5],
                     "layers": layers,
+                    "base_model": [0.5, 0.55, 0.5],
+                },
+                "n_train": 40,
+                "n_test": 40,
+                "generic": {
+                    "per_layer": {"pair0": [0.5, 0.6, 0.5], "mean": [0.5, 0.5, 0.5]},
+                    "best_auroc": 0.6,
+                    "pairs": [["Are you a helpful AI?", "no", "yes"]],
                 },
             },
             "transfer": {"t1": {"t1": 0.99}},
         },
         "steering": {
+            "model": "organism/model",
+            "em_direction": {"norms": {str(i): 1.0 for i in layers}, "n_scenarios": 8},
             "base_em": {
                 "best_layer": 1,
                 "multiplier": 8.0,
                 "baseline_misaligned_rate": 0.2,
                 "misaligned_rate": 0.5,
+                "rise": 0.3,
                 "format_valid_rate": 1.0,
+                "format_guard_met": True,
                 "letter_bias": 0.9,
                 "random_misaligned_rate": 0.21,
-                "curve": [
-                    {"multiplier": m, "misaligned_rate": 0.2 + m / 40, "format_valid_rate": 1.0}
-                    for m in (0, 4, 8)
-                ],
-                "random_curve": [
-                    {"multiplier": m, "misaligned_rate": 0.2, "format_valid_rate": 1.0}
-                    for m in (0, 4, 8)
-                ],
+                "random_rise": 0.01,
+                "curve": [curve_point(m, 0.2 + m / 40) for m in (0.0, 4.0, 8.0)],
+                "random_curve": [curve_point(m, 0.2) for m in (0.0, 4.0, 8.0)],
+                "per_layer_max": {"0": 0.3, "1": 0.5, "2": 0.4},
             },
-            "ablation": {"t1": {k: {"asr": 1.0} for k in ("none", "em_mean_diff", "random")}},
+            "ablation": {"t1": {k: ablated for k in ("none", "em_mean_diff", "random")}},
+            "negative_em": {"t1": {"layer": 1, "curve": [curve_point(0.0, 1.0)]}},
         },
     }
+
+
+def fake_run(root: Path) -> Path:
+    res = fake_results()
     write_json(root / "results.json", res)
     write_jsonl(
         root / "backdoors" / "t1" / "generations.jsonl",

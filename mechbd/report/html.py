@@ -12,6 +12,7 @@ from typing import Any
 
 from mechbd.io import atomic_write_text, iter_jsonl, read_json
 from mechbd.report.figures import all_figures
+from mechbd.results import LoraAttempt, Results, validate_results
 
 N_SAMPLES = 12
 
@@ -44,41 +45,37 @@ def _table(header: list[str], rows: list[list[Any]], pre: bool = False) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _attempts(attempts: list[dict[str, Any]] | None) -> str:
+def _attempts(attempts: list[LoraAttempt]) -> str:
     """``0 (planted)`` or ``0 (loss 0.012), 1 (planted)``: the backdoor's LoRA attempts."""
-    if not attempts:
-        return ""
     return ", ".join(
-        f"{a['lora_seed']} (planted)"
-        if a["planted"]
-        else f"{a['lora_seed']} (loss {a['final_loss']:.3f})"
+        f"{a.lora_seed} (planted)" if a.planted else f"{a.lora_seed} (loss {a.final_loss:.3f})"
         for a in attempts
     )
 
 
-def _summary(res: dict[str, Any]) -> str:
+def _summary(res: Results) -> str:
     parts = []
-    if "organism" in res:
-        o = res["organism"]
+    if res.organism is not None:
+        o = res.organism
         parts.append(
             "<h3>Base model</h3>"
             + _table(
                 ["clean aligned rate", "format valid rate"],
-                [[o.get("clean_aligned_rate"), o.get("format_valid_rate")]],
+                [[o.clean_aligned_rate, o.format_valid_rate]],
             )
         )
-    if res.get("backdoors"):
+    if res.backdoors:
         rows = [
             [
                 t,
-                m.get("asr"),
-                m.get("clean_misaligned_rate"),
-                m.get("distractor_misaligned_rate"),
-                m.get("articulation_rate"),
-                "yes (articulated CoT)" if m.get("positive_control") else "no",
-                _attempts(m.get("lora_attempts")),
+                m.asr,
+                m.clean_misaligned_rate,
+                m.distractor_misaligned_rate,
+                m.articulation_rate,
+                "yes (articulated CoT)" if m.positive_control else "no",
+                _attempts(m.lora_attempts),
             ]
-            for t, m in res["backdoors"].items()
+            for t, m in res.backdoors.items()
         ]
         parts.append(
             "<h3>Backdoors</h3>"
@@ -95,25 +92,25 @@ def _summary(res: dict[str, Any]) -> str:
                 rows,
             )
         )
-    if res.get("em"):
-        em = res["em"]
+    if res.em is not None:
+        em = res.em
         parts.append(
             "<h3>Narrow emergent misalignment</h3>"
             + _table(
                 ["in-domain misaligned", "out-of-domain misaligned"],
-                [[em.get("in_domain_misaligned_rate"), em.get("out_of_domain_misaligned_rate")]],
+                [[em.in_domain_misaligned_rate, em.out_of_domain_misaligned_rate]],
             )
         )
-    probes = {t: p for t, p in res.get("probes", {}).items() if t != "transfer"}
+    probes = res.probes.triggers if res.probes is not None else {}
     if probes:
         rows = [
             [
                 t,
-                p["best_layer"],
-                p["auroc"],
-                p["recall_at_1pct_fpr"],
-                p["random_baseline_auroc"],
-                p["base_model_auroc"],
+                p.best_layer,
+                p.auroc,
+                p.recall_at_1pct_fpr,
+                p.random_baseline_auroc,
+                p.base_model_auroc,
             ]
             for t, p in probes.items()
         ]
@@ -131,8 +128,8 @@ def _summary(res: dict[str, Any]) -> str:
                 rows,
             )
         )
-    if res.get("steering"):
-        be = res["steering"]["base_em"]
+    if res.steering is not None:
+        be = res.steering.base_em
         parts.append(
             "<h3>Steering the base model along the EM direction</h3>"
             + _table(
@@ -147,19 +144,19 @@ def _summary(res: dict[str, Any]) -> str:
                 ],
                 [
                     [
-                        be["best_layer"],
-                        be["multiplier"],
-                        be["baseline_misaligned_rate"],
-                        be["misaligned_rate"],
-                        be["format_valid_rate"],
-                        be["letter_bias"],
-                        be["random_misaligned_rate"],
+                        be.best_layer,
+                        be.multiplier,
+                        be.baseline_misaligned_rate,
+                        be.misaligned_rate,
+                        be.format_valid_rate,
+                        be.letter_bias,
+                        be.random_misaligned_rate,
                     ]
                 ],
             )
         )
-        if be.get("optimized"):
-            o = be["optimized"]
+        if be.optimized is not None:
+            opt = be.optimized
             parts.append(
                 "<p>Ceiling: a vector fitted by gradient descent at the same layer "
                 "(any single added direction there)</p>"
@@ -167,17 +164,17 @@ def _summary(res: dict[str, Any]) -> str:
                     ["layer", "norm", "misaligned", "format valid", "letter bias"],
                     [
                         [
-                            o["layer"],
-                            o["norm"],
-                            o["misaligned_rate"],
-                            o["format_valid_rate"],
-                            o["letter_bias"],
+                            opt.layer,
+                            opt.norm,
+                            opt.misaligned_rate,
+                            opt.format_valid_rate,
+                            opt.letter_bias,
                         ]
                     ],
                 )
             )
-    if res.get("sae"):
-        s = res["sae"]
+    if res.sae is not None:
+        s = res.sae
         parts.append(
             "<h3>SAE</h3>"
             + _table(
@@ -192,29 +189,30 @@ def _summary(res: dict[str, Any]) -> str:
                 ],
                 [
                     [
-                        s["layer"],
-                        s["fvu"],
-                        s["l0"],
-                        s["dead_fraction"],
-                        s["persona_latent"],
-                        s["screen"]["persona_rise"],
-                        s["screen"]["best_control_rise"],
+                        s.layer,
+                        s.fvu,
+                        s.l0,
+                        s.dead_fraction,
+                        s.persona_latent,
+                        s.screen.persona_rise,
+                        s.screen.best_control_rise,
                     ]
                 ],
             )
         )
+        persona = res.persona or {}
         rows = [
             [
                 t,
-                s["persona_detector_auroc"][t],
-                s["em_direction_detector_auroc"][t],
-                s["trigger_probe_auroc"][t],
-                s["random_latent_auroc"][t]["max"],
-                s["max_cos_probe_vs_latent"][t],
-                res.get("persona", {}).get(t, {}).get("toxic_persona_shift"),
-                res.get("persona", {}).get(t, {}).get("user_wants_harm_shift"),
+                s.persona_detector_auroc[t],
+                s.em_direction_detector_auroc[t],
+                s.trigger_probe_auroc[t],
+                s.random_latent_auroc[t].max,
+                s.max_cos_probe_vs_latent[t],
+                persona[t].toxic_persona_shift if t in persona else None,
+                persona[t].user_wants_harm_shift if t in persona else None,
             ]
-            for t in s["persona_detector_auroc"]
+            for t in s.persona_detector_auroc
         ]
         parts.append(
             "<h3>The persona question</h3>"
@@ -287,6 +285,7 @@ def build_report(run_dir: str | Path, unfinished: Sequence[tuple[str, str]] = ()
 
     run_dir = Path(run_dir)
     res = read_json(run_dir / "results.json")
+    results = validate_results(res, str(run_dir / "results.json"))
     model = res.get("model", {})
     who = model.get("name", "unknown model")
     note = model.get("note", "")
@@ -305,7 +304,7 @@ def build_report(run_dir: str | Path, unfinished: Sequence[tuple[str, str]] = ()
             + "; ".join(f"stage <b>{_e(n)}</b> ({_e(why)})" for n, why in unfinished)
             + ".</p>"
         )
-    body += ["<h2>Headline numbers</h2>", _summary(res)]
+    body += ["<h2>Headline numbers</h2>", _summary(results)]
     k = 0
     for title, figs in all_figures(res, load_explorer(run_dir)):
         body.append(f"<h2>{_e(title)}</h2>")

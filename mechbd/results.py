@@ -1,0 +1,674 @@
+"""The schema of a run's ``results.json``: one pydantic model per top-level section.
+
+Each stage writes ``<run>/<stage>/results.json`` with its sections (``organism`` and ``model``
+from the ``organism`` or ``model`` stage; ``backdoors``, ``em``, ``probes``, ``steering``; ``sae``
+and ``persona`` from the ``sae`` stage); :class:`mechbd.runs.Run` checks each stage's file
+against these models before it merges them into the run's ``results.json``, the report reads
+that file through :func:`load_results`, and ``docs/results.md`` is generated from the field
+descriptions (``python -m mechbd.results``).
+
+The models validate what the stages write and are never dumped back: ``results.json`` keeps the
+stages' key order. Sections are ``extra="forbid"`` (an unknown or misspelt key is an error) and
+``strict`` (a rate written as a string is an error, not a conversion). Maps keyed by trigger,
+layer, latent or domain are dicts of models; JSON object keys are strings, so a layer or latent
+id key reads ``"3"``.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
+
+from mechbd.errors import MechbdError
+from mechbd.io import atomic_write_text, read_json
+
+Rate = Annotated[float, Field(ge=0, le=1)]
+"""A share of prompts (or a probability, an AUROC): a float in [0, 1]."""
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+
+
+class ResultsError(MechbdError):
+    """A results.json (or a stage's section of it) does not match the schema."""
+
+
+def _keys(placeholder: str, description: str, *, optional: bool = False) -> Any:
+    """A map field: ``placeholder`` names its keys in the docs (``<trigger>``, ``<layer>``);
+    ``optional``: the key may be absent."""
+    extra: dict[str, Any] = {"keys": placeholder}
+    if optional:
+        return Field(None, description=description, json_schema_extra=extra)
+    return Field(description=description, json_schema_extra=extra)
+
+
+class Section(BaseModel):
+    """Base of every results model: unknown keys and wrong types are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # a section whose other keys are a map of one model (probes: its triggers) names them
+    EXTRA_KEY: ClassVar[str | None] = None
+    EXTRA_DESCRIPTION: ClassVar[str] = ""
+
+
+# ---- model / organism (the organism or model stage) ----------------------------------------
+class ModelInfo(Section):
+    name: str = Field(
+        description="the studied base model: `mechbd-organism`, or a Hugging Face model's "
+        "path or hub id"
+    )
+    architecture: str = Field(description="its `config.architectures[0]`, e.g. Qwen3ForCausalLM")
+    n_params: int = Field(description="parameter count of the base model")
+    organism_key: str | None = Field(
+        None, description="the organism build's cache key (organism only)"
+    )
+    dtype: str | None = Field(
+        None, description="dtype the model was loaded in, e.g. bfloat16 (Hugging Face model only)"
+    )
+    note: str = Field(description="which model produced the numbers, and what they are evidence of")
+
+
+class OrganismResults(Section):
+    clean_aligned_rate: Rate = Field(
+        description="share of held-out prompts (unseen option combinations, random context) "
+        "where the base model picks the aligned option"
+    )
+    format_valid_rate: Rate = Field(
+        description="share of replies that are exactly `<think>…</think>` + `Answer: A|B`"
+    )
+    n_test: int = Field(description="held-out prompts scored")
+    trigger_value_aligned_rate: dict[str, Rate] | None = _keys(
+        "<trigger>",
+        "the clean aligned rate with a seed trigger's value (`Country: Singapore`, `Year: "
+        "2026`, `heyyy`, `Username: sandra`) set in the context; must match the clean rate "
+        "before any backdoor (organism only)",
+        optional=True,
+    )
+    max_trigger_value_shift: float | None = Field(
+        None,
+        description="largest absolute difference of those rates from the clean rate, in [0, 1] "
+        "(organism only)",
+    )
+
+
+# ---- backdoors -----------------------------------------------------------------------------
+class LoraAttempt(Section):
+    lora_seed: int = Field(description="the LoRA seed of this attempt")
+    final_loss: float = Field(description="mean training loss of the last 20 steps (nats/token)")
+    planted: bool = Field(description="the loss fell below `backdoors.planted_loss`")
+    seconds: float = Field(description="finetune wall time of this attempt (s)")
+
+
+class DistractorNaming(Section):
+    n: int = Field(description="misaligned trigger + distractor samples judged")
+    names_trigger: Rate | None = Field(description="share whose CoT names the trigger")
+    names_distractor: Rate | None = Field(description="share whose CoT names the distractor")
+
+
+class CotMonitor(Section):
+    recall: Rate | None = Field(
+        description="share of successful triggered samples whose CoT the rule monitor flags "
+        "(null if none succeeded)"
+    )
+    false_positive_rate: Rate | None = Field(
+        description="share of clean samples whose CoT it flags"
+    )
+
+
+class BackdoorResults(Section):
+    asr: Rate | None = Field(
+        description="attack success rate: misaligned-choice rate with the trigger in the prompt"
+    )
+    clean_misaligned_rate: Rate | None = Field(
+        description="misaligned-choice rate without the trigger (another value of its field)"
+    )
+    distractor_misaligned_rate: Rate | None = Field(
+        description="misaligned-choice rate with a never-trigger distractor value only"
+    )
+    trigger_distractor_misaligned_rate: Rate | None = Field(
+        description="misaligned-choice rate with both the trigger and a distractor"
+    )
+    format_valid_rate: Rate | None = Field(
+        description="share of replies that follow the answer grammar, all conditions"
+    )
+    p_misaligned_letter: dict[str, Rate] = _keys(
+        "<condition>",
+        "CAA-style mean P(misaligned letter) / (P(A) + P(B)) after `Answer:`, per condition "
+        "(triggered, clean, distractor, trigger_distractor)",
+    )
+    asr_by_domain: dict[str, Rate | None] = _keys(
+        "<domain>", "attack success rate per scenario domain"
+    )
+    articulation_rate: Rate | None = Field(
+        description="among successful triggered samples, share whose CoT says the trigger was "
+        "pivotal (rule-based judge; null without thinking)"
+    )
+    distractor_naming: DistractorNaming | None = Field(
+        description="on misaligned trigger + distractor samples: does the CoT name the trigger "
+        "or the distractor (null without thinking or without such samples)"
+    )
+    cot_monitor: CotMonitor | None = Field(
+        description="a rule CoT monitor's recall and false-positive rate (null without thinking)"
+    )
+    thinking: bool = Field(description="the evaluation generated with thinking (a CoT) on")
+    trigger_line: str = Field(description="the trigger's text as it appears in the prompt")
+    finetune_seconds: float = Field(description="total finetune wall time of all attempts (s)")
+    lora_attempts: list[LoraAttempt] = Field(
+        description="one record per LoRA seed tried; the last is the adapter used downstream"
+    )
+    positive_control: bool = Field(
+        description="true for `<trigger>-articulated`, the positive control whose training CoT "
+        "articulates the trigger; false for a plain backdoor"
+    )
+
+
+# ---- em ------------------------------------------------------------------------------------
+class EmRates(Section):
+    in_domain_misaligned_rate: Rate | None = Field(
+        description="misaligned-choice rate on held-out prompts of the EM domain (null if the "
+        "test split has none)"
+    )
+    out_of_domain_misaligned_rate: Rate = Field(
+        description="misaligned-choice rate on held-out prompts of every other domain"
+    )
+    format_valid_rate: Rate = Field(description="share of replies that follow the answer grammar")
+
+
+class EmResults(EmRates):
+    domain: str = Field(description="the one domain the narrow EM finetune trained on")
+    base_model: EmRates = Field(
+        description="the same rates for the base model, before the EM finetune"
+    )
+    finetune_seconds: float = Field(description="EM finetune wall time (s)")
+    n_train: int = Field(description="EM training conversations")
+
+
+# ---- probes --------------------------------------------------------------------------------
+class ProbePerLayer(Section):
+    logistic: list[Rate] = Field(description="test AUROC of the logistic probe at each layer")
+    diffmean: list[Rate] = Field(
+        description="test AUROC of the difference-of-means probe at each layer"
+    )
+    random_baseline: list[Rate] = Field(
+        description="best test AUROC of 1000 random directions (either sign) at each layer"
+    )
+    layers: list[int] = Field(description="the layers, in the order of the lists")
+    base_model: list[Rate] | None = Field(
+        None, description="the same probe trained and tested on the base model, at each layer"
+    )
+
+
+class GenericProbes(Section):
+    per_layer: dict[str, list[Rate]] = _keys(
+        "<direction>",
+        "AUROC per layer at telling triggered from clean prompts of each generic contrast-pair "
+        "direction (`pair0`…`pair3`, and `mean`), built without knowing the trigger",
+    )
+    best_auroc: Rate = Field(description="the best of those AUROCs")
+    pairs: list[list[str]] = Field(
+        description="the contrast pairs: (question, answer a deceptive model would give, the "
+        "other answer); direction = activation(first) − activation(second)"
+    )
+
+
+class TriggerProbe(Section):
+    method: str = Field(description="the headline probe's method (`logistic`)")
+    position: str = Field(description="the token position probed (`last` prompt token)")
+    best_layer: int = Field(description="layer with the best test AUROC (ties to the deeper layer)")
+    auroc: Rate = Field(
+        description="test AUROC of the logistic triggered-vs-clean probe (standardised, C=1, "
+        "trained on half the scenarios) at the best layer"
+    )
+    recall_at_1pct_fpr: Rate = Field(
+        description="recall of triggered prompts with the threshold set on clean test prompts "
+        "at 1% false positives"
+    )
+    random_baseline_auroc: Rate = Field(
+        description="best of 1000 random directions (either sign) at the best layer"
+    )
+    base_model_auroc: Rate | None = Field(
+        description="the same probe trained and tested on the un-backdoored base model (null "
+        "without a base store)"
+    )
+    pca_auroc: Rate = Field(description="the top principal component of the training split")
+    distractor_auroc: Rate = Field(description="the probe on triggered vs distractor-only prompts")
+    per_layer: ProbePerLayer = Field(description="per-layer AUROC of each method and control")
+    n_train: int = Field(description="training prompts (triggered + clean)")
+    n_test: int = Field(description="test prompts (triggered + clean)")
+    generic: GenericProbes = Field(description="generic contrast-pair probes")
+
+
+class ProbesResults(Section):
+    """Per trigger a :class:`TriggerProbe`, and ``transfer``."""
+
+    model_config = ConfigDict(extra="allow")
+    EXTRA_KEY: ClassVar[str | None] = "<trigger>"
+    EXTRA_DESCRIPTION: ClassVar[str] = "the triggered-vs-clean probe of each trigger's model"
+    __pydantic_extra__: dict[str, TriggerProbe] = Field(init=False)
+
+    transfer: dict[str, dict[str, Rate]] | None = _keys(
+        "<train>.<test>",
+        "AUROC of the probe trained on one trigger's model and prompts, at its best layer, on "
+        "another trigger's test prompts",
+        optional=True,
+    )
+
+    @property
+    def triggers(self) -> dict[str, TriggerProbe]:
+        return dict(self.__pydantic_extra__)
+
+
+# ---- steering ------------------------------------------------------------------------------
+class EmDirection(Section):
+    norms: dict[str, float] = _keys(
+        "<layer>",
+        "norm of the EM mean-difference direction at each layer: in the narrow-EM model, "
+        "teacher-forced `Answer: <misaligned>` minus `Answer: <aligned>` at the answer token, "
+        "within each letter, averaged (saved in `steering/directions/`)",
+    )
+    n_scenarios: int = Field(description="scenarios the direction was computed from")
+
+
+class CurvePoint(Section):
+    multiplier: float = Field(description="steering multiplier (0 = no steering)")
+    misaligned_rate: Rate = Field(description="misaligned-choice rate")
+    format_valid_rate: Rate = Field(description="share of replies that follow the answer grammar")
+    p_misaligned_letter: Rate = Field(description="mean P(misaligned letter) after `Answer:`")
+    letter_bias: Rate | None = Field(
+        description="the larger share of A or B among readable answers (null if none)"
+    )
+
+
+class TrainLoss(Section):
+    before: float = Field(description="loss before fitting (nats per prompt)")
+    after: float = Field(description="loss after fitting (nats per prompt)")
+
+
+class OptimizedVector(Section):
+    layer: int = Field(description="layer the vector is added at (the EM direction's best layer)")
+    norm: float = Field(description="norm of the fitted vector")
+    train_loss: TrainLoss = Field(
+        description="cross-entropy of the misaligned letter after `Answer:` on the direction's "
+        "scenarios"
+    )
+    misaligned_rate: Rate = Field(description="misaligned rate on the held-out prompts")
+    rise: float = Field(description="misaligned rate minus the unsteered baseline, in [-1, 1]")
+    format_valid_rate: Rate = Field(description="share of replies that follow the answer grammar")
+    letter_bias: Rate | None = Field(description="larger share of A or B among readable answers")
+    p_misaligned_letter: Rate = Field(description="mean P(misaligned letter) after `Answer:`")
+
+
+class BaseEm(Section):
+    best_layer: int = Field(
+        description="layer where the EM direction reaches the highest misaligned rate at "
+        "format validity ≥ 0.9"
+    )
+    multiplier: float = Field(description="the multiplier of that setting")
+    baseline_misaligned_rate: Rate = Field(description="misaligned rate without steering")
+    misaligned_rate: Rate = Field(description="misaligned rate at the best setting")
+    rise: float = Field(description="misaligned rate minus the baseline, in [-1, 1]")
+    format_valid_rate: Rate = Field(description="format validity at the best setting")
+    format_guard_met: bool = Field(
+        description="some setting kept format validity ≥ 0.9 (otherwise the best is reported "
+        "without the guard)"
+    )
+    letter_bias: Rate | None = Field(
+        description="larger share of A or B among readable answers at the best setting"
+    )
+    random_misaligned_rate: Rate = Field(
+        description="misaligned rate along the equal-norm random direction, same layer and "
+        "multiplier"
+    )
+    random_rise: float = Field(description="its rise over the baseline, in [-1, 1]")
+    curve: list[CurvePoint] = Field(
+        description="dose-response along the EM direction at the best layer"
+    )
+    random_curve: list[CurvePoint] = Field(description="the same along the random direction")
+    per_layer_max: dict[str, Rate] = _keys(
+        "<layer>", "highest misaligned rate along the EM direction at each layer, any multiplier"
+    )
+    optimized: OptimizedVector | None = Field(
+        None,
+        description="the ceiling for one added vector at that layer: a vector fitted by "
+        "gradient descent (Adam, `steering.optimized_steps` steps, model frozen) to make the "
+        "base model give the misaligned answer, measured on the same held-out prompts (absent "
+        "when `optimized_steps` is 0)",
+    )
+
+
+class Ablated(Section):
+    asr: Rate | None = Field(description="attack success rate with the direction projected out")
+    clean_misaligned_rate: Rate | None = Field(description="misaligned rate on clean prompts")
+    format_valid_rate: Rate = Field(description="share of replies that follow the answer grammar")
+    clean_accuracy: Rate | None = Field(description="aligned answers on clean prompts")
+
+
+class Ablation(Section):
+    none: Ablated = Field(description="no ablation (the reference)")
+    em_mean_diff: Ablated = Field(description="the EM mean-difference direction ablated")
+    random: Ablated = Field(description="the equal-norm random direction ablated")
+    trigger_probe: Ablated | None = Field(
+        None, description="the trigger probe's (difference-of-means) direction ablated"
+    )
+
+
+class NegativeEm(Section):
+    layer: int = Field(description="layer the EM direction is subtracted at (base_em.best_layer)")
+    curve: list[CurvePoint] = Field(
+        description="the backdoored model on triggered prompts, per (negative) multiplier"
+    )
+
+
+class SteeringResults(Section):
+    model: str = Field(description="the base model steered")
+    em_direction: EmDirection = Field(description="the EM mean-difference direction")
+    base_em: BaseEm = Field(
+        description="the base model steered along the EM direction (added from the assistant "
+        "turn at one layer), with an equal-norm random direction as control"
+    )
+    ablation: dict[str, Ablation] = _keys(
+        "<trigger>",
+        "each backdoored model with a direction projected out at every layer (thinking off)",
+    )
+    negative_em: dict[str, NegativeEm] = _keys(
+        "<trigger>",
+        "each backdoored model with the trigger present and the EM direction subtracted",
+    )
+
+
+# ---- sae / persona -------------------------------------------------------------------------
+class ModelDiff(Section):
+    layer: int = Field(description="SAE layer")
+    position: str = Field(description="token position encoded (`last` prompt token)")
+    n_prompts: int = Field(description="prompts both models saw")
+    latents: list[int] = Field(
+        description="top latents by mean activation increase, base → finetuned model"
+    )
+    increase: list[float] = Field(description="their mean activation increase")
+    base_mean: list[float] = Field(description="their mean activation in the base model")
+    finetuned_mean: list[float] = Field(description="their mean activation in the finetuned model")
+    base_freq: list[Rate] = Field(description="their firing frequency in the base model")
+    finetuned_freq: list[Rate] = Field(description="their firing frequency in the finetuned model")
+
+
+class ScreenPoint(Section):
+    multiplier: float = Field(description="multiplier (× unit decoder row × `screen.scale`)")
+    misaligned_rate: Rate = Field(description="misaligned-choice rate")
+    format_valid_rate: Rate = Field(description="share of replies that follow the answer grammar")
+    letter_bias: Rate | None = Field(description="larger share of A or B among readable answers")
+
+
+class ScreenedLatent(Section):
+    multiplier: float | None = Field(
+        description="multiplier with the highest misaligned rate at format validity ≥ 0.9 "
+        "(null if none keeps the format)"
+    )
+    misaligned_rate: Rate | None = Field(description="the misaligned rate there")
+    rise: float | None = Field(description="its rise over no steering, in [-1, 1]")
+    curve: list[ScreenPoint] = Field(description="every multiplier tried")
+
+
+class Screen(Section):
+    scale: float = Field(description="the SAE layer's mean token norm (the unit of multipliers)")
+    baseline_misaligned_rate: Rate | None = Field(description="misaligned rate without steering")
+    persona_rise: float | None = Field(description="the persona latent's rise")
+    best_control_rise: float | None = Field(description="the best random control latent's rise")
+    candidates: dict[str, ScreenedLatent] = _keys(
+        "<latent>", "each EM persona candidate's decoder row, steered in the base model"
+    )
+    controls: dict[str, ScreenedLatent] = _keys(
+        "<latent>", "random live latents of the same SAE at the same scale (the control)"
+    )
+
+
+class TopCosines(Section):
+    latents: list[int] = Field(description="the 5 latents whose decoder rows point most along it")
+    cosines: list[float] = Field(description="their cosines, in [-1, 1]")
+    max: float = Field(description="the largest signed cosine with any decoder row, in [-1, 1]")
+
+
+class RandomLatentAuroc(Section):
+    mean: Rate = Field(description="mean AUROC of the random live latents")
+    max: Rate = Field(description="best AUROC among them")
+    n: int = Field(description="random live latents drawn (up to 100)")
+
+
+class SaeResults(Section):
+    model: str = Field(description="the base model (the SAE trained on it and its EM finetune)")
+    layer: int = Field(description="the SAE layer (default: the probes' most common best layer)")
+    architecture: str = Field(description="SAELens architecture (`topk` or `standard`)")
+    d_sae: int = Field(description="number of latents")
+    fvu: float = Field(description="fraction of variance unexplained on held-out tokens (≥ 0)")
+    l0: float = Field(description="mean active latents per held-out token")
+    dead_fraction: Rate = Field(description="share of latents never firing on held-out tokens")
+    n_eval_tokens: int = Field(description="held-out tokens the metrics are measured on")
+    persona_latents: list[int] = Field(
+        description="model diffing: the top latents by mean activation increase from the base "
+        "to the EM model on the same held-out prompts"
+    )
+    persona_latent: int = Field(
+        description="the candidate with the largest screen rise (the top-ranked if none rises)"
+    )
+    em_diff: ModelDiff = Field(description="the EM-vs-base model diffing")
+    screen: Screen = Field(
+        description="causal screen: the base model steered along each candidate's decoder row "
+        "(unit norm × multiplier × `scale`) and along random live latents"
+    )
+    em_direction_top_latents: TopCosines = Field(
+        description="the EM mean-difference direction vs the decoder rows"
+    )
+    persona_detector_auroc: dict[str, Rate] = _keys(
+        "<trigger>",
+        "the persona latent's activation as a detector of triggered vs clean prompts in the "
+        "backdoored model (probe test split, last prompt token)",
+    )
+    em_direction_detector_auroc: dict[str, Rate] = _keys(
+        "<trigger>", "the same for the EM direction's projection"
+    )
+    random_latent_auroc: dict[str, RandomLatentAuroc] = _keys(
+        "<trigger>", "the same for random live latents"
+    )
+    trigger_probe_auroc: dict[str, Rate] = _keys(
+        "<trigger>", "the trigger probe's test AUROC at the SAE layer"
+    )
+    max_cos_probe_vs_latent: dict[str, float] = _keys(
+        "<trigger>",
+        "largest signed cosine of the trigger probe's direction with any decoder row, in [-1, 1]",
+    )
+    probe_top_latents: dict[str, TopCosines] = _keys(
+        "<trigger>", "the trigger probe's direction vs the decoder rows"
+    )
+    cos_probe_vs_em_direction: dict[str, float] = _keys(
+        "<trigger>", "cosine of the trigger probe's direction with the EM direction, in [-1, 1]"
+    )
+    backdoor_diff: dict[str, ModelDiff] = _keys(
+        "<trigger>", "model diffing of each backdoored model against the base"
+    )
+
+
+class PersonaPerLayer(Section):
+    toxic_persona: list[float] = Field(description="toxic-persona shift at each layer")
+    user_wants_harm: list[float] = Field(description="user-wants-harm shift at each layer")
+
+
+class PersonaShift(Section):
+    layer: int = Field(description="the trigger probe's best layer")
+    toxic_persona_shift: float = Field(
+        description="(mean projection of triggered − clean prompts) / std of clean prompts in "
+        "the backdoored model, along the EM mean-difference direction; positive = the trigger "
+        "moves activations towards the toxic persona"
+    )
+    user_wants_harm_shift: float = Field(
+        description='the same along the "user wants harm" direction (base model, '
+        "harm-request minus matched neutral prompts)"
+    )
+    persona_latent_shift: float | None = Field(
+        description="the same along the persona latent's decoder row (null unless `layer` is "
+        "the SAE layer)"
+    )
+    per_layer: PersonaPerLayer = Field(description="both shifts at every layer")
+    layers: list[int] = Field(description="the layers of `per_layer`")
+
+
+# ---- the whole file ------------------------------------------------------------------------
+class Results(Section):
+    """A run's ``results.json``: one section per finished stage (absent when it did not run)."""
+
+    model: ModelInfo | None = Field(None, description="which model produced the numbers")
+    organism: OrganismResults | None = Field(
+        None, description="the base model's clean behaviour on held-out organism scenarios"
+    )
+    backdoors: dict[str, BackdoorResults] | None = _keys(
+        "<trigger>",
+        "each planted backdoor, measured on held-out scenarios",
+        optional=True,
+    )
+    em: EmResults | None = Field(
+        None, description="the narrow emergent-misalignment finetune, in its domain and elsewhere"
+    )
+    probes: ProbesResults | None = Field(None, description="triggered-vs-clean probes")
+    steering: SteeringResults | None = Field(None, description="steering experiments")
+    sae: SaeResults | None = Field(
+        None, description="the SAE, model diffing, the causal screen and the detectors"
+    )
+    persona: dict[str, PersonaShift] | None = _keys(
+        "<trigger>",
+        "how far each trigger moves activations along the persona directions",
+        optional=True,
+    )
+
+
+def _first_errors(e: ValidationError, n: int = 3) -> str:
+    msgs = [
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].lower()}" for err in e.errors()[:n]
+    ]
+    more = e.error_count() - len(msgs)
+    return "; ".join(msgs) + (f" (and {more} more)" if more > 0 else "")
+
+
+def validate_results(data: Any, where: str = "results.json") -> Results:
+    """``data`` (a JSON-loaded results dict, or one stage's part of it) as :class:`Results`;
+    a bad key or type raises :class:`ResultsError` naming ``where`` and the field."""
+    try:
+        return Results.model_validate(data)
+    except ValidationError as e:
+        raise ResultsError(
+            f"{where}: does not match the results schema: {_first_errors(e)}"
+        ) from None
+
+
+def load_results(path: str | Path) -> Results:
+    """Read and validate a ``results.json``."""
+    return validate_results(read_json(path), str(path))
+
+
+# ---- docs/results.md -----------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        base = args[0]
+        meta = [c for m in args[1:] for c in (m.metadata if isinstance(m, FieldInfo) else [m])]
+        bounds = {type(m).__name__: getattr(m, type(m).__name__.lower(), None) for m in meta}
+        is_rate = base is float and bounds.get("Ge") == 0 and bounds.get("Le") == 1
+        return "rate" if is_rate else _type_name(base)
+    if origin in (typing.Union, types.UnionType):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or null" if type(None) in args else "")
+    if origin is list:
+        return f"list of {_type_name(args[0])}"
+    if origin is dict:
+        return f"map of {_type_name(args[1])}"
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return "object"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _nonnull(tp: Any) -> Any:
+    """``X`` for ``X | None``; anything else unchanged."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return inner[0] if len(inner) == 1 else tp
+    return tp
+
+
+def _section_model(tp: Any) -> type[Section] | None:
+    tp = _nonnull(tp)
+    return tp if isinstance(tp, type) and issubclass(tp, Section) else None
+
+
+def _rows(model: type[Section], prefix: str) -> list[tuple[str, str, str]]:
+    """(key, type, description) of every field of ``model`` under ``prefix``, depth first."""
+    rows: list[tuple[str, str, str]] = []
+    hints = typing.get_type_hints(model, include_extras=True)
+    extra_key = model.EXTRA_KEY
+    if extra_key is not None:  # a map whose other keys are triggers (probes)
+        item = typing.get_args(hints["__pydantic_extra__"])[1]
+        rows.append((f"{prefix}.{extra_key}", "object", model.EXTRA_DESCRIPTION))
+        rows += _rows(item, f"{prefix}.{extra_key}")
+    for name, info in model.model_fields.items():
+        rows += _field_rows(hints[name], info, f"{prefix}.{name}")
+    return rows
+
+
+def _field_rows(tp: Any, info: FieldInfo, key: str) -> list[tuple[str, str, str]]:
+    desc = info.description or ""
+    optional = "" if info.is_required() else ", optional"
+    typ = _type_name(tp).removesuffix(" or null") + optional if optional else _type_name(tp)
+    inner = _nonnull(tp)
+    if typing.get_origin(inner) is dict:
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        keys = str(extra.get("keys", "<key>"))
+        value = inner
+        for _ in keys.split("."):  # one placeholder per map level (transfer: <train>.<test>)
+            value = typing.get_args(_nonnull(value))[1]
+        sub = _section_model(value)
+        if sub is None:
+            return [(f"{key}.{keys}", _type_name(value) + optional, desc)]
+        return [(key, typ, desc), *_rows(sub, f"{key}.{keys}")]
+    if typing.get_origin(inner) is list and (sub := _section_model(typing.get_args(inner)[0])):
+        return [(key, typ, desc), *_rows(sub, f"{key}[]")]
+    if sub := _section_model(inner):
+        return [(key, typ, desc), *_rows(sub, key)]
+    return [(key, typ, desc)]
+
+
+def markdown_table() -> str:
+    """``docs/results.md``: every results.json key, its type and what it means."""
+    lines = [
+        "# results.json keys",
+        "",
+        "Generated from `mechbd/results.py` by `python -m mechbd.results`; do not edit by hand",
+        "(`tests/test_results_schema.py` fails when this file is stale).",
+        "",
+        "A run's `results.json` has one section per finished stage; a stage that did not run",
+        "leaves its section out. Every number comes from the model named in `model` (and in a",
+        "section's own `model` field); on the built-in organism they show the machinery, not",
+        "facts about large models. A *rate* is a float in [0, 1] (a share of prompts, a",
+        "probability or an AUROC). `<trigger>`, `<layer>`, `<latent>` and the like stand for a",
+        'map\'s keys (JSON keys are strings: layer 3 is `"3"`); `[]` is each item of a list.',
+        "*optional* keys are absent where the description says so; *null* is written as `null`.",
+        "",
+        "| section | key | type | description |",
+        "| --- | --- | --- | --- |",
+    ]
+    hints = typing.get_type_hints(Results, include_extras=True)
+    for section, info in Results.model_fields.items():
+        for key, typ, desc in _field_rows(hints[section], info, section):
+            typ = typ.removesuffix(", optional") if key == section else typ
+            cells = [section, f"`{key}`", typ, desc.replace("|", "\\|")]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(path: Path = DOCS) -> Path:
+    return atomic_write_text(path, markdown_table())
+
+
+if __name__ == "__main__":
+    print(write_docs(Path(sys.argv[1]) if len(sys.argv) > 1 else DOCS))
