@@ -53,8 +53,9 @@ def _attempts(attempts: list[LoraAttempt]) -> str:
     )
 
 
-def _summary(res: Results) -> str:
-    parts = []
+def _behaviour_tables(res: Results) -> list[str]:
+    """The base model, the backdoors and the EM model."""
+    parts: list[str] = []
     if res.organism is not None:
         o = res.organism
         parts.append(
@@ -101,6 +102,12 @@ def _summary(res: Results) -> str:
                 [[em.in_domain_misaligned_rate, em.out_of_domain_misaligned_rate]],
             )
         )
+    return parts
+
+
+def _probe_table(res: Results) -> list[str]:
+    """Trigger probes against their baselines."""
+    parts: list[str] = []
     probes = res.probes.triggers if res.probes is not None else {}
     if probes:
         rows = [
@@ -128,6 +135,12 @@ def _summary(res: Results) -> str:
                 rows,
             )
         )
+    return parts
+
+
+def _steering_tables(res: Results) -> list[str]:
+    """Steering the base model along the EM direction."""
+    parts: list[str] = []
     if res.steering is not None:
         be = res.steering.base_em
         parts.append(
@@ -173,6 +186,12 @@ def _summary(res: Results) -> str:
                     ],
                 )
             )
+    return parts
+
+
+def _sae_tables(res: Results) -> list[str]:
+    """SAE quality and the persona question."""
+    parts: list[str] = []
     if res.sae is not None:
         s = res.sae
         parts.append(
@@ -230,6 +249,16 @@ def _summary(res: Results) -> str:
                 rows,
             )
         )
+    return parts
+
+
+def _summary(res: Results) -> str:
+    parts = [
+        *_behaviour_tables(res),
+        *_probe_table(res),
+        *_steering_tables(res),
+        *_sae_tables(res),
+    ]
     return "\n".join(parts)
 
 
