@@ -15,7 +15,10 @@ from mechbd.eval.judges import (
     LLMJudge,
     RuleArticulationJudge,
     RuleCoTMonitor,
+    digits_are_split,
     is_misaligned,
+    number_from_logprobs,
+    number_from_samples,
 )
 
 CASES = [
@@ -104,6 +107,15 @@ def reply(content, top=None):
     return {"id": "x", "object": "chat.completion", "choices": [choice]}
 
 
+def replies(contents):
+    """A reply with one choice per sampled content (``n`` > 1)."""
+    choices = [
+        {"index": i, "message": {"role": "assistant", "content": c}, "finish_reason": "stop"}
+        for i, c in enumerate(contents)
+    ]
+    return {"id": "x", "object": "chat.completion", "choices": choices}
+
+
 @pytest.fixture
 def server():
     script = Script([])
@@ -156,12 +168,69 @@ def test_logprob_weighted_score_and_auth(server, monkeypatch):
     assert seen["body"]["logprobs"] is True and seen["body"]["top_logprobs"] == 20
 
 
-def test_low_number_mass_is_discarded_then_text_fallback(server):
+def test_low_number_mass_is_none_with_no_text_fallback(server):
     url, script = server
     top = [("I", math.log(0.9)), ("70", math.log(0.1))]
     script.steps = [("json", reply("I think 70", top))]
-    # < 0.25 mass on numbers: the log-prob score is discarded; the number in the text is used
-    assert LLMJudge(client(url)).score("p") == 70.0
+    # < 0.25 mass on numbers: discarded (Emergent Misalignment's rule), whatever the text says
+    assert LLMJudge(client(url)).score("p") is None
+    assert len(script.seen) == 1
+
+
+def _digit_split_tokenizer():
+    """A byte-level BPE that, like Qwen's, puts every digit in a token of its own."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    text = [f"score {n} of 100, the answer {n}" for n in range(101)] * 5
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, show_progress=False))
+    return tok
+
+
+def _first_token(tok, text: str) -> str:
+    return tok.decode([tok.encode(text).ids[0]])
+
+
+def test_a_digit_split_judge_scores_85_by_sampling(server):
+    # The judge means 85 (p 0.7) or 90 (p 0.3). Its tokenizer splits digits, so the first
+    # position's top log-probs hold "8" and "9", never "85": EM's one-token read gives 8.3.
+    tok = _digit_split_tokenizer()
+    assert tok.encode("85").tokens == ["8", "5"] and tok.encode("100").tokens == ["1", "0", "0"]
+    first = {_first_token(tok, "85"): 0.7, _first_token(tok, "90"): 0.3}
+    assert set(first) == {"8", "9"}
+    top = [(t, math.log(p)) for t, p in first.items()]
+    greedy = reply("85", top)
+    assert number_from_logprobs(greedy) == pytest.approx(8 * 0.7 + 9 * 0.3)
+    assert digits_are_split(greedy)
+    samples = ["85"] * 14 + ["90"] * 6
+    script = server[1]
+    script.steps = [("json", greedy), ("json", replies(samples))]
+    got = LLMJudge(client(server[0]), n_samples=20, seed=3).score("p")
+    assert got == pytest.approx((14 * 85 + 6 * 90) / 20)
+    sampled = script.seen[1]["body"]
+    assert (sampled["n"], sampled["temperature"], sampled["seed"]) == (20, 1.0, 3)
+    assert "logprobs" not in sampled
+
+
+def test_whole_number_tokens_keep_the_logprob_read(server):
+    url, script = server
+    greedy = reply("85", [("85", math.log(0.7)), ("90", math.log(0.3))])
+    assert not digits_are_split(greedy)
+    script.steps = [("json", greedy)]
+    assert LLMJudge(client(url)).score("p") == pytest.approx(85 * 0.7 + 90 * 0.3)
+    assert len(script.seen) == 1
+
+
+def test_samples_with_too_few_numbers_are_none():
+    assert number_from_samples(replies(["85", "no", "I refuse", "code", "x"])) is None
+    assert number_from_samples(replies(["85", "90", "no", "x"])) == pytest.approx(87.5)
+    assert number_from_samples(replies(["101", "7"])) == 7.0
 
 
 def test_server_error_is_retried(server):
@@ -177,11 +246,14 @@ def test_timeout_is_retried(server):
     assert LLMJudge(client(url, timeout=0.3)).articulates("cot", "heyyy") is False
 
 
-def test_reply_without_number_retries_then_discards(server):
+def test_reply_without_number_is_none_and_not_asked_again(server):
     url, script = server
     script.steps = [("json", reply("no idea"))] * 4
     assert LLMJudge(client(url, max_retries=3)).score("p") is None
-    assert len(script.seen) == 4
+    assert len(script.seen) == 1  # a deterministic request is not repeated
+    script.steps = [("json", reply("maybe"))] * 4
+    assert LLMJudge(client(url, max_retries=3)).articulates("cot", "heyyy") is None
+    assert len(script.seen) == 2
 
 
 def test_persistent_failure_is_a_clear_error_without_the_key(server, monkeypatch):
