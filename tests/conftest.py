@@ -1,3 +1,15 @@
+"""Shared fixtures, and the two test tiers.
+
+``pytest -m "not slow"`` is the fast tier (under 3 minutes on two cores): unit tests on random-init
+models and small data. Everything that trains the tiny organism or runs the pipeline is ``slow``
+and runs in ``.ci/run`` (plain ``pytest``). A test is slow when
+
+- it uses the ``tiny_organism`` or ``tiny_run`` fixture, directly or through another fixture
+  (``pytest_collection_modifyitems`` below marks these, so a new test on them needs no mark), or
+- it carries ``@pytest.mark.slow`` itself: the tests that start ``mechbd run`` / ``mechbd demo``
+  or train without these fixtures.
+"""
+
 from __future__ import annotations
 
 import os
@@ -27,6 +39,17 @@ TINY = dict(
     batch_size=16,
     warmup_steps=2,
 )
+
+
+# Fixtures that train the organism or run the pipeline (tens of seconds to minutes).
+SLOW_FIXTURES = frozenset({"tiny_organism", "tiny_run"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test whose fixture closure holds one of ``SLOW_FIXTURES``."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)

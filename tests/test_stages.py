@@ -193,6 +193,7 @@ def test_run_on_a_hugging_face_model(tmp_path, tiny_organism):
     assert "LlamaForCausalLM" in (run / "report.html").read_text()
 
 
+@pytest.mark.slow  # `mechbd run` without the shared fixtures
 def test_positive_control_backdoor_is_planted_beside_the_plain_one(tmp_path):
     """`backdoors.positive_control` plants `<trigger>-articulated` from a set whose triggered
     targets articulate the trigger in the CoT, labelled as a control in results.json."""
