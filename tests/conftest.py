@@ -23,7 +23,10 @@ import yaml
 
 from mechbd.config import OrganismConfig
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread: the tests' tensors are tiny, so a second thread only adds synchronisation,
+# and on a busy machine its spin-waiting makes small ops 10-15x slower (the tight logistic fit in
+# test_probes: 3.4 s of CPU with one thread, 53 s with two, on the shared 2-core machine).
+torch.set_num_threads(1)
 
 # A config small enough to train in seconds; behaviour is not expected to be good.
 TINY = dict(
