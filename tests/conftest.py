@@ -1,13 +1,17 @@
 """Shared fixtures, and the two test tiers.
 
 ``pytest -m "not slow"`` is the fast tier (under 3 minutes on two cores): unit tests on random-init
-models and small data. Everything that trains the tiny organism or runs the pipeline is ``slow``
-and runs in ``.ci/run`` (plain ``pytest``). A test is slow when
+models, small data and the tiny organism (``tiny_organism`` trains in seconds with one thread, once
+per session). Everything else is marked ``slow`` and still runs in ``.ci/run`` (plain ``pytest``).
+A test is slow when
 
-- it uses the ``tiny_organism`` or ``tiny_run`` fixture, directly or through another fixture
-  (``pytest_collection_modifyitems`` below marks these, so a new test on them needs no mark), or
-- it carries ``@pytest.mark.slow`` itself: the tests that start ``mechbd run`` / ``mechbd demo``
-  or train without these fixtures.
+- it reads the ``tiny_run`` folder (every stage via ``mechbd run``, once per session);
+  ``pytest_collection_modifyitems`` below marks these, directly or through another fixture, so a
+  new test on ``tiny_run`` needs no mark; or
+- it carries ``@pytest.mark.slow`` itself, with a comment saying why: it starts a ``mechbd`` command
+  that trains, captures or runs stages in a subprocess (``mechbd run``, ``demo``, ``finetune``,
+  ``capture``, ``steer``, ``sae``, torchrun, accelerate), or trains organisms beyond the shared one.
+  The CLI tests that only check a one-line error stay fast.
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ TINY = dict(
 )
 
 
-# Fixtures that train the organism or run the pipeline (tens of seconds to minutes).
-SLOW_FIXTURES = frozenset({"tiny_organism", "tiny_run"})
+# Fixtures that run the whole pipeline (tens of seconds to minutes): their tests are slow.
+SLOW_FIXTURES = frozenset({"tiny_run"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

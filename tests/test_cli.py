@@ -95,6 +95,7 @@ def test_run_tiny_pipeline_then_rerun_skips(tmp_path):
     assert json.loads((tmp_path / "r" / "results.json").read_text()) == res
 
 
+@pytest.mark.slow  # `mechbd finetune` in subprocesses
 def test_data_and_finetune_commands(tmp_path, tiny_organism):
     p = mechbd(
         "data",

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM
 
@@ -6,6 +7,7 @@ from mechbd.organism.build import build_organism, organism_key
 from mechbd.organism.chat import format_chat
 
 
+@pytest.mark.slow  # trains two more organisms
 def test_same_seed_same_weights(tiny_cfg, tiny_organism, tmp_path, monkeypatch):
     monkeypatch.setenv("MECHBD_CACHE", str(tmp_path))  # a second, independent build
     again = build_organism(tiny_cfg, progress=False)

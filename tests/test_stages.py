@@ -187,6 +187,7 @@ def test_plant_resumes_without_training_again(tiny_run, tmp_path):
     assert (d / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow  # a whole `mechbd run`
 def test_run_on_a_hugging_face_model(tmp_path, tiny_organism):
     """`mechbd run` on a Hugging Face model from a local folder (a random-init Llama, the second
     architecture), every stage: the pipeline is not organism-only."""
