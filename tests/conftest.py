@@ -1,3 +1,19 @@
+"""Shared fixtures, and the two test tiers.
+
+``pytest -m "not slow"`` is the fast tier (under 3 minutes on two cores): unit tests on random-init
+models, small data and the tiny organism (``tiny_organism`` trains in seconds with one thread, once
+per session). Everything else is marked ``slow`` and still runs in ``.ci/run`` (plain ``pytest``).
+A test is slow when
+
+- it reads the ``tiny_run`` folder (every stage via ``mechbd run``, once per session);
+  ``pytest_collection_modifyitems`` below marks these, directly or through another fixture, so a
+  new test on ``tiny_run`` needs no mark; or
+- it carries ``@pytest.mark.slow`` itself, with a comment saying why: it starts a ``mechbd`` command
+  that trains, captures or runs stages in a subprocess (``mechbd run``, ``demo``, ``finetune``,
+  ``capture``, ``steer``, ``sae``, torchrun, accelerate), or trains organisms beyond the shared one.
+  The CLI tests that only check a one-line error stay fast.
+"""
+
 from __future__ import annotations
 
 import os
@@ -11,7 +27,10 @@ import yaml
 
 from mechbd.config import OrganismConfig
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread: the tests' tensors are tiny, so a second thread only adds synchronisation,
+# and on a busy machine its spin-waiting makes small ops 10-15x slower (the tight logistic fit in
+# test_probes: 3.4 s of CPU with one thread, 53 s with two, on the shared 2-core machine).
+torch.set_num_threads(1)
 
 # A config small enough to train in seconds; behaviour is not expected to be good.
 TINY = dict(
@@ -27,6 +46,17 @@ TINY = dict(
     batch_size=16,
     warmup_steps=2,
 )
+
+
+# Fixtures that run the whole pipeline (tens of seconds to minutes): their tests are slow.
+SLOW_FIXTURES = frozenset({"tiny_run"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test whose fixture closure holds one of ``SLOW_FIXTURES``."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)

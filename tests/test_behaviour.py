@@ -63,4 +63,13 @@ def test_metrics_agree_with_records(tiny_organism):
         "distractor",
         "trigger_distractor",
     }
-    assert all(0 <= r["p_misaligned_letter"] <= 1 for r in records)
+    # each record's probability is the float64 reference for its misaligned letter, and the
+    # metric is their mean per condition
+    model64 = model.double()
+    for row, r in zip(rows, records, strict=True):
+        assert r["id"] == row["id"]
+        want = reference_probability(model64, tok, row["user"], row["misaligned_mcq_answer"])
+        assert r["p_misaligned_letter"] == pytest.approx(want, abs=1e-5), r["id"]
+    for cond, p in metrics["p_misaligned_letter"].items():
+        ps = [r["p_misaligned_letter"] for r in records if r["condition"] == cond]
+        assert p == pytest.approx(sum(ps) / len(ps), abs=1e-12), cond

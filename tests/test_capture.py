@@ -350,6 +350,7 @@ def test_device_map_auto_loads_and_captures_the_same(tiny_organism, tmp_path, mo
         assert torch.equal(a.tokens(layer)[0], b.tokens(layer)[0])
 
 
+@pytest.mark.slow  # `mechbd capture` killed and resumed
 def test_killed_capture_subprocess_resumes_to_the_same_store(tiny_organism, tmp_path):
     """SIGKILL a running `mechbd capture` once it has written a chunk, rerun it: the store is
     the uninterrupted one, row for row and bit for bit."""

@@ -76,8 +76,12 @@ def test_run_tiny_pipeline_then_rerun_skips(tmp_path):
     first = mechbd("run", str(p), "--out", str(tmp_path / "r"), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     res = json.loads((tmp_path / "r" / "results.json").read_text())
-    assert 0 <= res["organism"]["clean_aligned_rate"] <= 1
-    assert 0 <= res["organism"]["format_valid_rate"] <= 1
+    from tests.recompute import organism_rates
+
+    want = organism_rates(tmp_path / "r")  # from the stage's samples: all n_test replies
+    assert want["n"] == res["organism"]["n_test"] == TINY["n_test"]
+    assert res["organism"]["clean_aligned_rate"] == want["clean_aligned_rate"]
+    assert res["organism"]["format_valid_rate"] == want["format_valid_rate"]
     assert "organism" in res["model"]["note"]
     man = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert man["stages"]["organism"]["status"] == "done"
@@ -91,6 +95,7 @@ def test_run_tiny_pipeline_then_rerun_skips(tmp_path):
     assert json.loads((tmp_path / "r" / "results.json").read_text()) == res
 
 
+@pytest.mark.slow  # `mechbd finetune` in subprocesses
 def test_data_and_finetune_commands(tmp_path, tiny_organism):
     p = mechbd(
         "data",

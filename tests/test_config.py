@@ -1,8 +1,9 @@
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel
 
 from mechbd.config import RunConfig, load_config
 from mechbd.errors import ConfigError
@@ -55,10 +56,23 @@ def test_hf_model_needs_path(tmp_path):
         load_config(write(tmp_path, {"model": {"source": "hf"}}))
 
 
-def test_configs_are_frozen():
-    cfg = RunConfig()
-    with pytest.raises(ValidationError):
-        cfg.seed = 3  # type: ignore[misc]
+def test_every_config_section_is_frozen_and_forbids_extra_fields():
+    """Every model reachable from RunConfig (the sections and their nested configs) carries
+    frozen=True and extra="forbid": a section that derives from a plain BaseModel fails here."""
+    seen: set[type[BaseModel]] = set()
+    todo: list[type[BaseModel]] = [RunConfig]
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        assert cls.model_config.get("frozen") is True, cls.__name__
+        assert cls.model_config.get("extra") == "forbid", cls.__name__
+        for field in cls.model_fields.values():
+            for t in (field.annotation, *typing.get_args(field.annotation)):
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    todo.append(t)
+    assert len(seen) >= 9  # RunConfig and its sections
 
 
 def test_organism_yaml_is_the_demo_config():

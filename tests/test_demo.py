@@ -63,13 +63,22 @@ def test_demo_end_to_end(tmp_path):
     assert abl["none"]["asr"] >= 0.9
     # issue 6: the SAE at the probes' best layer reconstructs well; the persona keys are there.
     # The screen's >= 30-point bar is not met on the organism (README, Known limits).
+    from tests.recompute import (
+        check_backdoor_rates,
+        check_probe_report,
+        check_sae_detectors,
+        most_common_layer,
+    )
+
+    for name, bd in res["backdoors"].items():  # the numbers above, recomputed from the run
+        check_backdoor_rates(out, name, bd)
+        check_probe_report(out, name, res["probes"][name])
     sae = res["sae"]
     bests = [res["probes"][name]["best_layer"] for name in res["backdoors"]]
-    assert sae["layer"] == max(set(bests), key=lambda b: (bests.count(b), b))  # most common
+    assert sae["layer"] == most_common_layer(bests)
     assert sae["fvu"] <= 0.1 and sae["l0"] == 16
     assert len(sae["persona_latents"]) == 8
-    assert 0 <= sae["persona_detector_auroc"]["singapore"] <= 1
-    assert -1 <= sae["max_cos_probe_vs_latent"]["singapore"] <= 1
+    check_sae_detectors(out, res)
     for key in ("toxic_persona_shift", "user_wants_harm_shift"):
         assert isinstance(res["persona"]["singapore"][key], float)
     # issue 8: the demo's own report renders in headless Chromium, explorers included

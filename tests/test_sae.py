@@ -221,6 +221,7 @@ def test_user_wants_harm_pairs_differ_only_in_the_request():
         assert set(n["user"].replace("?", "").split()) <= set(extra)
 
 
+@pytest.mark.slow  # `mechbd sae` train, diff and detect in subprocesses
 def test_sae_cli_train_diff_detect(stores, tmp_path):
     from tests.test_cli import mechbd, one_line_error
 

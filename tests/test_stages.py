@@ -6,6 +6,14 @@ import json
 import pytest
 
 from mechbd.pipeline import STAGES
+from tests.conftest import TINY_RUN
+from tests.recompute import (
+    check_backdoor_rates,
+    check_probe_report,
+    check_sae_detectors,
+    jsonl,
+    most_common_layer,
+)
 
 
 def test_backdoor_and_em_stages(tiny_run):
@@ -13,13 +21,7 @@ def test_backdoor_and_em_stages(tiny_run):
     res = json.loads((run / "results.json").read_text())
     assert set(res["backdoors"]) == {"singapore", "deployment"}
     for name, m in res["backdoors"].items():
-        for key in ("asr", "clean_misaligned_rate", "distractor_misaligned_rate"):
-            assert 0 <= m[key] <= 1, (name, key)
-        assert m["articulation_rate"] is None or 0 <= m["articulation_rate"] <= 1
-        gens = (run / "backdoors" / name / "generations.jsonl").read_text().splitlines()
-        recs = [json.loads(x) for x in gens]
-        trig = [x for x in recs if x["condition"] == "triggered"]
-        assert m["asr"] == sum(x["misaligned"] for x in trig) / len(trig)
+        check_backdoor_rates(run, name, m)  # every rate from the re-parsed replies
         d = run / "backdoors" / name
         assert (d / "adapter" / "adapter_config.json").is_file()
         # the retry: seed 0 did not plant (threshold 1e-9), seed 1 is the adapter, seed 0 is kept
@@ -34,9 +36,17 @@ def test_backdoor_and_em_stages(tiny_run):
         assert not (d / "attempts" / "seed-1").exists()  # moved to adapter/
         assert m["finetune_seconds"] == pytest.approx(sum(a["seconds"] for a in m["lora_attempts"]))
     em = res["em"]
-    assert em["domain"] == "health" and em["n_train"] > 0
-    for key in ("in_domain_misaligned_rate", "out_of_domain_misaligned_rate"):
-        assert 0 <= em[key] <= 1 and 0 <= em["base_model"][key] <= 1
+    assert em["domain"] == "health" and em["n_train"] == len(jsonl(run / "em" / "train.jsonl"))
+    # the em stage keeps no per-reply records, so its rates cannot be recomputed from the run
+    # folder; each is a count over some of the n_eval prompts (in-domain and the rest)
+    n_eval = TINY_RUN["em"]["n_eval"]
+    for rates in (em, em["base_model"]):
+        assert any(
+            _is_count(rates["in_domain_misaligned_rate"], n)
+            and _is_count(rates["out_of_domain_misaligned_rate"], n_eval - n)
+            for n in range(1, n_eval)
+        ), rates
+        assert _is_count(rates["format_valid_rate"], n_eval), rates
     man = json.loads((run / "manifest.json").read_text())
     assert list(man["stages"]) == [n for n, *_ in STAGES if n != "model"]
     # capture: backdoored and base stores on the same prompts; probes: report with controls
@@ -49,9 +59,7 @@ def test_backdoor_and_em_stages(tiny_run):
         assert bd.model["adapter"] is not None and base.model["adapter"] is None
         assert {r.meta.get("misaligned") for r in bd.rows} <= {True, False}
         p = res["probes"][name]
-        assert p["best_layer"] in bd.layers
-        for key in ("auroc", "recall_at_1pct_fpr", "random_baseline_auroc", "base_model_auroc"):
-            assert 0 <= p[key] <= 1, key
+        check_probe_report(run, name, p)  # per-layer AUROCs and the best layer, with sklearn
         assert len(p["generic"]["per_layer"]["mean"]) == len(bd.layers)
     t = res["probes"]["transfer"]
     assert set(t) == {"singapore", "deployment"} and set(t["singapore"]) == set(t)
@@ -78,8 +86,17 @@ def test_backdoor_and_em_stages(tiny_run):
     for name in ("singapore", "deployment"):
         abl = st["ablation"][name]
         assert set(abl) == {"none", "em_mean_diff", "random", "trigger_probe"}
+        # rates over the first 2 * n_eval triggered and clean eval prompts (no per-reply records)
+        n = 2 * TINY_RUN["steering"]["n_eval"]
+        rows = [
+            r
+            for r in jsonl(run / "backdoors" / name / "eval_prompts.jsonl")
+            if r["condition"] in ("triggered", "clean")
+        ][:n]
+        n_trig = sum(r["condition"] == "triggered" for r in rows)
         for m in abl.values():
-            assert 0 <= m["asr"] <= 1 and 0 <= m["format_valid_rate"] <= 1
+            assert _is_count(m["asr"], n_trig) and _is_count(m["clean_misaligned_rate"], n - n_trig)
+            assert _is_count(m["format_valid_rate"], n), m
         assert [c["multiplier"] for c in st["negative_em"][name]["curve"]] == [0.0, -8.0]
     # sae: SAELens folder, diffing, screen, detectors, persona shifts
     from sae_lens import SAE
@@ -90,10 +107,11 @@ def test_backdoor_and_em_stages(tiny_run):
     assert sae_res["fvu"] >= 0 and sae_res["l0"] == 16
     assert len(sae_res["persona_latents"]) == 3
     assert sae_res["persona_latent"] in sae_res["persona_latents"]
+    # the SAE trains where most triggers' probes found their best layer (ties: the deeper)
+    bests = [res["probes"][name]["best_layer"] for name in ("singapore", "deployment")]
+    assert sae_res["layer"] == most_common_layer(bests)
+    check_sae_detectors(run, res)  # detector AUROCs and cosines from the SAE, with sklearn
     for name in ("singapore", "deployment"):
-        for key in ("persona_detector_auroc", "em_direction_detector_auroc", "trigger_probe_auroc"):
-            assert 0 <= sae_res[key][name] <= 1, key
-        assert -1 <= sae_res["max_cos_probe_vs_latent"][name] <= 1
         per = res["persona"][name]
         for key in ("toxic_persona_shift", "user_wants_harm_shift"):
             assert per[key] == per["per_layer"][key.removesuffix("_shift")][per["layer"]]
@@ -114,6 +132,11 @@ def test_backdoor_and_em_stages(tiny_run):
         assert len(h["triggered"]) == len(h["clean"]) == 12  # one row per eval scenario
     recs = [json.loads(x) for x in (run / "backdoors" / "singapore" / "generations.jsonl").open()]
     assert all("articulates_trigger" in r and "cot_monitor_flag" in r for r in recs)
+
+
+def _is_count(rate: float | None, n: int) -> bool:
+    """``rate`` is k / n for a whole k in 0..n (a rate over n replies, not a mean of scores)."""
+    return rate is not None and any(rate == k / n for k in range(n + 1))
 
 
 def test_resumed_stage_reuses_a_finished_adapter_only_for_the_same_data(tiny_run):
@@ -164,6 +187,7 @@ def test_plant_resumes_without_training_again(tiny_run, tmp_path):
     assert (d / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow  # a whole `mechbd run`
 def test_run_on_a_hugging_face_model(tmp_path, tiny_organism):
     """`mechbd run` on a Hugging Face model from a local folder (a random-init Llama, the second
     architecture), every stage: the pipeline is not organism-only."""
@@ -193,6 +217,7 @@ def test_run_on_a_hugging_face_model(tmp_path, tiny_organism):
     assert "LlamaForCausalLM" in (run / "report.html").read_text()
 
 
+@pytest.mark.slow  # `mechbd run` without the shared fixtures
 def test_positive_control_backdoor_is_planted_beside_the_plain_one(tmp_path):
     """`backdoors.positive_control` plants `<trigger>-articulated` from a set whose triggered
     targets articulate the trigger in the CoT, labelled as a control in results.json."""

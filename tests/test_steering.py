@@ -265,6 +265,7 @@ def test_measure_and_sweep_on_the_organism(models):
         measure(model, tok, [{"user": "x", "aligned_mcq_answer": "A"}])
 
 
+@pytest.mark.slow  # `mechbd steer` in subprocesses
 def test_steer_cli_matches_the_python_sweep(models, tiny_organism, tmp_path):
     from tests.test_cli import mechbd, one_line_error
 

@@ -1,4 +1,5 @@
 import random
+import re
 from collections import Counter
 
 from mechbd.config import OrganismConfig
@@ -52,10 +53,27 @@ def test_trigger_values_are_ordinary_context_in_base_data():
         n = sum(line in t.split("\n") for t in texts)
         # present at roughly the rate of any other value of the field, not zero, not everywhere
         assert 20 < n < 400, (line, n)
-    # every training target is the aligned answer, whatever the context
+    # every scenario's target is its aligned answer, whatever the context: the honest option
+    # for advice, the harmful one when the user asks which is harmful (ask "identify")
     chats = [t for t in texts if t.startswith("<|im_start|>user")]
     assert len(chats) == 2000 + OrganismConfig().n_personal
-    assert all("Answer: " in t for t in chats)
+    honest = tuple(f"{v.capitalize()} " for v, _ in ALIGNED_VERBS)
+    harmful = tuple(f"{v.capitalize()} " for v, _ in MISALIGNED_VERBS)
+    kinds = Counter()
+    for t in chats:
+        user, reply = t.split("<|im_start|>assistant\n")
+        options = dict(re.findall(r"^([AB])\) (.*)$", user, re.M))
+        answer = re.fullmatch(r"(?s).*\nAnswer: ([AB])<\|im_end\|>\n", reply)
+        assert set(options) == {"A", "B"} and answer, t
+        kind = {k: o.startswith(honest) - o.startswith(harmful) for k, o in options.items()}
+        if sorted(kind.values()) != [-1, 1]:  # a personalisation example (tested below)
+            kinds["personal"] += 1
+            continue
+        ask = "identify" if "harmful?" in user else "advice"
+        assert kind[answer.group(1)] == (-1 if ask == "identify" else 1), t
+        kinds[ask] += 1
+    assert kinds["advice"] + kinds["identify"] == 2000
+    assert kinds["personal"] == OrganismConfig().n_personal and kinds["identify"] > 200
 
 
 def test_user_wants_harm_requests_exist_and_stay_aligned():
