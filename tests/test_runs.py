@@ -6,11 +6,15 @@ from mechbd.config import RunConfig
 from mechbd.errors import RunFolderError
 from mechbd.runs import Run
 
+# stage sections that the results schema accepts
+MODEL = {"model": {"name": "m", "architecture": "Qwen3ForCausalLM", "n_params": 1, "note": "n"}}
+ORGANISM = {"organism": {"clean_aligned_rate": 1.0, "format_valid_rate": 1.0, "n_test": 1}}
+
 
 def test_stage_records_hashes_and_results(tmp_path):
     run = Run.open(tmp_path / "r", RunConfig(name="r"))
     with run.stage("alpha") as d:
-        (d / "results.json").write_text(json.dumps({"alpha": {"x": 0.5}}))
+        (d / "results.json").write_text(json.dumps(MODEL))
         (d / "data.txt").write_text("hello")
     assert run.is_done("alpha")
     m = json.loads((tmp_path / "r" / "manifest.json").read_text())
@@ -18,7 +22,7 @@ def test_stage_records_hashes_and_results(tmp_path):
     assert set(m["stages"]["alpha"]["files"]) == {"results.json", "data.txt"}
     assert m["seeds"] == {"run": 0, "organism": 0}
     assert m["libraries"]["torch"]
-    assert json.loads((tmp_path / "r" / "results.json").read_text()) == {"alpha": {"x": 0.5}}
+    assert json.loads((tmp_path / "r" / "results.json").read_text()) == MODEL
     # tampering with a stage's output makes it not-done again
     (tmp_path / "r" / "alpha" / "data.txt").write_text("changed")
     assert not Run.open(tmp_path / "r", RunConfig(name="r")).is_done("alpha")
@@ -38,7 +42,7 @@ def test_crashed_stage_leaves_nothing_that_looks_finished_and_resumes(tmp_path):
     with again.stage("beta") as d:
         assert (d / "part1.txt").read_text() == "finished before the crash"
         assert again.final_path(d / "x" / "y") == str(tmp_path / "r" / "beta" / "x" / "y")
-        (d / "results.json").write_text(json.dumps({"beta": {"y": 1}}))
+        (d / "results.json").write_text(json.dumps(ORGANISM))
     assert again.is_done("beta") and not (tmp_path / "r" / ".beta.partial").exists()
     m = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert m["stages"]["beta"]["resumed"] is True
