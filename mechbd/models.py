@@ -1,4 +1,7 @@
-"""Loading models and tokenizers the way a user names them: a local folder or a hub id.
+"""Every model a run or a command studies is loaded here: a base model named the way a user
+names it (a local folder or a hub id), a LoRA adapter on it, the run's base and finetuned
+models, their identity (a fingerprint that tells two base models apart), and what generates
+a stage's replies (HF ``generate`` or vLLM).
 
 Weights load from safetensors where the checkpoint has them (transformers otherwise uses
 ``torch.load(weights_only=True)``); ``trust_remote_code`` stays off unless the config asks.
@@ -6,9 +9,15 @@ Weights load from safetensors where the checkpoint has them (transformers otherw
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+from peft import PeftModel
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -18,6 +27,10 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from mechbd.errors import MechbdError
+from mechbd.io import digest_of
+
+if TYPE_CHECKING:
+    from mechbd.runs import Run
 
 transformers_logging.disable_progress_bar()
 
@@ -72,3 +85,116 @@ def load_model(
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return model, tok
+
+
+def model_identity(model: PreTrainedModel, name: str) -> dict[str, Any]:
+    """A fingerprint of a base model: config, size, and a hash of its embedding matrix."""
+    cfg = model.config.to_dict()
+    for k in (
+        "_name_or_path",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "architectures",
+        "use_cache",
+    ):
+        cfg.pop(k, None)
+    weight: torch.Tensor = model.get_input_embeddings().weight  # type: ignore[assignment]
+    emb_sha = None  # meta weights (a model run remotely): nothing local to hash
+    if not weight.is_meta:
+        emb = weight.detach().float().cpu().contiguous()
+        emb_sha = hashlib.sha256(emb.numpy().tobytes()).hexdigest()[:16]
+    return {
+        "name": name,
+        "config_sha": digest_of(cfg),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "embedding_sha": emb_sha,
+    }
+
+
+def same_base(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("config_sha", "n_params", "embedding_sha"))
+
+
+def load_adapter(
+    base: str | Path,
+    adapter: str | Path,
+    *,
+    device: str | None = None,
+    dtype: str = "auto",
+    merge: bool = True,
+    trust_remote_code: bool = False,
+) -> tuple[Any, PreTrainedTokenizerBase]:
+    """Base model + adapter, refusing an adapter trained on another base; merged by default
+    (merged weights are faster for generation and capture)."""
+    adapter = Path(adapter)
+    model, tok = load_model(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    info_path = adapter / "finetune.json"
+    if info_path.is_file():
+        trained_on = json.loads(info_path.read_text())["base"]
+        here = model_identity(model, str(base))
+        if not same_base(trained_on, here):
+            raise MechbdError(
+                f"{adapter}: adapter was trained on another base model ({trained_on['name']}), not {base}"
+            )
+    if not (adapter / "adapter_config.json").is_file():
+        raise MechbdError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    peft_model = PeftModel.from_pretrained(model, str(adapter))
+    peft_model.eval()
+    if merge:
+        return peft_model.merge_and_unload(), tok
+    return peft_model, tok
+
+
+# ---- the run's models ---------------------------------------------------------------------
+
+
+def base_model_dir(run: Run) -> Path:
+    """The studied base model: the organism this run built, or ``model.path`` (a local folder
+    or a hub id)."""
+    if run.config.model.source == "organism":
+        return run.stage_dir("organism") / "model"
+    assert run.config.model.path is not None
+    return Path(run.config.model.path)
+
+
+def load_kwargs(run: Run) -> dict[str, Any]:
+    """The dtype and ``trust_remote_code`` every model of the run loads with."""
+    m = run.config.model
+    # the organism stays in float32 everywhere (its numbers are the documented reference)
+    dtype = "float32" if m.source == "organism" else m.dtype
+    return {"dtype": dtype, "trust_remote_code": m.trust_remote_code}
+
+
+def load_base(run: Run) -> tuple[Any, Any]:
+    """(model, tokenizer) of the run's base model, in the run's dtype, on the default device."""
+    return load_model(base_model_dir(run), **load_kwargs(run))
+
+
+def load_finetuned(run: Run, adapter: Path) -> tuple[Any, Any]:
+    """(model, tokenizer) of the base model with a LoRA adapter from this run."""
+    return load_adapter(base_model_dir(run), adapter, **load_kwargs(run))
+
+
+@contextmanager
+def generation_backend(run: Run, adapter: Path | None = None) -> Iterator[Any]:
+    """What generates the stage's replies: ``None`` (HF ``generate`` on the loaded model) for
+    ``eval.backend: hf``, a ``VLLMGenerator`` of the base (plus ``adapter``, merged) for
+    ``vllm``, closed on exit."""
+    e = run.config.eval
+    if e.backend == "hf":
+        yield None
+        return
+    from mechbd.eval.vllm_backend import vllm_generator
+
+    kw = load_kwargs(run)
+    with vllm_generator(
+        base_model_dir(run),
+        adapter,
+        trust_remote_code=kw["trust_remote_code"],
+        dtype=kw["dtype"],
+        tensor_parallel_size=e.tensor_parallel_size,
+        gpu_memory_utilization=e.vllm_gpu_memory,
+        seed=run.config.seed,
+    ) as gen:
+        yield gen

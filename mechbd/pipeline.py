@@ -72,7 +72,7 @@ def model_stage(run: Run, out: Path) -> None:
     organism-world scenarios (the ``organism`` results key, as for the organism)."""
     from mechbd.data.items import organism_items
     from mechbd.eval.mcq import rates, run_mcq
-    from mechbd.finetune.stages import base_model_dir, generation_backend, load_base
+    from mechbd.models import base_model_dir, generation_backend, load_base
 
     cfg = run.config
     model, tok = load_base(run)
@@ -112,13 +112,13 @@ def model_stage(run: Run, out: Path) -> None:
 
 
 def _backdoors(run: Run, out: Path) -> None:
-    from mechbd.finetune.stages import backdoors_stage
+    from mechbd.finetune.stage import backdoors_stage
 
     backdoors_stage(run, out)
 
 
 def _em(run: Run, out: Path) -> None:
-    from mechbd.finetune.stages import em_stage
+    from mechbd.finetune.stage import em_stage
 
     em_stage(run, out)
 

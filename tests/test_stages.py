@@ -141,7 +141,7 @@ def test_plant_resumes_without_training_again(tiny_run, tmp_path):
     import shutil
 
     from mechbd.config import load_config
-    from mechbd.finetune.stages import plant
+    from mechbd.finetune.stage import plant
     from mechbd.runs import Run
 
     root = tmp_path / "run"

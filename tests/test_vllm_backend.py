@@ -89,7 +89,7 @@ def test_eval_backend_vllm_in_a_run_config_routes_generation_to_vllm(tiny_run, s
     import yaml
 
     from mechbd.config import RunConfig
-    from mechbd.finetune.stages import generation_backend
+    from mechbd.models import generation_backend
     from mechbd.runs import Run
 
     cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mechbd.capture.capture import capture
-from mechbd.finetune.stages import base_model_dir, load_base, load_finetuned
 from mechbd.io import iter_jsonl, write_json
+from mechbd.models import base_model_dir, load_base, load_finetuned
 from mechbd.runs import Run
 
 

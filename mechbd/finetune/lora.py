@@ -26,46 +26,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from mechbd.config import FinetuneConfig
 from mechbd.errors import MechbdError
 from mechbd.io import digest_of, read_json, staging_dir, write_json
-from mechbd.models import load_model
+from mechbd.models import load_adapter as load_adapter  # re-exported: loading lives in models
+from mechbd.models import load_model, model_identity, same_base
 
 Conversation = Sequence[dict[str, str]]
-
-
-def model_identity(model: PreTrainedModel, name: str) -> dict[str, Any]:
-    """A fingerprint of a base model: config, size, and a hash of its embedding matrix."""
-    cfg = model.config.to_dict()
-    for k in (
-        "_name_or_path",
-        "transformers_version",
-        "torch_dtype",
-        "dtype",
-        "architectures",
-        "use_cache",
-    ):
-        cfg.pop(k, None)
-    weight: torch.Tensor = model.get_input_embeddings().weight  # type: ignore[assignment]
-    emb_sha = None  # meta weights (a model run remotely): nothing local to hash
-    if not weight.is_meta:
-        emb = weight.detach().float().cpu().contiguous()
-        emb_sha = hashlib.sha256(emb.numpy().tobytes()).hexdigest()[:16]
-    return {
-        "name": name,
-        "config_sha": digest_of(cfg),
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "embedding_sha": emb_sha,
-    }
-
-
-def same_base(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return all(a.get(k) == b.get(k) for k in ("config_sha", "n_params", "embedding_sha"))
 
 
 RECENT_STEPS = 20  # steps averaged by ``recent_loss``
@@ -474,33 +446,3 @@ def _resume(
     state = torch.load(ckpt / "state.pt", weights_only=True)
     opt.load_state_dict(state["optimizer"])
     return int(state["step"]), list(state["losses"])
-
-
-def load_adapter(
-    base: str | Path,
-    adapter: str | Path,
-    *,
-    device: str | None = None,
-    dtype: str = "auto",
-    merge: bool = True,
-    trust_remote_code: bool = False,
-) -> tuple[Any, PreTrainedTokenizerBase]:
-    """Base model + adapter, refusing an adapter trained on another base; merged by default
-    (merged weights are faster for generation and capture)."""
-    adapter = Path(adapter)
-    model, tok = load_model(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    info_path = adapter / "finetune.json"
-    if info_path.is_file():
-        trained_on = json.loads(info_path.read_text())["base"]
-        here = model_identity(model, str(base))
-        if not same_base(trained_on, here):
-            raise MechbdError(
-                f"{adapter}: adapter was trained on another base model ({trained_on['name']}), not {base}"
-            )
-    if not (adapter / "adapter_config.json").is_file():
-        raise MechbdError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
-    peft_model = PeftModel.from_pretrained(model, str(adapter))
-    peft_model.eval()
-    if merge:
-        return peft_model.merge_and_unload(), tok
-    return peft_model, tok

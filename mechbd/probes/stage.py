@@ -9,8 +9,8 @@ from typing import Any
 
 from mechbd.capture.capture import capture
 from mechbd.capture.store import ActivationStore
-from mechbd.finetune.stages import load_finetuned
 from mechbd.io import write_json
+from mechbd.models import load_finetuned
 from mechbd.probes.core import Probe
 from mechbd.probes.experiments import (
     generic_probe_report,

@@ -32,8 +32,8 @@ from mechbd.capture.capture import capture
 from mechbd.capture.store import ActivationStore
 from mechbd.data.items import organism_items
 from mechbd.errors import MechbdError
-from mechbd.finetune.stages import base_model_dir, load_base, load_finetuned
 from mechbd.io import iter_jsonl, read_json, write_json
+from mechbd.models import base_model_dir, load_base, load_finetuned
 from mechbd.probes.core import Probe
 from mechbd.probes.experiments import labelled
 from mechbd.report.explorer import (

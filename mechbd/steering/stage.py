@@ -27,8 +27,8 @@ from mechbd.capture.capture import capture
 from mechbd.capture.names import n_layers_of, parse_layers
 from mechbd.data.items import Item, organism_items
 from mechbd.errors import MechbdError
-from mechbd.finetune.stages import base_model_dir, load_base, load_finetuned
 from mechbd.io import iter_jsonl, write_json
+from mechbd.models import base_model_dir, load_base, load_finetuned
 from mechbd.probes.core import Probe
 from mechbd.runs import Run
 from mechbd.steering.directions import Direction, from_probe, mean_difference

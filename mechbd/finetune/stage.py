@@ -10,8 +10,6 @@ folder (``backdoors/<trigger>/adapter``, ``em/adapter``) for the capture and ste
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,60 +19,10 @@ from mechbd.data.items import Item, organism_items
 from mechbd.data.triggers import Trigger, resolve_trigger
 from mechbd.eval.behaviour import evaluate_backdoor
 from mechbd.eval.mcq import rates, run_mcq
-from mechbd.finetune.lora import finetune_lora, finished_adapter, load_adapter, recent_loss
+from mechbd.finetune.lora import finetune_lora, finished_adapter, recent_loss
 from mechbd.io import read_json, replace_dir, write_json, write_jsonl
-from mechbd.models import load_model
+from mechbd.models import base_model_dir, generation_backend, load_base, load_finetuned
 from mechbd.runs import Run
-
-
-def base_model_dir(run: Run) -> Path:
-    """The studied base model: the organism this run built, or ``model.path`` (a local folder
-    or a hub id)."""
-    if run.config.model.source == "organism":
-        return run.stage_dir("organism") / "model"
-    assert run.config.model.path is not None
-    return Path(run.config.model.path)
-
-
-def _load_kw(run: Run) -> dict[str, Any]:
-    m = run.config.model
-    # the organism stays in float32 everywhere (its numbers are the documented reference)
-    dtype = "float32" if m.source == "organism" else m.dtype
-    return {"dtype": dtype, "trust_remote_code": m.trust_remote_code}
-
-
-def load_base(run: Run) -> tuple[Any, Any]:
-    """(model, tokenizer) of the run's base model, in the run's dtype, on the default device."""
-    return load_model(base_model_dir(run), **_load_kw(run))
-
-
-def load_finetuned(run: Run, adapter: Path) -> tuple[Any, Any]:
-    """(model, tokenizer) of the base model with a LoRA adapter from this run."""
-    return load_adapter(base_model_dir(run), adapter, **_load_kw(run))
-
-
-@contextmanager
-def generation_backend(run: Run, adapter: Path | None = None) -> Iterator[Any]:
-    """What generates the stage's replies: ``None`` (HF ``generate`` on the loaded model) for
-    ``eval.backend: hf``, a ``VLLMGenerator`` of the base (plus ``adapter``, merged) for
-    ``vllm``, closed on exit."""
-    e = run.config.eval
-    if e.backend == "hf":
-        yield None
-        return
-    from mechbd.eval.vllm_backend import vllm_generator
-
-    kw = _load_kw(run)
-    with vllm_generator(
-        base_model_dir(run),
-        adapter,
-        trust_remote_code=kw["trust_remote_code"],
-        dtype=kw["dtype"],
-        tensor_parallel_size=e.tensor_parallel_size,
-        gpu_memory_utilization=e.vllm_gpu_memory,
-        seed=run.config.seed,
-    ) as gen:
-        yield gen
 
 
 def finetune_once(
