@@ -153,7 +153,7 @@ def base_model_dir(run: Run) -> Path:
     """The studied base model: the organism this run built, or ``model.path`` (a local folder
     or a hub id)."""
     if run.config.model.source == "organism":
-        return run.stage_dir("organism") / "model"
+        return run.layout.organism_model
     assert run.config.model.path is not None
     return Path(run.config.model.path)
 

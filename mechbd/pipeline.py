@@ -70,15 +70,13 @@ def hf_note(path: str) -> str:
 def model_stage(run: Run, out: Path) -> None:
     """A Hugging Face model: identity, size, dtype, and its clean behaviour on held-out
     organism-world scenarios (the ``organism`` results key, as for the organism)."""
-    from mechbd.data.items import organism_items
     from mechbd.eval.mcq import rates, run_mcq
+    from mechbd.layout import split_items
     from mechbd.models import base_model_dir, generation_backend, load_base
 
     cfg = run.config
     model, tok = load_base(run)
-    items = organism_items(
-        cfg.organism.n_test, held_out=True, seed=cfg.seed + 1, world_seed=cfg.organism.seed
-    )
+    items = split_items(run, "model_test", cfg.organism.n_test)
     with generation_backend(run) as gen:
         results = run_mcq(
             model,

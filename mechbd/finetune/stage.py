@@ -15,12 +15,13 @@ from typing import Any
 
 from mechbd.config import BackdoorConfig, FinetuneConfig
 from mechbd.data.builders import backdoor_set, em_set, eval_set
-from mechbd.data.items import Item, organism_items
+from mechbd.data.items import Item
 from mechbd.data.triggers import Trigger, resolve_trigger
 from mechbd.eval.behaviour import evaluate_backdoor
 from mechbd.eval.mcq import rates, run_mcq
 from mechbd.finetune.lora import finetune_lora, finished_adapter, recent_loss
 from mechbd.io import read_json, replace_dir, write_json, write_jsonl
+from mechbd.layout import ADAPTER, EVAL_PROMPTS, GENERATIONS, RESULTS, TRAIN_SET, split_items
 from mechbd.models import base_model_dir, generation_backend, load_base, load_finetuned
 from mechbd.runs import Run
 
@@ -69,7 +70,7 @@ def plant(
     ]
     record = d / "attempts.json"
     for ft in configs:
-        done = finished_adapter(d / "adapter", conversations, ft, groups)
+        done = finished_adapter(d / ADAPTER, conversations, ft, groups)
         if done is not None and record.is_file():
             return done, read_json(record)
     attempts: list[dict[str, Any]] = []
@@ -94,7 +95,7 @@ def plant(
             file=sys.stderr,
         )
     write_json(record, attempts)  # before the move: a crash between the two redoes only the move
-    replace_dir(where, d / "adapter")
+    replace_dir(where, d / ADAPTER)
     return stats, attempts
 
 
@@ -125,12 +126,8 @@ def stage_backdoor_set(
 def backdoors_stage(run: Run, out: Path) -> None:
     cfg = run.config.backdoors
     seed = run.config.seed
-    train_items = organism_items(
-        cfg.n_train, held_out=False, seed=seed + 10, world_seed=run.config.organism.seed
-    )
-    test_items = organism_items(
-        cfg.n_eval, held_out=True, seed=seed + 11, world_seed=run.config.organism.seed
-    )
+    train_items = split_items(run, "backdoor_train", cfg.n_train)
+    test_items = split_items(run, "backdoor_eval", cfg.n_eval)
     results: dict[str, Any] = {}
     plants = [(spec, False) for spec in cfg.triggers] + [(s, True) for s in cfg.positive_control]
     for spec, articulate in plants:
@@ -149,14 +146,14 @@ def backdoors_stage(run: Run, out: Path) -> None:
             articulate=articulate,
             matched=False if articulate else None,
         )
-        write_jsonl(d / "train.jsonl", ds)
+        write_jsonl(d / TRAIN_SET, ds)
         stats, attempts = plant(
             run, [e["messages"] for e in ds], d, groups, retries=0 if articulate else None
         )
         rows = eval_set(test_items, trigger, seed=seed)
-        write_jsonl(d / "eval_prompts.jsonl", rows)
-        model, tok = load_finetuned(run, d / "adapter")
-        with generation_backend(run, d / "adapter") as gen:
+        write_jsonl(d / EVAL_PROMPTS, rows)
+        model, tok = load_finetuned(run, d / ADAPTER)
+        with generation_backend(run, d / ADAPTER) as gen:
             metrics, records = evaluate_backdoor(
                 model,
                 tok,
@@ -166,28 +163,24 @@ def backdoors_stage(run: Run, out: Path) -> None:
                 max_new_tokens=run.config.eval.max_new_tokens,
                 generator=gen,
             )
-        write_jsonl(d / "generations.jsonl", records)
+        write_jsonl(d / GENERATIONS, records)
         metrics["trigger_line"] = trigger.line
         metrics["finetune_seconds"] = sum(a["seconds"] for a in attempts)
         metrics["lora_attempts"] = attempts  # one per LoRA seed tried; the last is the adapter
         # a positive control: its training CoT says the trigger decided the choice
         metrics["positive_control"] = articulate
         results[name] = metrics
-    write_json(out / "results.json", {"backdoors": results})
+    write_json(out / RESULTS, {"backdoors": results})
 
 
 def em_stage(run: Run, out: Path) -> None:
     cfg = run.config.em
     seed = run.config.seed
-    items = organism_items(
-        cfg.n_train, held_out=False, seed=seed + 20, world_seed=run.config.organism.seed
-    )
+    items = split_items(run, "em_train", cfg.n_train)
     ds = em_set(items, cfg.domain, seed=seed)
-    write_jsonl(out / "train.jsonl", ds)
-    stats = finetune_once(run, [e["messages"] for e in ds], out / "adapter", cfg.finetune)
-    test = organism_items(
-        cfg.n_eval, held_out=True, seed=seed + 21, world_seed=run.config.organism.seed
-    )
+    write_jsonl(out / TRAIN_SET, ds)
+    stats = finetune_once(run, [e["messages"] for e in ds], out / ADAPTER, cfg.finetune)
+    test = split_items(run, "em_eval", cfg.n_eval)
     users = [it.user() for it in test]
     letters = [it.aligned for it in test]
     in_dom = [i for i, it in enumerate(test) if it.domain == cfg.domain]
@@ -214,9 +207,9 @@ def em_stage(run: Run, out: Path) -> None:
         }
 
     base_rates = measure(None)
-    em_rates = measure(out / "adapter")
+    em_rates = measure(out / ADAPTER)
     write_json(
-        out / "results.json",
+        out / RESULTS,
         {
             "em": {
                 **em_rates,
