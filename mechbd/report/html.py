@@ -287,9 +287,9 @@ def missing_stages(run_dir: Path) -> list[tuple[str, str]]:
         return []
     stages = read_json(man).get("stages", {})
     out = []
-    for name, _, enabled in STAGES:
-        info = stages.get(name, {})
-        if enabled(cfg) and info.get("status") != "done":
+    for stage in STAGES:
+        name, info = stage.name, stages.get(stage.name, {})
+        if stage.enabled(cfg) and info.get("status") != "done":
             status = info.get("status", "not run")
             out.append((name, f"{status}: {info['error']}" if info.get("error") else status))
     return out
