@@ -238,7 +238,7 @@ SAE = Stage(
     _sae,
     lambda c: c.sae.enabled,
     needs=(PROBES, EM, STEERING, CAPTURE, BACKDOORS),
-    produces=(RESULTS, "explorer.json", "directions/user_wants_harm.safetensors"),
+    produces=(RESULTS, "explorer.json", f"{DIRECTIONS}/user_wants_harm.safetensors"),
 )
 STAGES: list[Stage] = [ORGANISM, MODEL, BACKDOORS, EM, CAPTURE, PROBES, STEERING, SAE]
 

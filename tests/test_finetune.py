@@ -19,10 +19,10 @@ from mechbd.finetune.lora import (
     accepts_logits_to_keep,
     finetune_lora,
     finished_adapter,
-    load_adapter,
     target_loss,
     tokenize_conversation,
 )
+from mechbd.models import load_adapter
 from tests.conftest import random_llama
 
 CFG = FinetuneConfig(rank=4, alpha=8, lr=5e-3, epochs=1.0, batch_size=8, warmup_steps=1)

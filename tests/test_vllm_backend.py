@@ -14,8 +14,7 @@ import torch
 
 from mechbd.errors import MechbdError
 from mechbd.eval.vllm_backend import VLLMGenerator, merged_model, vllm_generator
-from mechbd.finetune.lora import load_adapter
-from mechbd.models import load_model
+from mechbd.models import load_adapter, load_model
 
 STANDIN = Path(__file__).parent / "standin_vllm"
 

@@ -32,7 +32,7 @@ from mechbd.capture.capture import capture
 from mechbd.capture.store import ActivationStore
 from mechbd.errors import MechbdError
 from mechbd.io import iter_jsonl, read_json, write_json
-from mechbd.layout import RESULTS, split_items, split_seed
+from mechbd.layout import DIRECTIONS, RESULTS, split_items, split_seed
 from mechbd.models import base_model_dir, load_base, load_finetuned
 from mechbd.probes.core import Probe
 from mechbd.probes.experiments import labelled
@@ -174,7 +174,7 @@ def _user_wants_harm(
     )
     d_harm.provenance["model"] = str(base_model_dir(run))
     d_harm.provenance["store"] = run.final_path(out / "user_wants_harm")
-    d_harm.save(out / "directions" / "user_wants_harm.safetensors")
+    d_harm.save(out / DIRECTIONS / "user_wants_harm.safetensors")
     return d_harm
 
 
