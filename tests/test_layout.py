@@ -57,9 +57,8 @@ def test_sae_screen_uses_the_steering_stage_test_rows(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sae_stage, "encode", lambda sae, x: torch.ones(len(x), 8))
     monkeypatch.setattr(sae_stage, "screen_latents", fake_screen)
-    _, persona, _ = sae_stage._screen(
-        run, None, 0, torch.zeros(3, 4), {"latents": [1]}, None, None, 1.0
-    )
+    ctx = sae_stage._Ctx(run, tmp_path, 0, None, None, {}, {})
+    _, persona = sae_stage._screen(ctx, None, torch.zeros(3, 4), {"latents": [1]})
     assert persona == 1
     assert seen["rows"] == steering_test_rows(run)
     assert len(seen["rows"]) == 5

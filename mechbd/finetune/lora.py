@@ -21,9 +21,9 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -208,21 +208,10 @@ def finetune_lora(
     )
     ckpt = out.parent / f".{out.name}.ckpt"
     start, losses = _resume(ckpt, model, opt, identity, data_sha, cfg)
-    tr = _Trainer(
-        unwrapped=model,
-        model=model,
-        opt=opt,
-        data=data,
-        micro=micro,
-        pad=tok.pad_token_id,
-        dev=dev,
-        acc=acc,
-        world=world,
-        cfg=cfg,
-        sched=sched,
-        keep=not full_logits and accepts_logits_to_keep(model),
-        ckpt=(ckpt, identity, data_sha),
-    )  # ``accelerate`` prepares the model and optimizer here
+    keep = not full_logits and accepts_logits_to_keep(model)
+    batches = _Batches(data, micro, tok.pad_token_id, dev)
+    # ``accelerate`` prepares the model and optimizer here
+    tr = _Trainer(model, opt, sched, batches, acc, keep, (ckpt, identity, data_sha))
     t_train = time.perf_counter()
     done, stopped = tr.train(start, losses, progress, max_steps)
     if stopped:
@@ -353,28 +342,35 @@ class _Schedule:
         return self.cfg.until_loss is None or recent_loss(losses) < self.cfg.until_loss
 
 
-@dataclass
-class _Trainer:
-    """The optimisation loop's state: the (possibly accelerate-prepared) model and optimizer,
-    the tokenized rows and their micro-batches, and the checkpoint to write."""
+class _Batches(NamedTuple):
+    """The tokenized rows, the row indices of every micro-batch, the padding id and the
+    device the batches go to."""
 
-    unwrapped: Any  # the peft model, before ``accelerate`` wraps it
-    model: Any
-    opt: torch.optim.Optimizer
     data: Rows
     micro: list[list[int]]
     pad: int
     dev: torch.device
-    acc: Any
-    world: int
-    cfg: FinetuneConfig
+
+
+@dataclass
+class _Trainer:
+    """The optimisation loop's state: the (possibly accelerate-prepared) model and optimizer,
+    the schedule, the micro-batches, and the checkpoint to write."""
+
+    model: Any
+    opt: torch.optim.Optimizer
     sched: _Schedule
-    keep: bool
+    batches: _Batches
+    acc: Any  # an ``accelerate.Accelerator`` with several processes, else None
+    keep: bool  # project only the labelled positions onto the vocabulary
     ckpt: tuple[Path, dict[str, Any], str]  # folder, base identity, data hash
     n_tokens: int = 0
-    params: list[torch.nn.Parameter] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.unwrapped = self.model  # the peft model, before ``accelerate`` wraps it
+        self.cfg = self.sched.cfg
+        self.world = 1 if self.acc is None else self.acc.num_processes
+        self.data, self.micro, self.pad, self.dev = self.batches
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if self.acc is not None:
             self.model, self.opt = self.acc.prepare(self.model, self.opt)

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,24 +71,53 @@ def _sae_layer(run: Run, probes: dict[str, Any]) -> int:
     return max(set(layers), key=lambda layer: (layers.count(layer), layer))  # ties: deeper
 
 
+@dataclass(frozen=True)
+class _Ctx:
+    """What the sae stage's steps share: the run, the stage folder, the SAE's layer, the base
+    model, the probes stage's results and the capture keywords."""
+
+    run: Run
+    out: Path
+    L: int
+    base_model: Any
+    tok: Any
+    probes: dict[str, Any]
+    kw: dict[str, Any]
+
+
+# the per-trigger sections of the ``sae`` results, filled in by ``_trigger``
+PER_TRIGGER = (
+    "persona_detector_auroc",
+    "em_direction_detector_auroc",
+    "random_latent_auroc",
+    "trigger_probe_auroc",
+    "max_cos_probe_vs_latent",
+    "probe_top_latents",
+    "cos_probe_vs_em_direction",
+    "backdoor_diff",
+)
+
+
 def _train(
-    run: Run, out: Path, L: int, base_model: Any, em_model: Any, tok: Any, kw: dict[str, Any]
+    c: _Ctx, em_model: Any
 ) -> tuple[Any, dict[str, Any], list[ActivationStore], torch.Tensor]:
     """1. The SAE at layer ``L`` on the base and the EM model's tokens over the organism
     corpus: (sae, metrics, the two corpus stores, the base model's tokens)."""
-    cfg = run.config.sae
-    seed, world = run.config.seed, run.config.organism.seed
+    cfg, L, kw = c.run.config.sae, c.L, c.kw
+    seed, world = c.run.config.seed, c.run.config.organism.seed
     corpus = corpus_rows(cfg.n_corpus, seed=split_seed(seed, "sae_corpus"), world_seed=world)
     cb = capture(
-        base_model, tok, corpus, out / "corpus_base", layers=[L], positions=("tokens",), **kw
+        c.base_model, c.tok, corpus, c.out / "corpus_base", layers=[L], positions=("tokens",), **kw
     )
-    ce = capture(em_model, tok, corpus, out / "corpus_em", layers=[L], positions=("tokens",), **kw)
+    ce = capture(
+        em_model, c.tok, corpus, c.out / "corpus_em", layers=[L], positions=("tokens",), **kw
+    )
     assert cb is not None and ce is not None
     xb = store_tokens(cb, L)
     x = torch.cat([xb, store_tokens(ce, L)])
     sae, metrics = train_sae(
         x,
-        out / "sae",
+        c.out / "sae",
         layer=L,
         architecture=cfg.architecture,
         expansion=cfg.expansion,
@@ -96,151 +126,90 @@ def _train(
         lr=cfg.lr,
         n_tokens=cfg.n_tokens,
         seed=seed,
-        model_name=f"{base_model_dir(run)} (+ EM adapter)",
+        model_name=f"{base_model_dir(c.run)} (+ EM adapter)",
     )
     return sae, metrics, [cb, ce], xb
 
 
-def _em_diff(
-    run: Run,
-    out: Path,
-    sae: Any,
-    L: int,
-    base_model: Any,
-    em_model: Any,
-    tok: Any,
-    kw: dict[str, Any],
-) -> dict[str, Any]:
+def _em_diff(c: _Ctx, sae: Any, em_model: Any) -> dict[str, Any]:
     """2. EM model diffing: the latents the EM model raises most on held-out prompts."""
-    diff_items = split_items(run, "sae_diff", run.config.sae.n_diff)
+    diff_items = split_items(c.run, "sae_diff", c.run.config.sae.n_diff)
     diff_rows = [{"id": it.id, "user": it.user()} for it in diff_items]
-    db = capture(base_model, tok, diff_rows, out / "diff_base", layers=[L], **kw)
-    de = capture(em_model, tok, diff_rows, out / "diff_em", layers=[L], **kw)
+    db = capture(c.base_model, c.tok, diff_rows, c.out / "diff_base", layers=[c.L], **c.kw)
+    de = capture(em_model, c.tok, diff_rows, c.out / "diff_em", layers=[c.L], **c.kw)
     assert db is not None and de is not None
-    return model_diff(sae, db, de, L, top_k=run.config.sae.top_k)
+    return model_diff(sae, db, de, c.L, top_k=c.run.config.sae.top_k)
 
 
 def _screen(
-    run: Run,
-    sae: Any,
-    L: int,
-    xb: torch.Tensor,
-    em_diff: dict[str, Any],
-    base_model: Any,
-    tok: Any,
-    token_norm: float,
-) -> tuple[dict[str, Any], int, list[float]]:
-    """3. The causal screen on the base model, on the steering stage's test rows: (screen,
-    the persona latent, the random control latents' rises)."""
-    cfg = run.config.sae
-    eval_rows = steering_test_rows(run)
+    c: _Ctx, sae: Any, xb: torch.Tensor, em_diff: dict[str, Any]
+) -> tuple[dict[str, Any], int]:
+    """3. The causal screen on the base model, on the steering stage's test rows, each latent
+    scaled by the base model's mean token norm ``xb``: (the ``screen`` results section, the
+    persona latent)."""
+    cfg, token_norm = c.run.config.sae, float(xb.norm(dim=-1).mean())
+    eval_rows = steering_test_rows(c.run)
     alive = (encode(sae, xb[:20000]) > 0).any(0)
     for i in em_diff["latents"]:
         alive[i] = False
-    g = torch.Generator().manual_seed(run.config.seed)
+    g = torch.Generator().manual_seed(c.run.config.seed)
     pool = alive.nonzero().flatten()
     controls = pool[torch.randperm(len(pool), generator=g)[: cfg.n_random]].tolist()
     screen = screen_latents(
-        base_model,
-        tok,
+        c.base_model,
+        c.tok,
         eval_rows,
         sae,
-        L,
+        c.L,
         em_diff["latents"],
         controls,
         scale=token_norm,
         multipliers=cfg.multipliers,
-        positions=run.config.steering.positions,
-        batch_size=run.config.eval.batch_size,
+        positions=c.run.config.steering.positions,
+        batch_size=c.run.config.eval.batch_size,
     )
     rises = {i: r["rise"] for i, r in screen["candidates"].items() if r["rise"] is not None}
     persona = max(rises, key=lambda i: rises[i]) if rises else em_diff["latents"][0]
     ctrl_rises = [r["rise"] for r in screen["controls"].values() if r["rise"] is not None]
-    return screen, persona, ctrl_rises
+    section = {
+        "scale": token_norm,
+        "baseline_misaligned_rate": screen["baseline_misaligned_rate"],
+        "persona_rise": rises.get(persona),
+        "best_control_rise": max(ctrl_rises) if ctrl_rises else None,
+        "candidates": screen["candidates"],
+        "controls": screen["controls"],
+    }
+    return section, persona
 
 
-def _user_wants_harm(
-    run: Run, out: Path, base_model: Any, tok: Any, kw: dict[str, Any]
-) -> Direction:
+def _user_wants_harm(c: _Ctx) -> Direction:
     """6a. The "user wants harm" direction in the base model (harm-request minus matched
     neutral prompts), saved."""
-    seed, world = run.config.seed, run.config.organism.seed
-    n = run.config.sae.n_persona
+    seed, world = c.run.config.seed, c.run.config.organism.seed
+    n = c.run.config.sae.n_persona
     harm_rows = user_wants_harm_rows(n, seed=split_seed(seed, "sae_harm"), world_seed=world)
-    hs = capture(base_model, tok, harm_rows, out / "user_wants_harm", **kw)
+    hs = capture(c.base_model, c.tok, harm_rows, c.out / "user_wants_harm", **c.kw)
     assert hs is not None
     d_harm = mean_difference(
         hs, hs.indices("harm"), hs.indices("neutral"), name="user wants harm", position="last"
     )
-    d_harm.provenance["model"] = str(base_model_dir(run))
-    d_harm.provenance["store"] = run.final_path(out / "user_wants_harm")
-    d_harm.save(out / DIRECTIONS / "user_wants_harm.safetensors")
+    d_harm.provenance["model"] = str(base_model_dir(c.run))
+    d_harm.provenance["store"] = c.run.final_path(c.out / "user_wants_harm")
+    d_harm.save(c.out / DIRECTIONS / "user_wants_harm.safetensors")
     return d_harm
 
 
-def _sae_summary(
-    run: Run,
-    L: int,
-    sae: Any,
-    metrics: dict[str, Any],
-    em_diff: dict[str, Any],
-    screen: dict[str, Any],
-    persona: int,
-    ctrl_rises: list[float],
-    token_norm: float,
-    d_em: Direction,
-) -> dict[str, Any]:
-    """The ``sae`` results section before the per-trigger entries are filled in."""
-    rises = {i: r["rise"] for i, r in screen["candidates"].items() if r["rise"] is not None}
-    return {
-        "model": str(base_model_dir(run)),
-        "layer": L,
-        "architecture": run.config.sae.architecture,
-        "d_sae": int(sae.cfg.d_sae),
-        "fvu": metrics["fvu"],
-        "l0": metrics["l0"],
-        "dead_fraction": metrics["dead_fraction"],
-        "n_eval_tokens": metrics["n_tokens"],
-        "persona_latents": em_diff["latents"],
-        "persona_latent": persona,
-        "em_diff": em_diff,
-        "screen": {
-            "scale": token_norm,
-            "baseline_misaligned_rate": screen["baseline_misaligned_rate"],
-            "persona_rise": rises.get(persona),
-            "best_control_rise": max(ctrl_rises) if ctrl_rises else None,
-            "candidates": screen["candidates"],
-            "controls": screen["controls"],
-        },
-        "em_direction_top_latents": top_cosines(d_em.at(L), sae.W_dec),
-        "persona_detector_auroc": {},
-        "em_direction_detector_auroc": {},
-        "random_latent_auroc": {},
-        "trigger_probe_auroc": {},
-        "max_cos_probe_vs_latent": {},
-        "probe_top_latents": {},
-        "cos_probe_vs_em_direction": {},
-        "backdoor_diff": {},
-    }
-
-
 def _trigger(
-    run: Run,
-    t: str,
-    sae: Any,
-    L: int,
-    persona: int,
-    probes: dict[str, Any],
-    dirs: dict[str, Direction],
-    sae_res: dict[str, Any],
+    c: _Ctx, sae: Any, t: str, persona: int, dirs: dict[str, Direction], sae_res: dict[str, Any]
 ) -> tuple[ActivationStore, Direction, dict[str, Any]]:
     """4-6 for the plant ``t``: fills its entries of ``sae_res``; returns its backdoored store,
     its probe's direction and its persona shifts. ``dirs``: the EM (``toxic_persona``), "user
     wants harm" and persona-latent directions."""
-    st = ActivationStore(run.layout.store(t, "backdoored"))
-    bst = ActivationStore(run.layout.store(t, "base"))
+    L, probes = c.L, c.probes
+    st = ActivationStore(c.run.layout.store(t, "backdoored"))
+    bst = ActivationStore(c.run.layout.store(t, "base"))
     d_em = dirs["toxic_persona"]
-    sae_res["backdoor_diff"][t] = model_diff(sae, bst, st, L, top_k=run.config.sae.top_k)
+    sae_res["backdoor_diff"][t] = model_diff(sae, bst, st, L, top_k=c.run.config.sae.top_k)
     te, y = labelled(st, ["triggered"], ["clean"], "test")
     pos = [i for i, v in zip(te, y.tolist(), strict=True) if v == 1]
     neg = [i for i, v in zip(te, y.tolist(), strict=True) if v == 0]
@@ -249,11 +218,12 @@ def _trigger(
     v = d_em.at(L).double()
     proj = st.get(L, "last", dtype=torch.float64) @ (v / v.norm())
     sae_res["em_direction_detector_auroc"][t] = detector_auroc(proj, pos, neg)
-    sae_res["random_latent_auroc"][t] = random_latent_auroc(acts, pos, neg, seed=run.config.seed)
+    seed = c.run.config.seed
+    sae_res["random_latent_auroc"][t] = random_latent_auroc(acts, pos, neg, seed=seed)
     sae_res["trigger_probe_auroc"][t] = probes[t]["per_layer"][probes[t]["method"]][
         probes[t]["per_layer"]["layers"].index(L)
     ]
-    probe = Probe.load(run.layout.probe(t, probes[t]["method"]))
+    probe = Probe.load(c.run.layout.probe(t, probes[t]["method"]))
     d_probe = from_probe(probe, name=f"{t} probe")
     top = top_cosines(d_probe.at(L), sae.W_dec)
     sae_res["max_cos_probe_vs_latent"][t] = top["max"]
@@ -278,34 +248,28 @@ def _trigger(
 
 
 def _explorer(
-    run: Run,
-    out: Path,
+    c: _Ctx,
     sae: Any,
-    L: int,
-    persona: int,
-    em_diff: dict[str, Any],
     sae_res: dict[str, Any],
     corpus_stores: list[ActivationStore],
-    base_model: Any,
-    tok: Any,
     dirs: dict[str, Direction],
     probe_dirs: dict[str, Direction],
     stores: dict[str, ActivationStore],
-    kw: dict[str, Any],
 ) -> dict[str, Any]:
     """7. The explorer data for report.html: cosines, latent dashboards, histograms and token
     traces. ``dirs``: the EM and "user wants harm" directions."""
+    L, tok, persona = c.L, c.tok, sae_res["persona_latent"]
     d_em, d_harm = dirs["toxic_persona"], dirs["user_wants_harm"]
     directions = {f"{t} probe": d.at(L) for t, d in probe_dirs.items()}
     directions |= {"EM mean difference": d_em.at(L), "user wants harm": d_harm.at(L)}
     latents = [persona] + [
         i for d in directions.values() for i in top_cosines(d, sae.W_dec, k=4)["latents"]
     ]
-    dash = [persona, *em_diff["latents"][:3]]
+    dash = [persona, *sae_res["em_diff"]["latents"][:3]]
     dash += [sae_res["backdoor_diff"][t]["latents"][0] for t in stores]
     explorer: dict[str, Any] = {
         "layer": L,
-        "model": str(base_model_dir(run)),
+        "model": str(base_model_dir(c.run)),
         "persona_latent": persona,
         "cosines": cosine_matrix(directions, sae.W_dec, list(dict.fromkeys(latents))),
         "dashboards": latent_dashboards(
@@ -314,7 +278,7 @@ def _explorer(
             L,
             list(dict.fromkeys(dash)),
             tok,
-            base_model.get_output_embeddings().weight,
+            c.base_model.get_output_embeddings().weight,
         ),
         "dashboard_stores": ["base model", "EM model"],
         "histograms": {},
@@ -332,15 +296,16 @@ def _explorer(
             f"latent {i}": label_values(st, L, groups, latent_score(sae, i))
             for i in dict.fromkeys([persona, top])
         }
-        gens = list(iter_jsonl(run.layout.generations(t)))
+        gens = list(iter_jsonl(c.run.layout.generations(t)))
         rows = [
             {**g, "label": g["condition"]}
             for cond in ("triggered", "clean")
             for g in [next((g for g in gens if g["condition"] == cond), None)]
             if g is not None
         ]
-        model, _ = load_finetuned(run, run.layout.adapter(t))
-        ts = capture(model, tok, rows, out / "traces" / t, layers=[L], positions=("tokens",), **kw)
+        model, _ = load_finetuned(c.run, c.run.layout.adapter(t))
+        traces = c.out / "traces" / t
+        ts = capture(model, tok, rows, traces, layers=[L], positions=("tokens",), **c.kw)
         assert ts is not None
         sc = {f"{t} probe": direction_score(probe_dirs[t].at(L)), **scores}
         explorer["traces"][t] = [token_trace(ts, L, i, tok, sc) for i in range(len(ts))]
@@ -354,43 +319,39 @@ def sae_stage(run: Run, out: Path) -> None:
 
     base_model, tok = load_base(run)
     em_model, _ = load_finetuned(run, run.layout.em_adapter)
-    sae, metrics, corpus_stores, xb = _train(run, out, L, base_model, em_model, tok, kw)
-    token_norm = float(xb.norm(dim=-1).mean())
-    em_diff = _em_diff(run, out, sae, L, base_model, em_model, tok, kw)
+    c = _Ctx(run, out, L, base_model, tok, probes, kw)
+    sae, metrics, corpus_stores, xb = _train(c, em_model)
+    em_diff = _em_diff(c, sae, em_model)
     del em_model
-    screen, persona, ctrl_rises = _screen(run, sae, L, xb, em_diff, base_model, tok, token_norm)
+    screen, persona = _screen(c, sae, xb, em_diff)
 
     d_em = Direction.load(run.layout.em_direction)
-    d_harm = _user_wants_harm(run, out, base_model, tok, kw)
+    d_harm = _user_wants_harm(c)
     d_latent = from_sae_decoder(sae.W_dec, persona, L, name=f"persona latent {persona}")
     dirs = {"toxic_persona": d_em, "user_wants_harm": d_harm, "persona_latent": d_latent}
 
-    sae_res = _sae_summary(
-        run, L, sae, metrics, em_diff, screen, persona, ctrl_rises, token_norm, d_em
-    )
+    sae_res: dict[str, Any] = {
+        "model": str(base_model_dir(run)),
+        "layer": L,
+        "architecture": run.config.sae.architecture,
+        "d_sae": int(sae.cfg.d_sae),
+        "fvu": metrics["fvu"],
+        "l0": metrics["l0"],
+        "dead_fraction": metrics["dead_fraction"],
+        "n_eval_tokens": metrics["n_tokens"],
+        "persona_latents": em_diff["latents"],
+        "persona_latent": persona,
+        "em_diff": em_diff,
+        "screen": screen,
+        "em_direction_top_latents": top_cosines(d_em.at(L), sae.W_dec),
+        **{k: {} for k in PER_TRIGGER},
+    }
     persona_res: dict[str, Any] = {}
     probe_dirs: dict[str, Direction] = {}
     stores: dict[str, ActivationStore] = {}
     for t in run.layout.captured():
-        stores[t], probe_dirs[t], persona_res[t] = _trigger(
-            run, t, sae, L, persona, probes, dirs, sae_res
-        )
+        stores[t], probe_dirs[t], persona_res[t] = _trigger(c, sae, t, persona, dirs, sae_res)
     write_json(out / RESULTS, {"sae": sae_res, "persona": persona_res})
 
-    explorer = _explorer(
-        run,
-        out,
-        sae,
-        L,
-        persona,
-        em_diff,
-        sae_res,
-        corpus_stores,
-        base_model,
-        tok,
-        dirs,
-        probe_dirs,
-        stores,
-        kw,
-    )
+    explorer = _explorer(c, sae, sae_res, corpus_stores, dirs, probe_dirs, stores)
     write_json(out / "explorer.json", explorer)
