@@ -6,12 +6,16 @@ Stages, in order: ``organism`` (build the organism and measure its clean behavio
 Hugging Face model, ``model`` (its identity and clean behaviour); ``backdoors``, ``em``,
 ``capture``, ``probes``, ``steering``, ``sae``; then ``report.html``. The scenarios come from
 the organism's synthetic world for every model (plain English MCQs any chat model can read).
+Each stage's contract (the stages it needs, its config switch, the files it leaves) is a
+``Stage`` record in ``STAGES``; the paths and the scenario splits it shares with other stages
+are named in ``mechbd.layout``.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -19,6 +23,16 @@ from rich.console import Console
 from mechbd.config import RunConfig, load_config
 from mechbd.errors import ConfigError
 from mechbd.io import read_json, write_json, write_jsonl
+from mechbd.layout import (
+    ADAPTER,
+    DIRECTIONS,
+    EM_DIRECTION,
+    EVAL_PROMPTS,
+    GENERATIONS,
+    RESULTS,
+    STORE_MANIFEST,
+    TRAIN_SET,
+)
 from mechbd.runs import Run
 
 console = Console(stderr=True)
@@ -72,14 +86,12 @@ def model_stage(run: Run, out: Path) -> None:
     """A Hugging Face model: identity, size, dtype, and its clean behaviour on held-out
     organism-world scenarios (the ``organism`` results key, as for the organism)."""
     from mechbd.eval.mcq import rates, run_mcq
-    from mechbd.finetune.stages import base_model_dir, generation_backend, load_base
-    from mechbd.organism.items import organism_items
+    from mechbd.models import base_model_dir, generation_backend, load_base
+    from mechbd.organism.splits import split_items
 
     cfg = run.config
     model, tok = load_base(run)
-    items = organism_items(
-        cfg.organism.n_test, held_out=True, seed=cfg.seed + 1, world_seed=cfg.organism.seed
-    )
+    items = split_items(run, "model_test", cfg.organism.n_test)
     with generation_backend(run) as gen:
         results = run_mcq(
             model,
@@ -113,13 +125,13 @@ def model_stage(run: Run, out: Path) -> None:
 
 
 def _backdoors(run: Run, out: Path) -> None:
-    from mechbd.finetune.stages import backdoors_stage
+    from mechbd.finetune.stage import backdoors_stage
 
     backdoors_stage(run, out)
 
 
 def _em(run: Run, out: Path) -> None:
-    from mechbd.finetune.stages import em_stage
+    from mechbd.finetune.stage import em_stage
 
     em_stage(run, out)
 
@@ -148,40 +160,101 @@ def _sae(run: Run, out: Path) -> None:
     sae_stage(run, out)
 
 
-Stage = Callable[[Run, Path], None]
-STAGES: list[tuple[str, Stage, Callable[[RunConfig], bool]]] = [
-    ("organism", organism_stage, lambda c: c.model.source == "organism"),
-    ("model", model_stage, lambda c: c.model.source == "hf"),
-    ("backdoors", _backdoors, lambda c: bool(c.backdoors.triggers)),
-    ("em", _em, lambda c: c.em.enabled),
-    ("capture", _capture, lambda c: c.capture.enabled and bool(c.backdoors.triggers)),
-    ("probes", _probes, lambda c: c.capture.enabled and bool(c.backdoors.triggers)),
-    ("steering", _steering, lambda c: c.steering.enabled and c.em.enabled),
-    (
-        "sae",
-        _sae,
-        lambda c: (
-            c.sae.enabled
-            and c.steering.enabled
-            and c.em.enabled
-            and c.capture.enabled
-            and bool(c.backdoors.triggers)
-        ),
+@dataclass(frozen=True)
+class Stage:
+    """A stage's contract: what it runs, the stages whose outputs it reads, when it runs, and
+    the files every run of it leaves in its folder.
+
+    The base model (the organism stage's, or ``model.path``) is every stage's input and is not
+    listed in ``needs``."""
+
+    name: str
+    fn: Callable[[Run, Path], None]
+    # its own switch in the config; the stage runs when that and every stage it needs are on
+    switch: Callable[[RunConfig], bool]
+    # stages whose outputs it reads (each listed earlier in STAGES)
+    needs: tuple[Stage, ...] = field(default=(), repr=False)
+    # stages whose outputs it reads when they ran (a missing one is skipped, not an error)
+    optional: tuple[Stage, ...] = field(default=(), repr=False)
+    # glob patterns, relative to the stage folder, each matching at least one file it wrote
+    produces: tuple[str, ...] = ()
+
+    def enabled(self, cfg: RunConfig) -> bool:
+        return self.switch(cfg) and all(s.enabled(cfg) for s in self.needs)
+
+    @property
+    def need_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.needs)
+
+
+ORGANISM = Stage(
+    "organism",
+    organism_stage,
+    lambda c: c.model.source == "organism",
+    produces=("model/config.json", "samples.jsonl", RESULTS),
+)
+MODEL = Stage("model", model_stage, lambda c: c.model.source == "hf", produces=(RESULTS,))
+BACKDOORS = Stage(
+    "backdoors",
+    _backdoors,
+    lambda c: bool(c.backdoors.triggers),
+    produces=(
+        RESULTS,
+        f"*/{TRAIN_SET}",
+        f"*/{ADAPTER}/adapter_config.json",
+        f"*/{EVAL_PROMPTS}",
+        f"*/{GENERATIONS}",
     ),
-]
+)
+EM = Stage(
+    "em",
+    _em,
+    lambda c: c.em.enabled,
+    produces=(RESULTS, TRAIN_SET, f"{ADAPTER}/adapter_config.json"),
+)
+CAPTURE = Stage(
+    "capture",
+    _capture,
+    lambda c: c.capture.enabled,
+    needs=(BACKDOORS,),
+    produces=("stores.json", f"*/backdoored/{STORE_MANIFEST}", f"*/base/{STORE_MANIFEST}"),
+)
+PROBES = Stage(
+    "probes",
+    _probes,
+    lambda c: True,
+    needs=(CAPTURE, BACKDOORS),
+    produces=(RESULTS, "*/diffmean.safetensors"),
+)
+STEERING = Stage(
+    "steering",
+    _steering,
+    lambda c: c.steering.enabled,
+    needs=(EM,),
+    optional=(BACKDOORS, PROBES),
+    produces=(RESULTS, "sweep_base_em.json", EM_DIRECTION, f"{DIRECTIONS}/random.safetensors"),
+)
+SAE = Stage(
+    "sae",
+    _sae,
+    lambda c: c.sae.enabled,
+    needs=(PROBES, EM, STEERING, CAPTURE, BACKDOORS),
+    produces=(RESULTS, "explorer.json", f"{DIRECTIONS}/user_wants_harm.safetensors"),
+)
+STAGES: list[Stage] = [ORGANISM, MODEL, BACKDOORS, EM, CAPTURE, PROBES, STEERING, SAE]
 
 
 def run_pipeline(cfg: RunConfig, out: str | Path, *, force: bool = False) -> Run:
     run = Run.open(out, cfg, force=force)
-    for name, fn, enabled in STAGES:
-        if not enabled(cfg):
+    for stage in STAGES:
+        if not stage.enabled(cfg):
             continue
-        if run.is_done(name):
-            console.print(f"[dim]stage {name}: done, skipped[/dim]")
+        if run.is_done(stage.name):
+            console.print(f"[dim]stage {stage.name}: done, skipped[/dim]")
             continue
-        console.print(f"[bold]stage {name}[/bold]")
-        with run.stage(name) as d:
-            fn(run, d)
+        console.print(f"[bold]stage {stage.name}[/bold]")
+        with run.stage(stage.name) as d:
+            stage.fn(run, d)
     run.write_results()
     from mechbd.report import build_report
 
@@ -201,9 +274,9 @@ def unfinished_stages(run_dir: Path) -> list[tuple[str, str]]:
         return []
     stages = read_json(man).get("stages", {})
     out = []
-    for name, _, enabled in STAGES:
-        info = stages.get(name, {})
-        if enabled(cfg) and info.get("status") != "done":
+    for stage in STAGES:
+        name, info = stage.name, stages.get(stage.name, {})
+        if stage.enabled(cfg) and info.get("status") != "done":
             status = info.get("status", "not run")
             out.append((name, f"{status}: {info['error']}" if info.get("error") else status))
     return out

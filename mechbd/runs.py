@@ -28,6 +28,7 @@ from typing import Any
 from mechbd.config import RunConfig, dump_config
 from mechbd.errors import RunFolderError
 from mechbd.io import atomic_write_text, hash_tree, read_json, replace_dir, write_json
+from mechbd.layout import RESULTS, RunLayout
 
 LIBRARIES = [
     "torch",
@@ -68,11 +69,13 @@ def _now() -> str:
 
 
 class Run:
-    """A run folder. Open it with :meth:`Run.open`; run stages inside :meth:`stage`."""
+    """A run folder. Open it with :meth:`Run.open`; run stages inside :meth:`stage`; find the
+    finished stages' files through :attr:`layout`."""
 
     def __init__(self, root: Path, config: RunConfig):
         self.root = root
         self.config = config
+        self.layout = RunLayout(root)
         self.manifest_path = root / "manifest.json"
         self.manifest: dict[str, Any] = (
             read_json(self.manifest_path) if self.manifest_path.exists() else {}
@@ -134,7 +137,7 @@ class Run:
 
     # ---- stages ---------------------------------------------------------------------------
     def stage_dir(self, name: str) -> Path:
-        return self.root / name
+        return self.layout.stage(name)
 
     def is_done(self, name: str) -> bool:
         """True if the stage finished and its files are still exactly what it wrote."""
@@ -198,7 +201,7 @@ class Run:
 
         merged: dict[str, Any] = {}
         for name, info in self.manifest.get("stages", {}).items():
-            f = self.stage_dir(name) / "results.json"
+            f = self.layout.results(name)
             if info.get("status") == "done" and f.is_file():
                 part = read_json(f)
                 validate_results(part, f"stage {name}: {f}")
@@ -206,4 +209,4 @@ class Run:
         return merged
 
     def write_results(self) -> Path:
-        return write_json(self.root / "results.json", self.results())
+        return write_json(self.root / RESULTS, self.results())

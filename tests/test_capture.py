@@ -403,7 +403,7 @@ def test_ndif_path_reads_what_hooks_read_and_refuses_what_ndif_cannot_run(
 
     from mechbd.capture import ndif_model
     from mechbd.capture.backends import hooks_backend, nnsight_backend
-    from mechbd.finetune.lora import model_identity
+    from mechbd.models import model_identity
 
     model, tok = models["qwen3"]
     lm = LanguageModel(str(tiny_organism), dispatch=True, dtype=torch.float32)

@@ -18,10 +18,10 @@ from mechbd.finetune.lora import (
     accepts_logits_to_keep,
     finetune_lora,
     finished_adapter,
-    load_adapter,
     target_loss,
     tokenize_conversation,
 )
+from mechbd.models import load_adapter
 from mechbd.organism.items import organism_items
 from tests.conftest import random_llama
 

@@ -48,7 +48,7 @@ def test_backdoor_and_em_stages(tiny_run):
         ), rates
         assert _is_count(rates["format_valid_rate"], n_eval), rates
     man = json.loads((run / "manifest.json").read_text())
-    assert list(man["stages"]) == [n for n, *_ in STAGES if n != "model"]
+    assert list(man["stages"]) == [s.name for s in STAGES if s.name != "model"]
     # capture: backdoored and base stores on the same prompts; probes: report with controls
     from mechbd.capture import ActivationStore
 
@@ -164,7 +164,7 @@ def test_plant_resumes_without_training_again(tiny_run, tmp_path):
     import shutil
 
     from mechbd.config import load_config
-    from mechbd.finetune.stages import plant
+    from mechbd.finetune.stage import plant
     from mechbd.runs import Run
 
     root = tmp_path / "run"
@@ -207,7 +207,7 @@ def test_run_on_a_hugging_face_model(tmp_path, tiny_organism):
     }
     run = mechbd_run(cfg, tmp_path)
     man = json.loads((run / "manifest.json").read_text())
-    assert list(man["stages"]) == [n for n, *_ in STAGES if n != "organism"]
+    assert list(man["stages"]) == [s.name for s in STAGES if s.name != "organism"]
     res = json.loads((run / "results.json").read_text())
     assert res["model"]["architecture"] == "LlamaForCausalLM"
     assert res["model"]["n_params"] == sum(p.numel() for p in llama.parameters())
@@ -267,3 +267,13 @@ def test_positive_control_must_name_a_planted_trigger(tmp_path):
         validate_config(
             RunConfig, {"backdoors": {"triggers": ["heyyy"], "positive_control": ["singapore"]}}
         )
+
+
+def test_every_stage_leaves_the_files_its_contract_names(tiny_run):
+    from mechbd.config import load_config
+
+    cfg = load_config(tiny_run / "config.yaml")
+    for stage in STAGES:
+        if stage.enabled(cfg):
+            for pattern in stage.produces:
+                assert list((tiny_run / stage.name).glob(pattern)), (stage.name, pattern)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from mechbd.errors import MechbdError
-from mechbd.eval.vllm_backend import VLLMGenerator, merged_model, vllm_generator
 from mechbd.models import load_adapter, load_model
+from mechbd.models.vllm import VLLMGenerator, merged_model, vllm_generator
 
 STANDIN = Path(__file__).parent / "standin_vllm"
 
@@ -88,7 +88,7 @@ def test_eval_backend_vllm_in_a_run_config_routes_generation_to_vllm(tiny_run, s
     import yaml
 
     from mechbd.config import RunConfig
-    from mechbd.finetune.stages import generation_backend
+    from mechbd.models import generation_backend
     from mechbd.runs import Run
 
     cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())

@@ -75,7 +75,7 @@ def model_fingerprint(
     model: Any, tok: PreTrainedTokenizerBase, name: str, adapter: str | Path | None = None
 ) -> dict[str, Any]:
     """Model, adapter and tokenizer identity recorded in a store's manifest."""
-    from mechbd.finetune.lora import model_identity
+    from mechbd.models import model_identity
 
     ident = model_identity(model, name)
     ident["tokenizer_sha"] = digest_of(

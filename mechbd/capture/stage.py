@@ -10,15 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from mechbd.capture.capture import capture
-from mechbd.finetune.stages import base_model_dir, load_base, load_finetuned
 from mechbd.io import iter_jsonl, write_json
+from mechbd.layout import EVAL_PROMPTS, GENERATIONS
+from mechbd.models import base_model_dir, load_base, load_finetuned
 from mechbd.runs import Run
 
 
 def labelled_prompts(trigger_dir: Path) -> list[dict[str, Any]]:
     """The trigger's eval prompts, with ``misaligned`` (the model's behaviour) where known."""
-    rows = list(iter_jsonl(trigger_dir / "eval_prompts.jsonl"))
-    gens = trigger_dir / "generations.jsonl"
+    rows = list(iter_jsonl(trigger_dir / EVAL_PROMPTS))
+    gens = trigger_dir / GENERATIONS
     if gens.is_file():
         behaviour = {g["id"]: g["misaligned"] for g in iter_jsonl(gens)}
         for r in rows:
@@ -29,7 +30,6 @@ def labelled_prompts(trigger_dir: Path) -> list[dict[str, Any]]:
 def capture_stage(run: Run, out: Path) -> None:
     cfg = run.config.capture
     base = base_model_dir(run)
-    bd = run.stage_dir("backdoors")
     summary: dict[str, Any] = {}
     kw: dict[str, Any] = dict(
         layers=cfg.layers,
@@ -42,19 +42,19 @@ def capture_stage(run: Run, out: Path) -> None:
         progress=False,
     )
     base_model, tok = load_base(run)
-    for tdir in sorted(p for p in bd.iterdir() if (p / "eval_prompts.jsonl").is_file()):
-        rows = labelled_prompts(tdir)
-        model, _ = load_finetuned(run, tdir / "adapter")
+    for t in run.layout.planted():
+        rows = labelled_prompts(run.layout.backdoor(t))
+        model, _ = load_finetuned(run, run.layout.adapter(t))
         st = capture(
             model,
             tok,
             rows,
-            out / tdir.name / "backdoored",
-            model_name=f"{base} + {tdir.name} backdoor",
-            adapter=tdir / "adapter",
+            out / t / "backdoored",
+            model_name=f"{base} + {t} backdoor",
+            adapter=run.layout.adapter(t),
             **kw,
         )
-        capture(base_model, tok, rows, out / tdir.name / "base", model_name=str(base), **kw)
+        capture(base_model, tok, rows, out / t / "base", model_name=str(base), **kw)
         assert st is not None
-        summary[tdir.name] = {"rows": len(st), "layers": st.layers, "d_model": st.d_model}
+        summary[t] = {"rows": len(st), "layers": st.layers, "d_model": st.d_model}
     write_json(out / "stores.json", summary)

@@ -21,8 +21,9 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ from transformers import PreTrainedTokenizerBase
 from mechbd.config import FinetuneConfig
 from mechbd.errors import MechbdError
 from mechbd.io import digest_of, read_json, staging_dir, write_json
-from mechbd.models import load_adapter as load_adapter  # moved to models; re-exported for now
+from mechbd.models import load_adapter as load_adapter  # re-exported: loading lives in models
 from mechbd.models import load_model, model_identity, same_base
 
 Conversation = Sequence[dict[str, str]]
@@ -161,6 +162,9 @@ def finished_adapter(
     return stats if same else None
 
 
+Rows = list[tuple[list[int], list[int]]]  # (token ids, labels) per conversation
+
+
 def finetune_lora(
     base: str | Path,
     conversations: Sequence[Conversation],
@@ -184,29 +188,82 @@ def finetune_lora(
     keeps each group's rows in one batch: contrast groups then give one gradient step the
     difference the trigger makes."""
     out = Path(out)
+    _check_dataset(conversations, groups)
+    t0 = time.perf_counter()
+    acc, world = _accelerator()
+    if acc is not None:
+        device = str(acc.device)
+        progress = progress and acc.is_main_process
+    base_model, tok = load_model(
+        base, dtype=cfg.precision, device=device, trust_remote_code=trust_remote_code
+    )
+    dev = next(base_model.parameters()).device
+    identity = model_identity(base_model, str(base))
+    data, data_sha = _tokenized(tok, conversations, cfg, groups)
+    model = _lora_model(base_model, cfg, dev)
+    opt = _optimizer(model, cfg)
+    sched = _Schedule.of(cfg, len(data), world)
+    micro = _batches(
+        len(data), cfg.batch_size * world, sched.limit * cfg.grad_accum, cfg.seed, groups
+    )
+    ckpt = out.parent / f".{out.name}.ckpt"
+    start, losses = _resume(ckpt, model, opt, identity, data_sha, cfg)
+    keep = not full_logits and accepts_logits_to_keep(model)
+    batches = _Batches(data, micro, tok.pad_token_id, dev)
+    # ``accelerate`` prepares the model and optimizer here
+    tr = _Trainer(model, opt, sched, batches, acc, keep, (ckpt, identity, data_sha))
+    t_train = time.perf_counter()
+    done, stopped = tr.train(start, losses, progress, max_steps)
+    if stopped:
+        return {"stopped_at": done}
+    seconds = time.perf_counter() - t0
+    train_seconds = time.perf_counter() - t_train
+    stats = {
+        "base": identity,
+        "data_sha": data_sha,
+        "conversations_sha": conversations_digest(conversations, groups),
+        "n_examples": len(data),
+        "steps": done,
+        "scheduled_steps": sched.total,
+        "tokens": tr.tokens(),
+        "seconds": round(seconds, 2),
+        "train_seconds": round(train_seconds, 3),  # the optimisation loop only (this run's steps)
+        "final_loss": sum(losses[-5:]) / len(losses[-5:]),
+        "losses": [round(x, 5) for x in losses],
+        "config": cfg.model_dump(mode="json"),
+    }
+    _write_adapter(out, tr, tok, stats, ckpt)
+    return stats
+
+
+def _tokenized(
+    tok: PreTrainedTokenizerBase,
+    conversations: Sequence[Conversation],
+    cfg: FinetuneConfig,
+    groups: Sequence[Any] | None,
+) -> tuple[Rows, str]:
+    """(token ids, labels) per conversation, and the hash of the ids (and groups) that a
+    checkpoint is matched against."""
+    data = [tokenize_conversation(tok, c, cfg.max_len) for c in conversations]
+    ids = [d[0] for d in data]
+    data_sha = digest_of(ids if groups is None else [ids, list(groups)])
+    if not any(label != -100 for _, labels in data for label in labels):
+        raise MechbdError("finetune: no assistant tokens to train on")
+    return data, data_sha
+
+
+def _check_dataset(conversations: Sequence[Conversation], groups: Sequence[Any] | None) -> None:
     if not conversations:
         raise MechbdError("finetune: empty dataset (no conversations)")
     if groups is not None and len(groups) != len(conversations):
         raise MechbdError(
             f"finetune: {len(groups)} group labels for {len(conversations)} conversations"
         )
-    t0 = time.perf_counter()
-    dtype = cfg.precision if cfg.precision != "auto" else "auto"
-    acc, world = _accelerator()
-    if acc is not None:
-        device = str(acc.device)
-        progress = progress and acc.is_main_process
-    base_model, tok = load_model(
-        base, dtype=dtype, device=device, trust_remote_code=trust_remote_code
-    )
-    dev = next(base_model.parameters()).device
-    identity = model_identity(base_model, str(base))
-    data = [tokenize_conversation(tok, c, cfg.max_len) for c in conversations]
-    ids = [d[0] for d in data]
-    data_sha = digest_of(ids if groups is None else [ids, list(groups)])
-    if not any(label != -100 for _, labels in data for label in labels):
-        raise MechbdError("finetune: no assistant tokens to train on")
 
+
+def _lora_model(base_model: Any, cfg: FinetuneConfig, dev: torch.device) -> Any:
+    """The base model wrapped with fresh LoRA weights (seeded by ``cfg.seed``), in train mode,
+    with gradient checkpointing where the config asks for it."""
     torch.manual_seed(cfg.seed)
     lcfg = LoraConfig(
         r=cfg.rank,
@@ -226,15 +283,19 @@ def finetune_lora(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    return model
 
-    # LoRA+: B matrices learn ``loraplus_ratio`` times faster than A (shortens the slow start).
+
+def _optimizer(model: Any, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    """AdamW with LoRA+: B matrices learn ``loraplus_ratio`` times faster than A (shortens
+    the slow start); each group's ``lr_scale`` multiplies the scheduled rate."""
+
     def is_b(name: str) -> bool:
         return "lora_B" in name or "lora_embedding_B" in name
 
     b_params = [p for n, p in model.named_parameters() if p.requires_grad and is_b(n)]
     a_params = [p for n, p in model.named_parameters() if p.requires_grad and not is_b(n)]
-    opt = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [
             {"params": a_params, "lr_scale": 1.0},
             {"params": b_params, "lr_scale": cfg.loraplus_ratio},
@@ -242,57 +303,116 @@ def finetune_lora(
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
     )
-    # ``batch_size`` is per process: with N processes a micro-batch holds N x batch_size rows
-    # (the same order a single process with N x batch_size would use), split rank by rank
-    steps_per_epoch = math.ceil(len(data) / (cfg.batch_size * cfg.grad_accum * world))
-    total = max(1, round(steps_per_epoch * cfg.epochs))
-    # ``until_loss``: steps past the schedule, at its final rate, until the loss is low
-    limit = total + (cfg.max_extra_steps if cfg.until_loss is not None else 0)
-    micro = _batches(len(data), cfg.batch_size * world, limit * cfg.grad_accum, cfg.seed, groups)
 
-    ckpt = out.parent / f".{out.name}.ckpt"
-    start, losses = _resume(ckpt, model, opt, identity, data_sha, cfg)
-    unwrapped = model
-    keep = not full_logits and accepts_logits_to_keep(unwrapped)
-    if acc is not None:
-        model, opt = acc.prepare(model, opt)
-        # FSDP2 replaces the parameters with sharded ones (the optimizer is re-pointed to them)
-        params = [p for p in model.parameters() if p.requires_grad]
 
-    def lr_at(step: int) -> float:
+@dataclass(frozen=True)
+class _Schedule:
+    """``total`` scheduled steps (warm-up, then constant or cosine to 10%), and up to
+    ``limit`` steps with ``until_loss``: steps past the schedule, at its final rate, until the
+    loss is low."""
+
+    cfg: FinetuneConfig
+    total: int
+    limit: int
+
+    @classmethod
+    def of(cls, cfg: FinetuneConfig, n_rows: int, world: int) -> _Schedule:
+        # ``batch_size`` is per process: with N processes a micro-batch holds N x batch_size
+        # rows (the same order a single process with N x batch_size would use), split rank by
+        # rank
+        steps_per_epoch = math.ceil(n_rows / (cfg.batch_size * cfg.grad_accum * world))
+        total = max(1, round(steps_per_epoch * cfg.epochs))
+        limit = total + (cfg.max_extra_steps if cfg.until_loss is not None else 0)
+        return cls(cfg, total, limit)
+
+    def lr_at(self, step: int) -> float:
+        cfg = self.cfg
         if step < cfg.warmup_steps:
             return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
         if cfg.lr_schedule == "constant":
             return cfg.lr
-        frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        frac = min(1.0, (step - cfg.warmup_steps) / max(1, self.total - cfg.warmup_steps))
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
-    def finished(done: int) -> bool:
-        if done >= limit:
+    def finished(self, done: int, losses: Sequence[float]) -> bool:
+        if done >= self.limit:
             return True
-        if done < total:
+        if done < self.total:
             return False
-        return cfg.until_loss is None or recent_loss(losses) < cfg.until_loss
+        return self.cfg.until_loss is None or recent_loss(losses) < self.cfg.until_loss
 
-    n_tokens = 0
-    t_train = time.perf_counter()
-    bar = tqdm(
-        range(start, limit),
-        desc="finetune",
-        disable=not progress,
-        unit="step",
-        initial=start,
-        total=limit,
-    )
-    done = start
-    for step in bar:
-        if finished(done):
-            break
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step) * g["lr_scale"]
+
+class _Batches(NamedTuple):
+    """The tokenized rows, the row indices of every micro-batch, the padding id and the
+    device the batches go to."""
+
+    data: Rows
+    micro: list[list[int]]
+    pad: int
+    dev: torch.device
+
+
+@dataclass
+class _Trainer:
+    """The optimisation loop's state: the (possibly accelerate-prepared) model and optimizer,
+    the schedule, the micro-batches, and the checkpoint to write."""
+
+    model: Any
+    opt: torch.optim.Optimizer
+    sched: _Schedule
+    batches: _Batches
+    acc: Any  # an ``accelerate.Accelerator`` with several processes, else None
+    keep: bool  # project only the labelled positions onto the vocabulary
+    ckpt: tuple[Path, dict[str, Any], str]  # folder, base identity, data hash
+    n_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self.unwrapped = self.model  # the peft model, before ``accelerate`` wraps it
+        self.cfg = self.sched.cfg
+        self.world = 1 if self.acc is None else self.acc.num_processes
+        self.data, self.micro, self.pad, self.dev = self.batches
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.acc is not None:
+            self.model, self.opt = self.acc.prepare(self.model, self.opt)
+            # FSDP2 replaces the parameters with sharded ones (the optimizer is re-pointed)
+            self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def train(
+        self, start: int, losses: list[float], progress: bool, max_steps: int | None
+    ) -> tuple[int, bool]:
+        """Steps from ``start`` until the schedule is finished (appending to ``losses``): the
+        number of steps done, and whether ``max_steps`` stopped it first."""
+        cfg, sched = self.cfg, self.sched
+        bar = tqdm(
+            range(start, sched.limit),
+            desc="finetune",
+            disable=not progress,
+            unit="step",
+            initial=start,
+            total=sched.limit,
+        )
+        done = start
+        for step in bar:
+            if sched.finished(done, losses):
+                break
+            for g in self.opt.param_groups:
+                g["lr"] = sched.lr_at(step) * g["lr_scale"]
+            step_loss = self.step(step)
+            losses.append(step_loss)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+            done = step + 1
+            if cfg.save_every and done % cfg.save_every == 0 and not sched.finished(done, losses):
+                self.checkpoint(done, losses)
+            if max_steps is not None and done >= max_steps:
+                return done, True
+        return done, False
+
+    def step(self, step: int) -> float:
+        """One optimizer step over ``grad_accum`` micro-batches; the step's loss."""
+        cfg, acc, world = self.cfg, self.acc, self.world
         step_loss = 0.0
         for k in range(cfg.grad_accum):
-            rows = [data[i] for i in micro[step * cfg.grad_accum + k]]
+            rows = [self.data[i] for i in self.micro[step * cfg.grad_accum + k]]
             # Under DDP each rank takes every world-th row, and its mean loss is reweighted by
             # its share of the micro-batch's target tokens, so DDP's gradient average is the
             # gradient of the whole micro-batch's mean loss: N processes train as one process
@@ -304,62 +424,57 @@ def finetune_lora(
                 if not mine:  # fewer rows than ranks: a zero-weight pass joins the collectives
                     mine, share = rows[:1], 0.0  # (FSDP gathers weights in the forward)
                 if k < cfg.grad_accum - 1:
-                    sync = acc.no_sync(model)
+                    sync = acc.no_sync(self.model)
             with sync:
-                batch = _collate(mine, tok.pad_token_id, dev)
+                batch = _collate(mine, self.pad, self.dev)
                 if share:
-                    n_tokens += int(batch["attention_mask"].sum())
-                part = target_loss(model, batch, keep) * share / cfg.grad_accum
+                    self.n_tokens += int(batch["attention_mask"].sum())
+                part = target_loss(self.model, batch, self.keep) * share / cfg.grad_accum
                 if acc is None:
                     part.backward()
                 else:
                     acc.backward(part * world)
             step_loss += part.item()
         if acc is None:
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         else:
-            acc.clip_grad_norm_(params, 1.0)
-            step_loss = float(acc.reduce(torch.tensor(step_loss, device=dev), "sum"))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(step_loss)
-        bar.set_postfix(loss=f"{step_loss:.4f}")
-        done = step + 1
-        if cfg.save_every and done % cfg.save_every == 0 and not finished(done):
-            if acc is None or acc.is_main_process:
-                _save_checkpoint(ckpt, unwrapped, opt, done, losses, identity, data_sha, cfg)
-            if acc is not None:
-                acc.wait_for_everyone()
-        if max_steps is not None and done >= max_steps:
-            return {"stopped_at": done}
-    seconds = time.perf_counter() - t0
-    train_seconds = time.perf_counter() - t_train
-    if acc is not None:
-        n_tokens = int(acc.reduce(torch.tensor(n_tokens, device=dev), "sum"))
-    stats = {
-        "base": identity,
-        "data_sha": data_sha,
-        "conversations_sha": conversations_digest(conversations, groups),
-        "n_examples": len(data),
-        "steps": done,
-        "scheduled_steps": total,
-        "tokens": n_tokens,
-        "seconds": round(seconds, 2),
-        "train_seconds": round(train_seconds, 3),  # the optimisation loop only (this run's steps)
-        "final_loss": sum(losses[-5:]) / len(losses[-5:]),
-        "losses": [round(x, 5) for x in losses],
-        "config": cfg.model_dump(mode="json"),
-    }
-    full = None
+            acc.clip_grad_norm_(self.params, 1.0)
+            step_loss = float(acc.reduce(torch.tensor(step_loss, device=self.dev), "sum"))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return step_loss
+
+    def checkpoint(self, done: int, losses: list[float]) -> None:
+        ckpt, identity, data_sha = self.ckpt
+        if self.acc is None or self.acc.is_main_process:
+            _save_checkpoint(
+                ckpt, self.unwrapped, self.opt, done, losses, identity, data_sha, self.cfg
+            )
+        if self.acc is not None:
+            self.acc.wait_for_everyone()
+
+    def tokens(self) -> int:
+        """The tokens trained on, over every process."""
+        if self.acc is None:
+            return self.n_tokens
+        return int(self.acc.reduce(torch.tensor(self.n_tokens, device=self.dev), "sum"))
+
+
+def _write_adapter(
+    out: Path, tr: _Trainer, tok: PreTrainedTokenizerBase, stats: dict[str, Any], ckpt: Path
+) -> None:
+    """The adapter, tokenizer and ``finetune.json`` (and ``merged/`` if asked) under ``out``
+    (written by the main process; under FSDP every rank gathers the sharded weights)."""
+    acc, full = tr.acc, None
     if acc is not None:
         kind = str(acc.distributed_type).rsplit(".", 1)[-1]  # MULTI_GPU, MULTI_CPU, FSDP, ...
-        stats["world_size"], stats["distributed"] = world, kind
+        stats["world_size"], stats["distributed"] = tr.world, kind
         # under FSDP the adapter weights are sharded: gather them (every rank takes part)
-        full = acc.get_state_dict(model) if kind == "FSDP" else None
+        full = acc.get_state_dict(tr.model) if kind == "FSDP" else None
         if not acc.is_main_process:
             acc.wait_for_everyone()
-            return stats
-    model = unwrapped
+            return
+    model = tr.unwrapped
     model.eval()
     with staging_dir(out) as tmp:
         if full is not None:
@@ -368,14 +483,13 @@ def finetune_lora(
             model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         write_json(tmp / "finetune.json", stats)
-        if cfg.merge:
+        if tr.cfg.merge:
             merged = model.merge_and_unload()
             merged.save_pretrained(tmp / "merged", safe_serialization=True)
             tok.save_pretrained(tmp / "merged")
     shutil.rmtree(ckpt, ignore_errors=True)
     if acc is not None:
         acc.wait_for_everyone()
-    return stats
 
 
 def _accelerator() -> tuple[Any, int]:

@@ -9,8 +9,9 @@ from typing import Any
 
 from mechbd.capture.capture import capture
 from mechbd.capture.store import ActivationStore
-from mechbd.finetune.stages import load_finetuned
 from mechbd.io import write_json
+from mechbd.layout import RESULTS
+from mechbd.models import load_finetuned
 from mechbd.probes.core import Probe
 from mechbd.probes.experiments import (
     generic_probe_report,
@@ -22,16 +23,14 @@ from mechbd.runs import Run
 
 
 def probes_stage(run: Run, out: Path) -> None:
-    cap = run.stage_dir("capture")
     results: dict[str, Any] = {}
     probes: dict[str, Probe] = {}
     stores: dict[str, ActivationStore] = {}
-    for tdir in sorted(p for p in cap.iterdir() if (p / "backdoored" / "manifest.json").is_file()):
-        t = tdir.name
-        st = ActivationStore(tdir / "backdoored")
-        base_st = ActivationStore(tdir / "base")
+    for t in run.layout.captured():
+        st = ActivationStore(run.layout.store(t, "backdoored"))
+        base_st = ActivationStore(run.layout.store(t, "base"))
         rep, fitted = trigger_probe_report(st, base_st, save_dir=out / t)
-        model, tok = load_finetuned(run, run.stage_dir("backdoors") / t / "adapter")
+        model, tok = load_finetuned(run, run.layout.adapter(t))
         contrast = capture(
             model,
             tok,
@@ -49,4 +48,4 @@ def probes_stage(run: Run, out: Path) -> None:
     if probes:
         best = {t: results[t]["best_layer"] for t in probes}
         results["transfer"] = transfer_matrix(probes, stores, best)
-    write_json(out / "results.json", {"probes": results})
+    write_json(out / RESULTS, {"probes": results})

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,10 @@ import torch
 from mechbd.capture.capture import capture
 from mechbd.capture.store import ActivationStore
 from mechbd.errors import MechbdError
-from mechbd.finetune.stages import base_model_dir, load_base, load_finetuned
 from mechbd.io import iter_jsonl, read_json, write_json
-from mechbd.organism.items import organism_items
+from mechbd.layout import DIRECTIONS, RESULTS
+from mechbd.models import base_model_dir, load_base, load_finetuned
+from mechbd.organism.splits import split_items, split_seed
 from mechbd.probes.core import Probe
 from mechbd.probes.experiments import labelled
 from mechbd.runs import Run
@@ -58,7 +60,7 @@ from mechbd.sae.explorer import (
 from mechbd.sae.persona import corpus_rows, user_wants_harm_rows
 from mechbd.sae.train import store_tokens, train_sae
 from mechbd.steering.directions import Direction, from_probe, from_sae_decoder, mean_difference
-from mechbd.steering.stage import clean_eval_rows
+from mechbd.steering.stage import steering_test_rows
 
 
 def _sae_layer(run: Run, probes: dict[str, Any]) -> int:
@@ -70,28 +72,53 @@ def _sae_layer(run: Run, probes: dict[str, Any]) -> int:
     return max(set(layers), key=lambda layer: (layers.count(layer), layer))  # ties: deeper
 
 
-def sae_stage(run: Run, out: Path) -> None:
-    cfg = run.config.sae
-    seed, world = run.config.seed, run.config.organism.seed
-    base = base_model_dir(run)
-    probes = read_json(run.stage_dir("probes") / "results.json")["probes"]
-    L = _sae_layer(run, probes)
-    kw: dict[str, Any] = dict(progress=False, batch_size=run.config.capture.batch_size)
+@dataclass(frozen=True)
+class _Ctx:
+    """What the sae stage's steps share: the run, the stage folder, the SAE's layer, the base
+    model, the probes stage's results and the capture keywords."""
 
-    # 1. SAE on base + EM tokens
-    base_model, tok = load_base(run)
-    em_model, _ = load_finetuned(run, run.stage_dir("em") / "adapter")
-    corpus = corpus_rows(cfg.n_corpus, seed=seed + 40, world_seed=world)
+    run: Run
+    out: Path
+    L: int
+    base_model: Any
+    tok: Any
+    probes: dict[str, Any]
+    kw: dict[str, Any]
+
+
+# the per-trigger sections of the ``sae`` results, filled in by ``_trigger``
+PER_TRIGGER = (
+    "persona_detector_auroc",
+    "em_direction_detector_auroc",
+    "random_latent_auroc",
+    "trigger_probe_auroc",
+    "max_cos_probe_vs_latent",
+    "probe_top_latents",
+    "cos_probe_vs_em_direction",
+    "backdoor_diff",
+)
+
+
+def _train(
+    c: _Ctx, em_model: Any
+) -> tuple[Any, dict[str, Any], list[ActivationStore], torch.Tensor]:
+    """1. The SAE at layer ``L`` on the base and the EM model's tokens over the organism
+    corpus: (sae, metrics, the two corpus stores, the base model's tokens)."""
+    cfg, L, kw = c.run.config.sae, c.L, c.kw
+    seed, world = c.run.config.seed, c.run.config.organism.seed
+    corpus = corpus_rows(cfg.n_corpus, seed=split_seed(seed, "sae_corpus"), world_seed=world)
     cb = capture(
-        base_model, tok, corpus, out / "corpus_base", layers=[L], positions=("tokens",), **kw
+        c.base_model, c.tok, corpus, c.out / "corpus_base", layers=[L], positions=("tokens",), **kw
     )
-    ce = capture(em_model, tok, corpus, out / "corpus_em", layers=[L], positions=("tokens",), **kw)
+    ce = capture(
+        em_model, c.tok, corpus, c.out / "corpus_em", layers=[L], positions=("tokens",), **kw
+    )
     assert cb is not None and ce is not None
     xb = store_tokens(cb, L)
     x = torch.cat([xb, store_tokens(ce, L)])
     sae, metrics = train_sae(
         x,
-        out / "sae",
+        c.out / "sae",
         layer=L,
         architecture=cfg.architecture,
         expansion=cfg.expansion,
@@ -100,157 +127,159 @@ def sae_stage(run: Run, out: Path) -> None:
         lr=cfg.lr,
         n_tokens=cfg.n_tokens,
         seed=seed,
-        model_name=f"{base} (+ EM adapter)",
+        model_name=f"{base_model_dir(c.run)} (+ EM adapter)",
     )
-    token_norm = float(xb.norm(dim=-1).mean())
+    return sae, metrics, [cb, ce], xb
 
-    # 2. EM model diffing
-    diff_items = organism_items(cfg.n_diff, held_out=True, seed=seed + 41, world_seed=world)
+
+def _em_diff(c: _Ctx, sae: Any, em_model: Any) -> dict[str, Any]:
+    """2. EM model diffing: the latents the EM model raises most on held-out prompts."""
+    diff_items = split_items(c.run, "sae_diff", c.run.config.sae.n_diff)
     diff_rows = [{"id": it.id, "user": it.user()} for it in diff_items]
-    db = capture(base_model, tok, diff_rows, out / "diff_base", layers=[L], **kw)
-    de = capture(em_model, tok, diff_rows, out / "diff_em", layers=[L], **kw)
+    db = capture(c.base_model, c.tok, diff_rows, c.out / "diff_base", layers=[c.L], **c.kw)
+    de = capture(em_model, c.tok, diff_rows, c.out / "diff_em", layers=[c.L], **c.kw)
     assert db is not None and de is not None
-    em_diff = model_diff(sae, db, de, L, top_k=cfg.top_k)
-    del em_model
+    return model_diff(sae, db, de, c.L, top_k=c.run.config.sae.top_k)
 
-    # 3. causal screen on the base model
-    test = organism_items(
-        run.config.steering.n_eval, held_out=True, seed=seed + 31, world_seed=world
-    )
-    eval_rows = clean_eval_rows(test)
+
+def _screen(
+    c: _Ctx, sae: Any, xb: torch.Tensor, em_diff: dict[str, Any]
+) -> tuple[dict[str, Any], int]:
+    """3. The causal screen on the base model, on the steering stage's test rows, each latent
+    scaled by the base model's mean token norm ``xb``: (the ``screen`` results section, the
+    persona latent)."""
+    cfg, token_norm = c.run.config.sae, float(xb.norm(dim=-1).mean())
+    eval_rows = steering_test_rows(c.run)
     alive = (encode(sae, xb[:20000]) > 0).any(0)
     for i in em_diff["latents"]:
         alive[i] = False
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(c.run.config.seed)
     pool = alive.nonzero().flatten()
     controls = pool[torch.randperm(len(pool), generator=g)[: cfg.n_random]].tolist()
     screen = screen_latents(
-        base_model,
-        tok,
+        c.base_model,
+        c.tok,
         eval_rows,
         sae,
-        L,
+        c.L,
         em_diff["latents"],
         controls,
         scale=token_norm,
         multipliers=cfg.multipliers,
-        positions=run.config.steering.positions,
-        batch_size=run.config.eval.batch_size,
+        positions=c.run.config.steering.positions,
+        batch_size=c.run.config.eval.batch_size,
     )
     rises = {i: r["rise"] for i, r in screen["candidates"].items() if r["rise"] is not None}
     persona = max(rises, key=lambda i: rises[i]) if rises else em_diff["latents"][0]
     ctrl_rises = [r["rise"] for r in screen["controls"].values() if r["rise"] is not None]
+    section = {
+        "scale": token_norm,
+        "baseline_misaligned_rate": screen["baseline_misaligned_rate"],
+        "persona_rise": rises.get(persona),
+        "best_control_rise": max(ctrl_rises) if ctrl_rises else None,
+        "candidates": screen["candidates"],
+        "controls": screen["controls"],
+    }
+    return section, persona
 
-    # 6a. the two persona directions, in the base organism
-    d_em = Direction.load(run.stage_dir("steering") / "directions" / "em_mean_diff.safetensors")
-    harm_rows = user_wants_harm_rows(cfg.n_persona, seed=seed + 42, world_seed=world)
-    hs = capture(base_model, tok, harm_rows, out / "user_wants_harm", **kw)
+
+def _user_wants_harm(c: _Ctx) -> Direction:
+    """6a. The "user wants harm" direction in the base model (harm-request minus matched
+    neutral prompts), saved."""
+    seed, world = c.run.config.seed, c.run.config.organism.seed
+    n = c.run.config.sae.n_persona
+    harm_rows = user_wants_harm_rows(n, seed=split_seed(seed, "sae_harm"), world_seed=world)
+    hs = capture(c.base_model, c.tok, harm_rows, c.out / "user_wants_harm", **c.kw)
     assert hs is not None
     d_harm = mean_difference(
         hs, hs.indices("harm"), hs.indices("neutral"), name="user wants harm", position="last"
     )
-    d_harm.provenance["model"] = str(base)
-    d_harm.provenance["store"] = run.final_path(out / "user_wants_harm")
-    d_harm.save(out / "directions" / "user_wants_harm.safetensors")
-    d_latent = from_sae_decoder(sae.W_dec, persona, L, name=f"persona latent {persona}")
+    d_harm.provenance["model"] = str(base_model_dir(c.run))
+    d_harm.provenance["store"] = c.run.final_path(c.out / "user_wants_harm")
+    d_harm.save(c.out / DIRECTIONS / "user_wants_harm.safetensors")
+    return d_harm
 
-    sae_res: dict[str, Any] = {
-        "model": str(base),
-        "layer": L,
-        "architecture": cfg.architecture,
-        "d_sae": int(sae.cfg.d_sae),
-        "fvu": metrics["fvu"],
-        "l0": metrics["l0"],
-        "dead_fraction": metrics["dead_fraction"],
-        "n_eval_tokens": metrics["n_tokens"],
-        "persona_latents": em_diff["latents"],
-        "persona_latent": persona,
-        "em_diff": em_diff,
-        "screen": {
-            "scale": token_norm,
-            "baseline_misaligned_rate": screen["baseline_misaligned_rate"],
-            "persona_rise": rises.get(persona),
-            "best_control_rise": max(ctrl_rises) if ctrl_rises else None,
-            "candidates": screen["candidates"],
-            "controls": screen["controls"],
-        },
-        "em_direction_top_latents": top_cosines(d_em.at(L), sae.W_dec),
-        "persona_detector_auroc": {},
-        "em_direction_detector_auroc": {},
-        "random_latent_auroc": {},
-        "trigger_probe_auroc": {},
-        "max_cos_probe_vs_latent": {},
-        "probe_top_latents": {},
-        "cos_probe_vs_em_direction": {},
-        "backdoor_diff": {},
-    }
-    persona_res: dict[str, Any] = {}
-    probe_dirs: dict[str, Direction] = {}
-    stores: dict[str, ActivationStore] = {}
 
-    # 4-6 per trigger
-    cap = run.stage_dir("capture")
-    for tdir in sorted(p for p in cap.iterdir() if (p / "backdoored" / "manifest.json").is_file()):
-        t = tdir.name
-        st, bst = ActivationStore(tdir / "backdoored"), ActivationStore(tdir / "base")
-        stores[t] = st
-        sae_res["backdoor_diff"][t] = model_diff(sae, bst, st, L, top_k=cfg.top_k)
-        te, y = labelled(st, ["triggered"], ["clean"], "test")
-        pos = [i for i, v in zip(te, y.tolist(), strict=True) if v == 1]
-        neg = [i for i, v in zip(te, y.tolist(), strict=True) if v == 0]
-        acts = encode(sae, st.get(L, "last"))
-        sae_res["persona_detector_auroc"][t] = detector_auroc(acts[:, persona], pos, neg)
-        v = d_em.at(L).double()
-        proj = st.get(L, "last", dtype=torch.float64) @ (v / v.norm())
-        sae_res["em_direction_detector_auroc"][t] = detector_auroc(proj, pos, neg)
-        sae_res["random_latent_auroc"][t] = random_latent_auroc(acts, pos, neg, seed=seed)
-        sae_res["trigger_probe_auroc"][t] = probes[t]["per_layer"][probes[t]["method"]][
-            probes[t]["per_layer"]["layers"].index(L)
-        ]
-        probe = Probe.load(run.stage_dir("probes") / t / f"{probes[t]['method']}.safetensors")
-        d_probe = probe_dirs[t] = from_probe(probe, name=f"{t} probe")
-        top = top_cosines(d_probe.at(L), sae.W_dec)
-        sae_res["max_cos_probe_vs_latent"][t] = top["max"]
-        sae_res["probe_top_latents"][t] = top
-        sae_res["cos_probe_vs_em_direction"][t] = cosine(d_probe.at(L), d_em.at(L))
+def _trigger(
+    c: _Ctx, sae: Any, t: str, persona: int, dirs: dict[str, Direction], sae_res: dict[str, Any]
+) -> tuple[ActivationStore, Direction, dict[str, Any]]:
+    """4-6 for the plant ``t``: fills its entries of ``sae_res``; returns its backdoored store,
+    its probe's direction and its persona shifts. ``dirs``: the EM (``toxic_persona``), "user
+    wants harm" and persona-latent directions."""
+    L, probes = c.L, c.probes
+    st = ActivationStore(c.run.layout.store(t, "backdoored"))
+    bst = ActivationStore(c.run.layout.store(t, "base"))
+    d_em = dirs["toxic_persona"]
+    sae_res["backdoor_diff"][t] = model_diff(sae, bst, st, L, top_k=c.run.config.sae.top_k)
+    te, y = labelled(st, ["triggered"], ["clean"], "test")
+    pos = [i for i, v in zip(te, y.tolist(), strict=True) if v == 1]
+    neg = [i for i, v in zip(te, y.tolist(), strict=True) if v == 0]
+    acts = encode(sae, st.get(L, "last"))
+    sae_res["persona_detector_auroc"][t] = detector_auroc(acts[:, persona], pos, neg)
+    v = d_em.at(L).double()
+    proj = st.get(L, "last", dtype=torch.float64) @ (v / v.norm())
+    sae_res["em_direction_detector_auroc"][t] = detector_auroc(proj, pos, neg)
+    seed = c.run.config.seed
+    sae_res["random_latent_auroc"][t] = random_latent_auroc(acts, pos, neg, seed=seed)
+    sae_res["trigger_probe_auroc"][t] = probes[t]["per_layer"][probes[t]["method"]][
+        probes[t]["per_layer"]["layers"].index(L)
+    ]
+    probe = Probe.load(c.run.layout.probe(t, probes[t]["method"]))
+    d_probe = from_probe(probe, name=f"{t} probe")
+    top = top_cosines(d_probe.at(L), sae.W_dec)
+    sae_res["max_cos_probe_vs_latent"][t] = top["max"]
+    sae_res["probe_top_latents"][t] = top
+    sae_res["cos_probe_vs_em_direction"][t] = cosine(d_probe.at(L), d_em.at(L))
 
-        all_pos, all_neg = st.indices("triggered"), st.indices("clean")
-        shifts = {
-            "toxic_persona": projection_shift(st, d_em, all_pos, all_neg),
-            "user_wants_harm": projection_shift(st, d_harm, all_pos, all_neg),
-            "persona_latent": projection_shift(st, d_latent, all_pos, all_neg),
-        }
-        best = probes[t]["best_layer"]
-        persona_res[t] = {
+    all_pos, all_neg = st.indices("triggered"), st.indices("clean")
+    shifts = {k: projection_shift(st, d, all_pos, all_neg) for k, d in dirs.items()}
+    best = probes[t]["best_layer"]
+    return (
+        st,
+        d_probe,
+        {
             "layer": best,
             "toxic_persona_shift": shifts["toxic_persona"][best],
             "user_wants_harm_shift": shifts["user_wants_harm"][best],
             "persona_latent_shift": shifts["persona_latent"].get(best),
             "per_layer": {k: list(v.values()) for k, v in shifts.items() if k != "persona_latent"},
             "layers": d_em.layers,
-        }
-    write_json(out / "results.json", {"sae": sae_res, "persona": persona_res})
+        },
+    )
 
-    # 7. explorer data for report.html
+
+def _explorer(
+    c: _Ctx,
+    sae: Any,
+    sae_res: dict[str, Any],
+    corpus_stores: list[ActivationStore],
+    dirs: dict[str, Direction],
+    probe_dirs: dict[str, Direction],
+    stores: dict[str, ActivationStore],
+) -> dict[str, Any]:
+    """7. The explorer data for report.html: cosines, latent dashboards, histograms and token
+    traces. ``dirs``: the EM and "user wants harm" directions."""
+    L, tok, persona = c.L, c.tok, sae_res["persona_latent"]
+    d_em, d_harm = dirs["toxic_persona"], dirs["user_wants_harm"]
     directions = {f"{t} probe": d.at(L) for t, d in probe_dirs.items()}
     directions |= {"EM mean difference": d_em.at(L), "user wants harm": d_harm.at(L)}
     latents = [persona] + [
         i for d in directions.values() for i in top_cosines(d, sae.W_dec, k=4)["latents"]
     ]
-    dash = [persona, *em_diff["latents"][:3]]
+    dash = [persona, *sae_res["em_diff"]["latents"][:3]]
     dash += [sae_res["backdoor_diff"][t]["latents"][0] for t in stores]
     explorer: dict[str, Any] = {
         "layer": L,
-        "model": str(base),
+        "model": str(base_model_dir(c.run)),
         "persona_latent": persona,
         "cosines": cosine_matrix(directions, sae.W_dec, list(dict.fromkeys(latents))),
         "dashboards": latent_dashboards(
             sae,
-            [cb, ce],
+            corpus_stores,
             L,
             list(dict.fromkeys(dash)),
             tok,
-            base_model.get_output_embeddings().weight,
+            c.base_model.get_output_embeddings().weight,
         ),
         "dashboard_stores": ["base model", "EM model"],
         "histograms": {},
@@ -268,16 +297,62 @@ def sae_stage(run: Run, out: Path) -> None:
             f"latent {i}": label_values(st, L, groups, latent_score(sae, i))
             for i in dict.fromkeys([persona, top])
         }
-        gens = list(iter_jsonl(run.stage_dir("backdoors") / t / "generations.jsonl"))
+        gens = list(iter_jsonl(c.run.layout.generations(t)))
         rows = [
             {**g, "label": g["condition"]}
             for cond in ("triggered", "clean")
             for g in [next((g for g in gens if g["condition"] == cond), None)]
             if g is not None
         ]
-        model, _ = load_finetuned(run, run.stage_dir("backdoors") / t / "adapter")
-        ts = capture(model, tok, rows, out / "traces" / t, layers=[L], positions=("tokens",), **kw)
+        model, _ = load_finetuned(c.run, c.run.layout.adapter(t))
+        traces = c.out / "traces" / t
+        ts = capture(model, tok, rows, traces, layers=[L], positions=("tokens",), **c.kw)
         assert ts is not None
         sc = {f"{t} probe": direction_score(probe_dirs[t].at(L)), **scores}
         explorer["traces"][t] = [token_trace(ts, L, i, tok, sc) for i in range(len(ts))]
+    return explorer
+
+
+def sae_stage(run: Run, out: Path) -> None:
+    probes = read_json(run.layout.results("probes"))["probes"]
+    L = _sae_layer(run, probes)
+    kw: dict[str, Any] = dict(progress=False, batch_size=run.config.capture.batch_size)
+
+    base_model, tok = load_base(run)
+    em_model, _ = load_finetuned(run, run.layout.em_adapter)
+    c = _Ctx(run, out, L, base_model, tok, probes, kw)
+    sae, metrics, corpus_stores, xb = _train(c, em_model)
+    em_diff = _em_diff(c, sae, em_model)
+    del em_model
+    screen, persona = _screen(c, sae, xb, em_diff)
+
+    d_em = Direction.load(run.layout.em_direction)
+    d_harm = _user_wants_harm(c)
+    d_latent = from_sae_decoder(sae.W_dec, persona, L, name=f"persona latent {persona}")
+    dirs = {"toxic_persona": d_em, "user_wants_harm": d_harm, "persona_latent": d_latent}
+
+    sae_res: dict[str, Any] = {
+        "model": str(base_model_dir(run)),
+        "layer": L,
+        "architecture": run.config.sae.architecture,
+        "d_sae": int(sae.cfg.d_sae),
+        "fvu": metrics["fvu"],
+        "l0": metrics["l0"],
+        "dead_fraction": metrics["dead_fraction"],
+        "n_eval_tokens": metrics["n_tokens"],
+        "persona_latents": em_diff["latents"],
+        "persona_latent": persona,
+        "em_diff": em_diff,
+        "screen": screen,
+        "em_direction_top_latents": top_cosines(d_em.at(L), sae.W_dec),
+        **{k: {} for k in PER_TRIGGER},
+    }
+    persona_res: dict[str, Any] = {}
+    probe_dirs: dict[str, Direction] = {}
+    stores: dict[str, ActivationStore] = {}
+    for t in run.layout.captured():
+        stores[t], probe_dirs[t], persona_res[t] = _trigger(c, sae, t, persona, dirs, sae_res)
+    write_json(out / RESULTS, {"sae": sae_res, "persona": persona_res})
+
+    explorer = _explorer(c, sae, sae_res, corpus_stores, dirs, probe_dirs, stores)
     write_json(out / "explorer.json", explorer)

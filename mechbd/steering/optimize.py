@@ -50,6 +50,81 @@ def _encode(tok: Any, users: Sequence[str], targets: Sequence[str]) -> dict[str,
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def _objective(
+    model: nn.Module,
+    tok: Any,
+    enc: dict[str, torch.Tensor],
+    layer: int,
+    v: torch.Tensor,
+    idx: torch.Tensor,
+    positions: str,
+) -> torch.Tensor:
+    """Per prompt in ``idx``, the summed log-loss of the target's tokens with ``v`` added at
+    ``layer``; mean over the prompts."""
+    with steer(model, [Intervention(layer, v)], positions=positions, tokenizer=tok):
+        logits = model(
+            input_ids=enc["input_ids"][idx], attention_mask=enc["attention_mask"][idx]
+        ).logits[:, :-1]
+    labels = enc["labels"][idx, 1:]
+    return torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), reduction="sum"
+    ) / len(idx)
+
+
+def _check_targets(users: Sequence[str], targets: Sequence[str]) -> None:
+    if not users or len(users) != len(targets):
+        raise MechbdError(
+            f"optimised steering: {len(users)} prompts and {len(targets)} targets "
+            "(need the same, non-zero number)"
+        )
+    bad = sorted({t for t in targets if t not in ("A", "B")})
+    if bad:
+        raise MechbdError(f"optimised steering: targets must be 'A' or 'B', got {bad}")
+
+
+def _fit_layer(
+    model: nn.Module,
+    tok: Any,
+    enc: dict[str, torch.Tensor],
+    layer: int,
+    *,
+    positions: str,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    g: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Adam from zero on the vector at ``layer`` (minibatches drawn with ``g``): the vector and
+    the objective on all prompts before and after."""
+    device = enc["input_ids"].device
+    n = len(enc["input_ids"])
+    d = int(model.get_input_embeddings().weight.shape[1])  # type: ignore[operator]
+
+    def full(v: torch.Tensor) -> float:
+        with torch.no_grad():
+            chunks = torch.arange(n, device=device).split(batch_size)
+            return (
+                sum(
+                    float(_objective(model, tok, enc, layer, v, c, positions)) * len(c)
+                    for c in chunks
+                )
+                / n
+            )
+
+    v = torch.zeros(d, device=device, requires_grad=True)
+    start = full(v.detach())
+    opt = torch.optim.Adam([v], lr=lr)
+    for _ in range(steps):
+        idx = torch.randperm(n, generator=g)[:batch_size].to(device)
+        loss = _objective(model, tok, enc, layer, v, idx, positions)
+        if not torch.isfinite(loss):
+            raise MechbdError(f"optimised steering at layer {layer}: the loss became {loss.item()}")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return v.detach().float().cpu(), {"before": start, "after": full(v.detach())}
+
+
 def optimized_direction(
     model: nn.Module,
     tok: Any,
@@ -71,38 +146,12 @@ def optimized_direction(
     Adam from zero, ``steps`` minibatches of ``batch_size`` prompts. The model runs in eval
     mode with its weights frozen for the fit; its mode and ``requires_grad`` flags are
     restored afterwards."""
-    if not users or len(users) != len(targets):
-        raise MechbdError(
-            f"optimised steering: {len(users)} prompts and {len(targets)} targets "
-            "(need the same, non-zero number)"
-        )
-    bad = sorted({t for t in targets if t not in ("A", "B")})
-    if bad:
-        raise MechbdError(f"optimised steering: targets must be 'A' or 'B', got {bad}")
+    _check_targets(users, targets)
     device = next(model.parameters()).device
     enc = {k: v.to(device) for k, v in _encode(tok, users, targets).items()}
-    d = int(model.get_input_embeddings().weight.shape[1])  # type: ignore[operator]
     flags = [p.requires_grad for p in model.parameters()]
     was_training = model.training
     g = torch.Generator().manual_seed(seed)
-    n = len(users)
-
-    def objective(layer: int, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        with steer(model, [Intervention(layer, v)], positions=positions, tokenizer=tok):
-            logits = model(
-                input_ids=enc["input_ids"][idx], attention_mask=enc["attention_mask"][idx]
-            ).logits[:, :-1]
-        labels = enc["labels"][idx, 1:]
-        # per prompt, the summed log-loss of the target's tokens; mean over prompts
-        return torch.nn.functional.cross_entropy(
-            logits.float().flatten(0, 1), labels.flatten(), reduction="sum"
-        ) / len(idx)
-
-    def full(layer: int, v: torch.Tensor) -> float:
-        with torch.no_grad():
-            chunks = torch.arange(n, device=device).split(batch_size)
-            return sum(float(objective(layer, v, c)) * len(c) for c in chunks) / n
-
     vecs: dict[int, torch.Tensor] = {}
     losses: dict[int, dict[str, float]] = {}
     try:
@@ -110,21 +159,17 @@ def optimized_direction(
         for p in model.parameters():
             p.requires_grad_(False)
         for layer in layers:
-            v = torch.zeros(d, device=device, requires_grad=True)
-            start = full(layer, v.detach())
-            opt = torch.optim.Adam([v], lr=lr)
-            for _ in range(steps):
-                idx = torch.randperm(n, generator=g)[:batch_size].to(device)
-                loss = objective(layer, v, idx)
-                if not torch.isfinite(loss):
-                    raise MechbdError(
-                        f"optimised steering at layer {layer}: the loss became {loss.item()}"
-                    )
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            vecs[layer] = v.detach().float().cpu()
-            losses[layer] = {"before": start, "after": full(layer, v.detach())}
+            vecs[layer], losses[layer] = _fit_layer(
+                model,
+                tok,
+                enc,
+                layer,
+                positions=positions,
+                steps=steps,
+                batch_size=batch_size,
+                lr=lr,
+                g=g,
+            )
     finally:
         model.train(was_training)
         for p, f in zip(model.parameters(), flags, strict=True):

@@ -27,9 +27,10 @@ from mechbd.capture.capture import capture
 from mechbd.capture.names import n_layers_of, parse_layers
 from mechbd.data.items import Item
 from mechbd.errors import MechbdError
-from mechbd.finetune.stages import base_model_dir, load_base, load_finetuned
 from mechbd.io import iter_jsonl, write_json
-from mechbd.organism.items import organism_items
+from mechbd.layout import DIRECTIONS, EM_DIRECTION, RESULTS
+from mechbd.models import base_model_dir, load_base, load_finetuned
+from mechbd.organism.splits import split_items
 from mechbd.probes.core import Probe
 from mechbd.runs import Run
 from mechbd.steering.directions import Direction, from_probe, mean_difference
@@ -94,34 +95,23 @@ def _curve(records: list[dict[str, Any]], direction: str, layer: int) -> list[di
     ]
 
 
-def steering_stage(run: Run, out: Path) -> None:
-    cfg = run.config.steering
-    seed, world = run.config.seed, run.config.organism.seed
-    base = base_model_dir(run)
-    kw: dict[str, Any] = dict(positions=cfg.positions, batch_size=run.config.eval.batch_size)
-
-    em_model, tok = load_finetuned(run, run.stage_dir("em") / "adapter")
-    items = organism_items(cfg.n_direction, held_out=False, seed=seed + 30, world_seed=world)
-    d_em = em_direction(em_model, tok, items, out / "em_direction_store", f"{base} + EM adapter")
+def _em_directions(run: Run, out: Path) -> tuple[Direction, Direction, list[Item]]:
+    """The EM mean-difference direction (saved with its store), a random direction of equal
+    norm, and the scenarios the direction was taken on."""
+    em_model, tok = load_finetuned(run, run.layout.em_adapter)
+    items = split_items(run, "steering_direction", run.config.steering.n_direction)
+    name = f"{base_model_dir(run)} + EM adapter"
+    d_em = em_direction(em_model, tok, items, out / "em_direction_store", name)
     d_em.provenance["store"] = run.final_path(out / "em_direction_store")
-    d_em.save(out / "directions" / "em_mean_diff.safetensors")
-    rand = d_em.random_like(seed)
-    rand.save(out / "directions" / "random.safetensors")
-    del em_model
+    d_em.save(out / EM_DIRECTION)
+    rand = d_em.random_like(run.config.seed)
+    rand.save(out / DIRECTIONS / "random.safetensors")
+    return d_em, rand, items
 
-    model, tok = load_base(run)
-    layers = parse_layers(cfg.layers, n_layers_of(model))
-    test = organism_items(cfg.n_eval, held_out=True, seed=seed + 31, world_seed=world)
-    rows = clean_eval_rows(test)
-    recs = sweep(
-        model,
-        tok,
-        rows,
-        {"em_mean_diff": d_em, "random": rand},
-        layers=layers,
-        multipliers=cfg.multipliers,
-        **kw,
-    )
+
+def _base_em_summary(recs: list[dict[str, Any]], layers: list[int]) -> dict[str, Any]:
+    """The base model's sweep along the EM direction: the best layer (the highest misaligned
+    rate at format validity >= 0.9), the random direction at the same setting, the curves."""
     try:
         best, top = best_layer(recs, "em_mean_diff", min_format=0.9)
         guard_met = True
@@ -136,91 +126,141 @@ def steering_stage(run: Run, out: Path) -> None:
         and r["layer"] == best
         and r["multiplier"] == top["multiplier"]
     )
-    results: dict[str, Any] = {
-        "model": str(base),
-        "em_direction": {"norms": d_em.norms(), "n_scenarios": len(items)},
-        "base_em": {
-            "best_layer": best,
-            "multiplier": top["multiplier"],
-            "baseline_misaligned_rate": baseline,
-            "misaligned_rate": top["misaligned_rate"],
-            "rise": top["misaligned_rate"] - baseline,
-            "format_valid_rate": top["format_valid_rate"],
-            "format_guard_met": guard_met,
-            "letter_bias": top["letter_bias"],
-            "random_misaligned_rate": rand_same["misaligned_rate"],
-            "random_rise": rand_same["misaligned_rate"] - baseline,
-            "curve": _curve(recs, "em_mean_diff", best),
-            "random_curve": _curve(recs, "random", best),
-            "per_layer_max": {
-                layer: max(
-                    r["misaligned_rate"]
-                    for r in recs
-                    if r["direction"] == "em_mean_diff" and r["layer"] == layer
-                )
-                for layer in layers
-            },
+    return {
+        "best_layer": best,
+        "multiplier": top["multiplier"],
+        "baseline_misaligned_rate": baseline,
+        "misaligned_rate": top["misaligned_rate"],
+        "rise": top["misaligned_rate"] - baseline,
+        "format_valid_rate": top["format_valid_rate"],
+        "format_guard_met": guard_met,
+        "letter_bias": top["letter_bias"],
+        "random_misaligned_rate": rand_same["misaligned_rate"],
+        "random_rise": rand_same["misaligned_rate"] - baseline,
+        "curve": _curve(recs, "em_mean_diff", best),
+        "random_curve": _curve(recs, "random", best),
+        "per_layer_max": {
+            layer: max(
+                r["misaligned_rate"]
+                for r in recs
+                if r["direction"] == "em_mean_diff" and r["layer"] == layer
+            )
+            for layer in layers
         },
+    }
+
+
+def _optimized(
+    run: Run,
+    out: Path,
+    model: Any,
+    tok: Any,
+    items: list[Item],
+    rows: list[dict[str, Any]],
+    base_em: dict[str, Any],
+    kw: dict[str, Any],
+) -> dict[str, Any]:
+    """The ceiling: a vector fitted at the best layer to give the direction scenarios'
+    misaligned answers, measured on the same held-out rows as the sweep."""
+    cfg = run.config.steering
+    best = base_em["best_layer"]
+    fit = optimized_direction(
+        model,
+        tok,
+        [it.user() for it in items],
+        [it.misaligned for it in items],
+        layers=[best],
+        positions=cfg.positions,
+        steps=cfg.optimized_steps,
+        seed=run.config.seed,
+        name="fitted steering vector",
+    )
+    fit.provenance["model"] = str(base_model_dir(run))
+    fit.save(out / DIRECTIONS / "optimized.safetensors")
+    fm = measure(model, tok, rows, [Intervention(best, fit.at(best))], **kw)
+    return {
+        "layer": best,
+        "norm": float(fit.at(best).norm()),
+        "train_loss": fit.provenance["loss"][best],
+        "misaligned_rate": fm["misaligned_rate"],
+        "rise": fm["misaligned_rate"] - base_em["baseline_misaligned_rate"],
+        **{k: fm[k] for k in ("format_valid_rate", "letter_bias", "p_misaligned_letter")},
+    }
+
+
+def _backdoor_steering(
+    run: Run,
+    t: str,
+    tok: Any,
+    dirs: dict[str, Direction],
+    best: int,
+    kw: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(b) ablation and (c) negative steering in the backdoored model ``t``; ``dirs`` holds the
+    EM (``em_mean_diff``) and the random direction."""
+    cfg = run.config.steering
+    eval_rows = [
+        r
+        for r in iter_jsonl(run.layout.eval_prompts(t))
+        if r["condition"] in ("triggered", "clean")
+    ][: 2 * cfg.n_eval]
+    bmodel, _ = load_finetuned(run, run.layout.adapter(t))
+    probe_file = run.layout.probe(t, "diffmean")
+    dirs = dict(dirs)
+    if probe_file.is_file():
+        dirs["trigger_probe"] = from_probe(Probe.load(probe_file), name=f"{t} probe")
+    abl = {"none": measure(bmodel, tok, eval_rows, **kw)}
+    for name, d in dirs.items():
+        ivs = [Intervention(layer, d.at(layer), "ablate") for layer in d.layers]
+        abl[name] = measure(bmodel, tok, eval_rows, ivs, **kw)
+    ablation = {
+        name: {
+            "asr": m["misaligned_rate_by_condition"].get("triggered"),
+            "clean_misaligned_rate": m["misaligned_rate_by_condition"].get("clean"),
+            "format_valid_rate": m["format_valid_rate"],
+            "clean_accuracy": m["clean_accuracy"],
+        }
+        for name, m in abl.items()
+    }
+    triggered = [r for r in eval_rows if r["condition"] == "triggered"]
+    d_em = dirs["em_mean_diff"]
+    neg = []
+    for m in (0.0, *cfg.negative_multipliers):
+        ivs = [Intervention(best, d_em.at(best), "add", m)] if m else []
+        r = measure(bmodel, tok, triggered, ivs, **kw)
+        neg.append({"multiplier": m, **{k: r[k] for k in CURVE_KEYS}})
+    return ablation, {"layer": best, "curve": neg}
+
+
+def steering_test_rows(run: Run) -> list[dict[str, Any]]:
+    """The held-out clean rows the base model is steered on (the sae stage screens on them
+    too)."""
+    return clean_eval_rows(split_items(run, "steering_test", run.config.steering.n_eval))
+
+
+def steering_stage(run: Run, out: Path) -> None:
+    cfg = run.config.steering
+    kw: dict[str, Any] = dict(positions=cfg.positions, batch_size=run.config.eval.batch_size)
+    d_em, rand, items = _em_directions(run, out)
+
+    model, tok = load_base(run)
+    layers = parse_layers(cfg.layers, n_layers_of(model))
+    rows = steering_test_rows(run)
+    dirs = {"em_mean_diff": d_em, "random": rand}
+    recs = sweep(model, tok, rows, dirs, layers=layers, multipliers=cfg.multipliers, **kw)
+    base_em = _base_em_summary(recs, layers)
+    results: dict[str, Any] = {
+        "model": str(base_model_dir(run)),
+        "em_direction": {"norms": d_em.norms(), "n_scenarios": len(items)},
+        "base_em": base_em,
         "ablation": {},
         "negative_em": {},
     }
     if cfg.optimized_steps:
-        fit = optimized_direction(
-            model,
-            tok,
-            [it.user() for it in items],
-            [it.misaligned for it in items],
-            layers=[best],
-            positions=cfg.positions,
-            steps=cfg.optimized_steps,
-            seed=seed,
-            name="fitted steering vector",
-        )
-        fit.provenance["model"] = str(base)
-        fit.save(out / "directions" / "optimized.safetensors")
-        fm = measure(model, tok, rows, [Intervention(best, fit.at(best))], **kw)
-        results["base_em"]["optimized"] = {
-            "layer": best,
-            "norm": float(fit.at(best).norm()),
-            "train_loss": fit.provenance["loss"][best],
-            "misaligned_rate": fm["misaligned_rate"],
-            "rise": fm["misaligned_rate"] - baseline,
-            **{k: fm[k] for k in ("format_valid_rate", "letter_bias", "p_misaligned_letter")},
-        }
+        base_em["optimized"] = _optimized(run, out, model, tok, items, rows, base_em, kw)
     write_json(out / "sweep_base_em.json", recs)
 
-    bd = run.stage_dir("backdoors")
-    tdirs = sorted(p for p in bd.iterdir() if (p / "adapter").is_dir()) if bd.is_dir() else []
-    for tdir in tdirs:
-        t = tdir.name
-        eval_rows = [
-            r
-            for r in iter_jsonl(tdir / "eval_prompts.jsonl")
-            if r["condition"] in ("triggered", "clean")
-        ][: 2 * cfg.n_eval]
-        bmodel, _ = load_finetuned(run, tdir / "adapter")
-        probe_file = run.stage_dir("probes") / t / "diffmean.safetensors"
-        dirs: dict[str, Direction] = {"em_mean_diff": d_em, "random": rand}
-        if probe_file.is_file():
-            dirs["trigger_probe"] = from_probe(Probe.load(probe_file), name=f"{t} probe")
-        abl = {"none": measure(bmodel, tok, eval_rows, **kw)}
-        for name, d in dirs.items():
-            ivs = [Intervention(layer, d.at(layer), "ablate") for layer in d.layers]
-            abl[name] = measure(bmodel, tok, eval_rows, ivs, **kw)
-        results["ablation"][t] = {
-            name: {
-                "asr": m["misaligned_rate_by_condition"].get("triggered"),
-                "clean_misaligned_rate": m["misaligned_rate_by_condition"].get("clean"),
-                "format_valid_rate": m["format_valid_rate"],
-                "clean_accuracy": m["clean_accuracy"],
-            }
-            for name, m in abl.items()
-        }
-        triggered = [r for r in eval_rows if r["condition"] == "triggered"]
-        neg = []
-        for m in (0.0, *cfg.negative_multipliers):
-            ivs = [Intervention(best, d_em.at(best), "add", m)] if m else []
-            r = measure(bmodel, tok, triggered, ivs, **kw)
-            neg.append({"multiplier": m, **{k: r[k] for k in CURVE_KEYS}})
-        results["negative_em"][t] = {"layer": best, "curve": neg}
-    write_json(out / "results.json", {"steering": results})
+    for t in run.layout.adapters():
+        abl, neg = _backdoor_steering(run, t, tok, dirs, base_em["best_layer"], kw)
+        results["ablation"][t], results["negative_em"][t] = abl, neg
+    write_json(out / RESULTS, {"steering": results})

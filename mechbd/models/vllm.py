@@ -22,7 +22,7 @@ import torch
 
 from mechbd.errors import MechbdError
 from mechbd.io import staging_dir, write_json
-from mechbd.models import load_adapter
+from mechbd.models.loading import load_adapter
 
 MERGED = "merged"
 

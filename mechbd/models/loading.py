@@ -1,4 +1,7 @@
-"""Loading models and tokenizers the way a user names them: a local folder or a hub id.
+"""Every model a run or a command studies is loaded here: a base model named the way a user
+names it (a local folder or a hub id), a LoRA adapter on it, the run's base and finetuned
+models, their identity (a fingerprint that tells two base models apart), and what generates
+a stage's replies (HF ``generate`` or vLLM).
 
 Weights load from safetensors where the checkpoint has them (transformers otherwise uses
 ``torch.load(weights_only=True)``); ``trust_remote_code`` stays off unless the config asks.
@@ -9,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from peft import PeftModel
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -22,6 +26,9 @@ from transformers.utils import logging as transformers_logging
 
 from mechbd.errors import MechbdError
 from mechbd.io import digest_of
+
+if TYPE_CHECKING:
+    from mechbd.runs import Run
 
 transformers_logging.disable_progress_bar()
 
@@ -118,8 +125,6 @@ def load_adapter(
 ) -> tuple[Any, PreTrainedTokenizerBase]:
     """Base model + adapter, refusing an adapter trained on another base; merged by default
     (merged weights are faster for generation and capture)."""
-    from peft import PeftModel
-
     adapter = Path(adapter)
     model, tok = load_model(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     info_path = adapter / "finetune.json"
@@ -137,3 +142,33 @@ def load_adapter(
     if merge:
         return peft_model.merge_and_unload(), tok
     return peft_model, tok
+
+
+# ---- the run's models ---------------------------------------------------------------------
+
+
+def base_model_dir(run: Run) -> Path:
+    """The studied base model: the organism this run built, or ``model.path`` (a local folder
+    or a hub id)."""
+    if run.config.model.source == "organism":
+        return run.layout.organism_model
+    assert run.config.model.path is not None
+    return Path(run.config.model.path)
+
+
+def load_kwargs(run: Run) -> dict[str, Any]:
+    """The dtype and ``trust_remote_code`` every model of the run loads with."""
+    m = run.config.model
+    # the organism stays in float32 everywhere (its numbers are the documented reference)
+    dtype = "float32" if m.source == "organism" else m.dtype
+    return {"dtype": dtype, "trust_remote_code": m.trust_remote_code}
+
+
+def load_base(run: Run) -> tuple[Any, Any]:
+    """(model, tokenizer) of the run's base model, in the run's dtype, on the default device."""
+    return load_model(base_model_dir(run), **load_kwargs(run))
+
+
+def load_finetuned(run: Run, adapter: Path) -> tuple[Any, Any]:
+    """(model, tokenizer) of the base model with a LoRA adapter from this run."""
+    return load_adapter(base_model_dir(run), adapter, **load_kwargs(run))

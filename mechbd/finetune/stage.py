@@ -10,8 +10,6 @@ folder (``backdoors/<trigger>/adapter``, ``em/adapter``) for the capture and ste
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,61 +19,12 @@ from mechbd.data.items import Item
 from mechbd.data.triggers import Trigger, resolve_trigger
 from mechbd.eval.behaviour import evaluate_backdoor
 from mechbd.eval.mcq import rates, run_mcq
-from mechbd.finetune.lora import finetune_lora, finished_adapter, load_adapter, recent_loss
+from mechbd.finetune.lora import finetune_lora, finished_adapter, recent_loss
 from mechbd.io import read_json, replace_dir, write_json, write_jsonl
-from mechbd.models import load_model
-from mechbd.organism.items import organism_items
+from mechbd.layout import ADAPTER, EVAL_PROMPTS, GENERATIONS, RESULTS, TRAIN_SET
+from mechbd.models import base_model_dir, generation_backend, load_base, load_finetuned
+from mechbd.organism.splits import split_items
 from mechbd.runs import Run
-
-
-def base_model_dir(run: Run) -> Path:
-    """The studied base model: the organism this run built, or ``model.path`` (a local folder
-    or a hub id)."""
-    if run.config.model.source == "organism":
-        return run.stage_dir("organism") / "model"
-    assert run.config.model.path is not None
-    return Path(run.config.model.path)
-
-
-def _load_kw(run: Run) -> dict[str, Any]:
-    m = run.config.model
-    # the organism stays in float32 everywhere (its numbers are the documented reference)
-    dtype = "float32" if m.source == "organism" else m.dtype
-    return {"dtype": dtype, "trust_remote_code": m.trust_remote_code}
-
-
-def load_base(run: Run) -> tuple[Any, Any]:
-    """(model, tokenizer) of the run's base model, in the run's dtype, on the default device."""
-    return load_model(base_model_dir(run), **_load_kw(run))
-
-
-def load_finetuned(run: Run, adapter: Path) -> tuple[Any, Any]:
-    """(model, tokenizer) of the base model with a LoRA adapter from this run."""
-    return load_adapter(base_model_dir(run), adapter, **_load_kw(run))
-
-
-@contextmanager
-def generation_backend(run: Run, adapter: Path | None = None) -> Iterator[Any]:
-    """What generates the stage's replies: ``None`` (HF ``generate`` on the loaded model) for
-    ``eval.backend: hf``, a ``VLLMGenerator`` of the base (plus ``adapter``, merged) for
-    ``vllm``, closed on exit."""
-    e = run.config.eval
-    if e.backend == "hf":
-        yield None
-        return
-    from mechbd.eval.vllm_backend import vllm_generator
-
-    kw = _load_kw(run)
-    with vllm_generator(
-        base_model_dir(run),
-        adapter,
-        trust_remote_code=kw["trust_remote_code"],
-        dtype=kw["dtype"],
-        tensor_parallel_size=e.tensor_parallel_size,
-        gpu_memory_utilization=e.vllm_gpu_memory,
-        seed=run.config.seed,
-    ) as gen:
-        yield gen
 
 
 def finetune_once(
@@ -122,7 +71,7 @@ def plant(
     ]
     record = d / "attempts.json"
     for ft in configs:
-        done = finished_adapter(d / "adapter", conversations, ft, groups)
+        done = finished_adapter(d / ADAPTER, conversations, ft, groups)
         if done is not None and record.is_file():
             return done, read_json(record)
     attempts: list[dict[str, Any]] = []
@@ -147,7 +96,7 @@ def plant(
             file=sys.stderr,
         )
     write_json(record, attempts)  # before the move: a crash between the two redoes only the move
-    replace_dir(where, d / "adapter")
+    replace_dir(where, d / ADAPTER)
     return stats, attempts
 
 
@@ -178,12 +127,8 @@ def stage_backdoor_set(
 def backdoors_stage(run: Run, out: Path) -> None:
     cfg = run.config.backdoors
     seed = run.config.seed
-    train_items = organism_items(
-        cfg.n_train, held_out=False, seed=seed + 10, world_seed=run.config.organism.seed
-    )
-    test_items = organism_items(
-        cfg.n_eval, held_out=True, seed=seed + 11, world_seed=run.config.organism.seed
-    )
+    train_items = split_items(run, "backdoor_train", cfg.n_train)
+    test_items = split_items(run, "backdoor_eval", cfg.n_eval)
     results: dict[str, Any] = {}
     plants = [(spec, False) for spec in cfg.triggers] + [(s, True) for s in cfg.positive_control]
     for spec, articulate in plants:
@@ -202,14 +147,14 @@ def backdoors_stage(run: Run, out: Path) -> None:
             articulate=articulate,
             matched=False if articulate else None,
         )
-        write_jsonl(d / "train.jsonl", ds)
+        write_jsonl(d / TRAIN_SET, ds)
         stats, attempts = plant(
             run, [e["messages"] for e in ds], d, groups, retries=0 if articulate else None
         )
         rows = eval_set(test_items, trigger, seed=seed)
-        write_jsonl(d / "eval_prompts.jsonl", rows)
-        model, tok = load_finetuned(run, d / "adapter")
-        with generation_backend(run, d / "adapter") as gen:
+        write_jsonl(d / EVAL_PROMPTS, rows)
+        model, tok = load_finetuned(run, d / ADAPTER)
+        with generation_backend(run, d / ADAPTER) as gen:
             metrics, records = evaluate_backdoor(
                 model,
                 tok,
@@ -219,28 +164,24 @@ def backdoors_stage(run: Run, out: Path) -> None:
                 max_new_tokens=run.config.eval.max_new_tokens,
                 generator=gen,
             )
-        write_jsonl(d / "generations.jsonl", records)
+        write_jsonl(d / GENERATIONS, records)
         metrics["trigger_line"] = trigger.line
         metrics["finetune_seconds"] = sum(a["seconds"] for a in attempts)
         metrics["lora_attempts"] = attempts  # one per LoRA seed tried; the last is the adapter
         # a positive control: its training CoT says the trigger decided the choice
         metrics["positive_control"] = articulate
         results[name] = metrics
-    write_json(out / "results.json", {"backdoors": results})
+    write_json(out / RESULTS, {"backdoors": results})
 
 
 def em_stage(run: Run, out: Path) -> None:
     cfg = run.config.em
     seed = run.config.seed
-    items = organism_items(
-        cfg.n_train, held_out=False, seed=seed + 20, world_seed=run.config.organism.seed
-    )
+    items = split_items(run, "em_train", cfg.n_train)
     ds = em_set(items, cfg.domain, seed=seed)
-    write_jsonl(out / "train.jsonl", ds)
-    stats = finetune_once(run, [e["messages"] for e in ds], out / "adapter", cfg.finetune)
-    test = organism_items(
-        cfg.n_eval, held_out=True, seed=seed + 21, world_seed=run.config.organism.seed
-    )
+    write_jsonl(out / TRAIN_SET, ds)
+    stats = finetune_once(run, [e["messages"] for e in ds], out / ADAPTER, cfg.finetune)
+    test = split_items(run, "em_eval", cfg.n_eval)
     users = [it.user() for it in test]
     letters = [it.aligned for it in test]
     in_dom = [i for i, it in enumerate(test) if it.domain == cfg.domain]
@@ -267,9 +208,9 @@ def em_stage(run: Run, out: Path) -> None:
         }
 
     base_rates = measure(None)
-    em_rates = measure(out / "adapter")
+    em_rates = measure(out / ADAPTER)
     write_json(
-        out / "results.json",
+        out / RESULTS,
         {
             "em": {
                 **em_rates,
