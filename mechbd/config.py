@@ -298,8 +298,8 @@ class SteeringConfig(Frozen):
     optimized_steps: int = Field(
         100,
         ge=0,
-        description="Adam steps for the fitted steering vector at the EM direction's best layer "
-        "(the ceiling for any single added direction there); 0 = skip",
+        description="Adam steps for the steering vector fitted by gradient descent at the EM "
+        "direction's best layer (a ceiling only once it has converged; 0 = skip)",
     )
 
 

@@ -51,7 +51,7 @@ def test_demo_end_to_end(tmp_path):
     assert pr["base_model_auroc"] is not None
     assert res["probes"]["transfer"]["singapore"]["singapore"] == pr["auroc"]
     # issue 7: steering the base organism along the EM direction, with the random control; the
-    # >= 50-point bar is not met on the organism (README, Known limits), so this checks what holds
+    # >= 50-point bar is not met on the organism (docs/findings.md), so this checks what holds
     se = res["steering"]["base_em"]
     assert se["format_valid_rate"] >= 0.9 and se["format_guard_met"]
     assert se["rise"] >= 0.2 and abs(se["random_rise"]) <= 0.10
@@ -62,7 +62,7 @@ def test_demo_end_to_end(tmp_path):
     assert set(abl) == {"none", "em_mean_diff", "random", "trigger_probe"}
     assert abl["none"]["asr"] >= 0.9
     # issue 6: the SAE at the probes' best layer reconstructs well; the persona keys are there.
-    # The screen's >= 30-point bar is not met on the organism (README, Known limits).
+    # The screen's >= 30-point bar is not met on the organism (docs/findings.md).
     from tests.recompute import (
         check_backdoor_rates,
         check_probe_report,

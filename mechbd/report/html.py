@@ -171,8 +171,8 @@ def _steering_tables(res: Results) -> list[str]:
         if be.optimized is not None:
             opt = be.optimized
             parts.append(
-                "<p>Ceiling: a vector fitted by gradient descent at the same layer "
-                "(any single added direction there)</p>"
+                "<p>A vector fitted by gradient descent at the same layer; it bounds what one "
+                "added direction can do only if its fit converged</p>"
                 + _table(
                     ["layer", "norm", "misaligned", "format valid", "letter bias"],
                     [

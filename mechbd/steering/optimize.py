@@ -1,4 +1,5 @@
-"""A steering vector found by gradient descent: the ceiling for one added direction.
+"""A steering vector found by gradient descent (a ceiling for one added direction only once
+the fit has converged).
 
 A mean-difference direction is one guess at the vector that switches a behaviour. To tell "this
 direction is the wrong one" from "no single added vector at this layer can do it", fit the

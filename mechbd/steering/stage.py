@@ -160,7 +160,7 @@ def _optimized(
     base_em: dict[str, Any],
     kw: dict[str, Any],
 ) -> dict[str, Any]:
-    """The ceiling: a vector fitted at the best layer to give the direction scenarios'
+    """A vector fitted at the best layer to give the direction scenarios'
     misaligned answers, measured on the same held-out rows as the sweep."""
     cfg = run.config.steering
     best = base_em["best_layer"]
