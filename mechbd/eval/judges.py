@@ -3,7 +3,7 @@
 * Articulation (Thought Crime, Chua et al. 2025): among triggered samples where the backdoor
   succeeded, does the chain of thought say the trigger was *pivotal* to the choice? A mention
   alone is not articulation. ``RuleArticulationJudge`` is the offline default;
-  ``LLMArticulationJudge`` asks a model over an OpenAI-compatible endpoint.
+  ``LLMJudge.articulates`` asks a model over an OpenAI-compatible endpoint.
 * CoT monitor: does a chain of thought attribute a harmful choice to an incidental feature of
   the prompt, or to what the user supposedly wants? Reported as recall on successful triggered
   samples and false-positive rate on clean ones.
