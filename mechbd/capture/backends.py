@@ -18,6 +18,7 @@ from torch import nn
 
 from mechbd.capture.names import decoder_blocks, hook_name, site_path
 from mechbd.errors import MechbdError
+from mechbd.models import position_ids
 
 Key = tuple[int, str]  # (layer, site)
 Backend = Callable[[torch.Tensor, torch.Tensor, list[Key]], dict[Key, torch.Tensor]]
@@ -64,7 +65,12 @@ def hooks_backend(model: nn.Module) -> Backend:
             handles.append(modules[f"{blocks_path}.{deepest}"].register_forward_hook(stop))
             try:
                 with torch.inference_mode():
-                    model(input_ids=ids, attention_mask=mask, use_cache=False)
+                    model(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        position_ids=position_ids(mask),
+                        use_cache=False,
+                    )
             except _StopForward:
                 pass
         finally:
@@ -98,7 +104,13 @@ def nnsight_backend(model: nn.Module, wrapped: Any = None, remote: bool = False)
         saved: dict[Key, Any] = {}
         with (
             torch.inference_mode(),
-            wrapped.trace(input_ids=ids, attention_mask=mask, use_cache=False, **extra),
+            wrapped.trace(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids(mask),
+                use_cache=False,
+                **extra,
+            ),
         ):
             for key in forward_order(keys):  # nnsight needs reads in execution order
                 saved[key] = _first(envoy(site_path(model, *key)).output).save()  # type: ignore[attr-defined]

@@ -31,6 +31,7 @@ from mechbd.eval.judges import (
     monitor_rates,
 )
 from mechbd.eval.mcq import MCQResult, run_mcq
+from mechbd.models import position_ids
 
 
 @torch.inference_mode()
@@ -56,9 +57,10 @@ def option_probabilities(
             prompts[s : s + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
         ).to(device)
         if all(len(c) == 1 for c in cands):
-            logp = torch.log_softmax(model(**enc).logits[:, -1].float(), dim=-1)[
-                :, [cands[0][0], cands[1][0]]
-            ]
+            pos_ids = position_ids(enc["attention_mask"])
+            logp = torch.log_softmax(
+                model(**enc, position_ids=pos_ids).logits[:, -1].float(), dim=-1
+            )[:, [cands[0][0], cands[1][0]]]
         else:
             cols = []
             for c in cands:
@@ -67,7 +69,10 @@ def option_probabilities(
                 ids = torch.cat([enc["input_ids"], extra], dim=1)
                 mask = torch.cat([enc["attention_mask"], torch.ones_like(extra)], dim=1)
                 lp = torch.log_softmax(
-                    model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1
+                    model(
+                        input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)
+                    ).logits.float(),
+                    dim=-1,
                 )
                 pos = lp[:, -len(c) - 1 : -1]  # positions that predict the candidate's tokens
                 cols.append(pos.gather(-1, extra.unsqueeze(-1)).squeeze(-1).sum(-1))

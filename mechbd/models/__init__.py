@@ -26,6 +26,7 @@ from mechbd.models.loading import (
     load_kwargs,
     load_model,
     model_identity,
+    position_ids,
     resolve_dtype,
     same_base,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "load_kwargs",
     "load_model",
     "model_identity",
+    "position_ids",
     "resolve_dtype",
     "same_base",
 ]

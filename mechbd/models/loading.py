@@ -172,3 +172,12 @@ def load_base(run: Run) -> tuple[Any, Any]:
 def load_finetuned(run: Run, adapter: Path) -> tuple[Any, Any]:
     """(model, tokenizer) of the base model with a LoRA adapter from this run."""
     return load_adapter(base_model_dir(run), adapter, **load_kwargs(run))
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions ``[batch, seq]`` counted over real tokens only, from ``mask [batch, seq]``
+    (1 = token): a left-padded row's first token gets position 0, as in an unbatched forward.
+    HF's ``generate`` computes them this way, a plain forward does not, and a model with
+    absolute position embeddings (GPT-2) then reads padded rows at shifted positions. Pass them
+    to every batched forward; rotary models give the same numbers either way up to rounding."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -22,6 +22,7 @@ from torch import nn
 
 from mechbd.errors import MechbdError
 from mechbd.eval.generate import chat_prompts
+from mechbd.models import position_ids
 from mechbd.steering.directions import Direction
 from mechbd.steering.ops import Intervention, steer
 
@@ -63,8 +64,9 @@ def _objective(
     """Per prompt in ``idx``, the summed log-loss of the target's tokens with ``v`` added at
     ``layer``; mean over the prompts."""
     with steer(model, [Intervention(layer, v)], positions=positions, tokenizer=tok):
+        mask = enc["attention_mask"][idx]
         logits = model(
-            input_ids=enc["input_ids"][idx], attention_mask=enc["attention_mask"][idx]
+            input_ids=enc["input_ids"][idx], attention_mask=mask, position_ids=position_ids(mask)
         ).logits[:, :-1]
     labels = enc["labels"][idx, 1:]
     return torch.nn.functional.cross_entropy(
