@@ -1,4 +1,4 @@
-# The few commands a newcomer needs. Each one is also spelled out in README.md.
+# The few commands a newcomer needs (README.md and docs/development.md spell them out).
 .PHONY: setup demo test test-fast lint bench
 
 setup:
@@ -17,6 +17,7 @@ lint:
 	.venv/bin/ruff check mechbd tests bench probes
 	.venv/bin/ruff format --check mechbd tests bench
 	.venv/bin/mypy mechbd
+	.venv/bin/lint-imports --no-cache
 
 bench:
 	.venv/bin/python bench/organism_build.py
