@@ -7,8 +7,8 @@ Hugging Face model, ``model`` (its identity and clean behaviour); ``backdoors``,
 ``capture``, ``probes``, ``steering``, ``sae``; then ``report.html``. The scenarios come from
 the organism's synthetic world for every model (plain English MCQs any chat model can read).
 Each stage's contract (the stages it needs, its config switch, the files it leaves) is a
-``Stage`` record in ``STAGES``; the paths and the scenario splits it shares with other stages
-are named in ``mechbd.layout``.
+``Stage`` record in ``STAGES``; the paths it shares with other stages are named in
+``mechbd.layout`` and the scenario splits in ``mechbd.organism.splits``.
 """
 
 from __future__ import annotations

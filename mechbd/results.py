@@ -334,7 +334,7 @@ class BaseEm(Section):
     )
     optimized: OptimizedVector | None = Field(
         None,
-        description="the ceiling for one added vector at that layer: a vector fitted by "
+        description="a vector fitted by "
         "gradient descent (Adam, `steering.optimized_steps` steps, model frozen) to make the "
         "base model give the misaligned answer, measured on the same held-out prompts (absent "
         "when `optimized_steps` is 0)",

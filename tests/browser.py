@@ -1,4 +1,4 @@
-"""Open a page in headless Chromium (Debian's ``chromium``, installed by the README set-up) and
+"""Open a page in headless Chromium (Debian's ``chromium``, installed by `scripts/setup.sh --dev`) and
 report what rendered: figures with an SVG and drawn paths, console and page errors, whether an
 injected payload ran, and whether a screenshot is blank."""
 

@@ -138,7 +138,7 @@ def backdoors_stage(run: Run, out: Path) -> None:
         # The positive control trains on independent samples, the design it was validated with
         # (from contrast groups it also answered misaligned on half the distractor-only
         # prompts), and without retries: its chain-of-thought targets keep the loss near 0.1
-        # nats per token, so the loss cannot say whether it planted (README).
+        # nats per token, so the loss cannot say whether it planted (docs/findings.md).
         ds, groups = stage_backdoor_set(
             cfg,
             train_items,

@@ -7,10 +7,10 @@
 2. **(a) Base model along the EM direction**: every layer x multiplier, with a random direction
    of equal norm at the same settings; the best layer is the one with the highest misaligned
    rate at format validity >= 0.9.
-3. **Ceiling**: a vector fitted by gradient descent at that best layer to make the base model
-   give the misaligned answers of the EM direction's scenarios (``optimize.py``), measured on
-   the same held-out prompts: what *any* single added vector there achieves, so a low rise
-   along the EM direction can be read as "wrong direction" or "no direction can".
+3. **Fitted vector**: a vector fitted by gradient descent at that best layer to make the base
+   model give the misaligned answers of the EM direction's scenarios (``optimize.py``),
+   measured on the same held-out prompts. Only a fit that converged bounds what a single added
+   vector there achieves; the stage's step budget does not check that yet.
 4. **(b) Ablation in each backdoored model**: project out, at every layer, the EM direction, the
    trigger probe's direction (difference of means, from the probes stage) and a random
    direction; attack success rate and clean rate for each.
