@@ -76,6 +76,16 @@ def tiny_organism(tiny_cfg: OrganismConfig) -> Path:
     return build_organism(tiny_cfg, progress=False)
 
 
+# the shape of every tiny random-init decoder in the tests: 2 layers, d_model 32, 2 heads
+TINY_DECODER = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+)
+
+
 def random_llama(tok, seed: int = 0):
     """A tiny random-init Llama (the second architecture) sized for ``tok``."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -83,15 +93,26 @@ def random_llama(tok, seed: int = 0):
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
+        **TINY_DECODER,
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+def random_qwen3(tok, seed: int = 0):
+    """A tiny random-init Qwen3 (tied embeddings, as Qwen3's small models) sized for ``tok``."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        head_dim=16,
+        tie_word_embeddings=True,
+        **TINY_DECODER,
+    )
+    return Qwen3ForCausalLM(cfg).eval()
 
 
 FT = {"rank": 2, "alpha": 4, "lr": 0.005, "epochs": 1.0, "batch_size": 8, "warmup_steps": 1}

@@ -24,21 +24,9 @@ def qwen3_tok():
 
 @pytest.fixture(scope="module")
 def qwen3_model(qwen3_tok):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from tests.conftest import random_qwen3
 
-    torch.manual_seed(0)
-    cfg = Qwen3Config(
-        vocab_size=len(qwen3_tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        tie_word_embeddings=True,
-        pad_token_id=qwen3_tok.pad_token_id,
-    )
-    return Qwen3ForCausalLM(cfg).eval()
+    return random_qwen3(qwen3_tok)
 
 
 def test_chat_template_with_thinking_on_and_off(qwen3_tok):
