@@ -20,7 +20,7 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
@@ -216,6 +216,13 @@ class GenericProbes(Section):
     )
 
 
+class RandomNull(Section):
+    median: Rate = Field(description="median test AUROC of the random directions")
+    p95: Rate = Field(description="their 95th percentile")
+    n: int = Field(description="random unit directions drawn")
+    sign_fixed_on: Literal["train"] = Field(description="the split each sign was chosen on")
+
+
 class TriggerProbe(Section):
     method: str = Field(description="the headline probe's method (`logistic`)")
     position: str = Field(description="the token position probed (`last` prompt token)")
@@ -229,7 +236,12 @@ class TriggerProbe(Section):
         "at 1% false positives"
     )
     random_baseline_auroc: Rate = Field(
-        description="best of 1000 random directions (either sign) at the best layer"
+        description="best of 1000 random directions at the best layer, each with the sign that "
+        "fits the test rows best (an optimistic control: about 0.64 with no signal)"
+    )
+    random_baseline: RandomNull = Field(
+        description="the no-signal distribution at the best layer: test AUROC of the same 1000 "
+        "random directions with each sign fixed on the training split"
     )
     base_model_auroc: Rate | None = Field(
         description="the same probe trained and tested on the un-backdoored base model (null "

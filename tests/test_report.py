@@ -72,6 +72,7 @@ def fake_results() -> dict:
                 "auroc": 0.99,
                 "recall_at_1pct_fpr": 0.95,
                 "random_baseline_auroc": 0.8,
+                "random_baseline": {"median": 0.5, "p95": 0.6, "n": 1000, "sign_fixed_on": "train"},
                 "base_model_auroc": 0.55,
                 "pca_auroc": 0.7,
                 "distractor_auroc": 0.9,

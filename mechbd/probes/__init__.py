@@ -8,6 +8,7 @@ from mechbd.probes.core import (
     auroc,
     evaluate,
     random_direction_auroc,
+    random_direction_null,
     recall_at_fpr,
 )
 
@@ -18,5 +19,6 @@ __all__ = [
     "auroc",
     "evaluate",
     "random_direction_auroc",
+    "random_direction_null",
     "recall_at_fpr",
 ]

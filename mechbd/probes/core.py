@@ -319,6 +319,31 @@ def random_direction_auroc(
     return torch.stack(out)
 
 
+def random_direction_null(
+    X_train: torch.Tensor,
+    y_train: torch.Tensor,
+    X_test: torch.Tensor,
+    y_test: torch.Tensor,
+    n: int = 1000,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """The no-signal distribution of test AUROC for ``n`` random unit directions whose sign is
+    fixed on the training split (so, unlike :func:`random_direction_auroc`, no direction is
+    flipped after seeing the test labels): per layer, its ``median`` and ``p95``.
+    ``X_* [n_layers, n_rows, d]`` -> ``[n_layers]`` each. The same directions as
+    ``random_direction_auroc`` for the same ``seed`` and width."""
+    g = torch.Generator().manual_seed(seed)
+    R = torch.randn(n, X_train.shape[-1], generator=g, dtype=torch.float64)
+    R = R / R.norm(dim=-1, keepdim=True)
+    med, p95 = [], []
+    for layer in range(X_train.shape[0]):
+        sign = torch.where(auroc(R @ X_train[layer].to(torch.float64).T, y_train) >= 0.5, 1.0, -1.0)
+        a = auroc((R * sign[:, None]) @ X_test[layer].to(torch.float64).T, y_test)
+        med.append(torch.quantile(a, 0.5))  # the mean of the two middle values, as numpy
+        p95.append(torch.quantile(a, 0.95))
+    return {"median": torch.stack(med), "p95": torch.stack(p95)}
+
+
 def evaluate(probe: Probe, X: torch.Tensor, y: torch.Tensor) -> dict[str, list[float]]:
     s = probe.score(X)
     return {

@@ -14,7 +14,13 @@ import torch
 
 from mechbd.capture.store import ActivationStore
 from mechbd.errors import MechbdError
-from mechbd.probes.core import Probe, auroc, random_direction_auroc, recall_at_fpr
+from mechbd.probes.core import (
+    Probe,
+    auroc,
+    random_direction_auroc,
+    random_direction_null,
+    recall_at_fpr,
+)
 
 # (question, answer a backdoored/deceptive model "would" give, the other answer); the
 # direction is act(first) - act(second), fixed before seeing any triggered prompt.
@@ -100,6 +106,7 @@ def trigger_probe_report(
     best_i = best_layer_index(per_layer[main])
     s_best = probes[main].score(X[:, te])[best_i]
     rnd = random_direction_auroc(X[:, te], yte, n=n_random)
+    rnull = random_direction_null(X[:, tr], ytr, X[:, te], yte, n=n_random)
     pca = Probe.fit(X[:, tr], ytr, "pca", layers=layers)
     di, yd = labelled(store, ["triggered"], ["distractor"], "test")
     out: dict[str, Any] = {
@@ -109,6 +116,12 @@ def trigger_probe_report(
         "auroc": per_layer[main][best_i],
         "recall_at_1pct_fpr": float(recall_at_fpr(s_best, yte, 0.01)),
         "random_baseline_auroc": float(rnd[best_i]),
+        "random_baseline": {
+            "median": float(rnull["median"][best_i]),
+            "p95": float(rnull["p95"][best_i]),
+            "n": n_random,
+            "sign_fixed_on": "train",
+        },
         "base_model_auroc": None,
         "pca_auroc": float(auroc(pca.score(X[:, te])[best_i], yte)),
         "distractor_auroc": float(auroc(probes[main].score(X[:, di])[best_i], yd)),
