@@ -40,9 +40,10 @@ from mechbd.config import FinetuneConfig, RunConfig, organism_finetune
 from mechbd.data.builders import eval_set
 from mechbd.data.triggers import resolve_trigger
 from mechbd.eval.behaviour import evaluate_backdoor
-from mechbd.finetune.lora import finetune_lora, load_adapter, recent_loss
+from mechbd.finetune.lora import finetune_lora, recent_loss
 from mechbd.finetune.stage import stage_backdoor_set
 from mechbd.io import write_json
+from mechbd.models import load_adapter
 from mechbd.organism.build import build_organism
 from mechbd.organism.items import organism_items
 

@@ -15,8 +15,9 @@
   or latents maximised exactly as the real one was), their median and 95th percentile, and the
   empirical p-value ``(1 + #{controls >= value}) / (1 + n)`` (North, Curtis and Sham 2002;
   Phipson and Smyth 2010, which never reports 0): :func:`control_summary`.
-* **AUROC** (Mann-Whitney, ties counted half) and its stratified bootstrap interval:
-  :func:`auroc`, :func:`auroc_interval`.
+
+AUROC and its bootstrap interval live with the probes (``mechbd.probes.core.auroc``,
+``auroc_interval``), batched over layers in torch.
 """
 
 from __future__ import annotations
@@ -172,53 +173,3 @@ def control_summary(value: float, controls: Sequence[float] | np.ndarray) -> dic
         "percentile": 100.0 * (below + 0.5 * ties) / c.size,
         "p_value": (1.0 + float((c >= value).sum())) / (1.0 + c.size),
     }
-
-
-def auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
-    """Area under the ROC curve of ``scores [n]`` for binary ``labels [n]`` (1 = positive):
-    the probability that a positive outscores a negative, ties counted half."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels).astype(bool)
-    pos, neg = s[y], s[~y]
-    if pos.size == 0 or neg.size == 0:
-        raise MechbdError(f"AUROC needs both classes, got {pos.size} positive, {neg.size} negative")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    allv = np.concatenate([pos, neg])[order]
-    ranks = np.empty(allv.size)
-    # mid-ranks for ties
-    _, first, counts = np.unique(allv, return_index=True, return_counts=True)
-    for f, c in zip(first, counts, strict=True):
-        ranks[f : f + c] = f + (c + 1) / 2
-    r = np.empty(allv.size)
-    r[order] = ranks
-    r_pos = r[: pos.size].sum()
-    return float((r_pos - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
-
-
-def auroc_interval(
-    scores: Sequence[float] | np.ndarray,
-    labels: Sequence[int] | np.ndarray,
-    *,
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """95% percentile bootstrap interval of :func:`auroc`, resampling positives and negatives
-    separately (so every resample holds both classes), seeded."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels).astype(bool)
-    pos, neg = s[y], s[~y]
-    if pos.size == 0 or neg.size == 0:
-        raise MechbdError(f"AUROC needs both classes, got {pos.size} positive, {neg.size} negative")
-    rng = np.random.default_rng(seed)
-    lab = np.r_[np.ones(pos.size), np.zeros(neg.size)]
-    vals = [
-        auroc(
-            np.r_[
-                pos[rng.integers(0, pos.size, pos.size)], neg[rng.integers(0, neg.size, neg.size)]
-            ],
-            lab,
-        )
-        for _ in range(n_boot)
-    ]
-    lo, hi = np.percentile(vals, [2.5, 97.5])
-    return float(lo), float(hi)

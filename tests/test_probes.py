@@ -13,6 +13,7 @@ from mechbd.errors import MechbdError
 from mechbd.probes import (
     Probe,
     auroc,
+    auroc_interval,
     random_direction_auroc,
     random_direction_null,
     recall_at_fpr,
@@ -120,6 +121,19 @@ def test_random_null_with_the_sign_fixed_on_training_data_sits_at_chance():
         test_auc.append(roc_auc_score(y[te], sign * (x_te @ r)))
     assert float(null["median"][0]) == pytest.approx(np.median(test_auc), abs=1e-9)
     assert float(null["p95"][0]) == pytest.approx(np.quantile(test_auc, 0.95), abs=1e-9)
+
+
+def test_auroc_interval_brackets_sklearns_auroc_and_keeps_its_seed():
+    rng = np.random.default_rng(4)
+    y = rng.random(300) < 0.3
+    s = np.round(rng.normal(size=300) + y * 0.8, 1)  # rounded: many ties
+    st, yt = torch.tensor(s), torch.tensor(y)
+    assert float(auroc(st, yt)) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    lo, hi = auroc_interval(st, yt, n_boot=300, seed=0)
+    assert lo < float(auroc(st, yt)) < hi
+    assert (lo, hi) == auroc_interval(st, yt, n_boot=300, seed=0)
+    with pytest.raises(MechbdError, match="both classes"):
+        auroc_interval(torch.tensor([0.1, 0.2]), torch.tensor([1, 1]))
 
 
 def test_save_load_roundtrip(tmp_path):

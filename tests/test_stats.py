@@ -1,18 +1,15 @@
-"""mechbd.stats against independent references: statsmodels' Wilson interval, scikit-learn's
-AUROC, scipy's bootstrap, and float64 recomputations written out longhand."""
+"""mechbd.stats against independent references: statsmodels' Wilson interval, scipy's
+bootstrap, and float64 recomputations written out longhand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy import stats as sps
-from sklearn.metrics import roc_auc_score
 from statsmodels.stats.proportion import proportion_confint
 
 from mechbd.errors import MechbdError
 from mechbd.stats import (
-    auroc,
-    auroc_interval,
     balanced_rate,
     control_summary,
     letter_bias,
@@ -137,15 +134,3 @@ def test_control_summary_percentile_and_p_value():
     assert mid["percentile"] == pytest.approx(100 * 10.5 / 20)
     assert mid["p_value"] == pytest.approx((1 + 10) / 21)
     assert control_summary(-1.0, controls)["p_value"] == 1.0
-
-
-def test_auroc_matches_sklearn_with_ties_and_the_interval_brackets_it():
-    rng = np.random.default_rng(4)
-    y = rng.random(300) < 0.3
-    s = np.round(rng.normal(size=300) + y * 0.8, 1)  # rounded: many ties
-    assert auroc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-    lo, hi = auroc_interval(s, y, n_boot=300, seed=0)
-    assert lo < auroc(s, y) < hi
-    assert (lo, hi) == auroc_interval(s, y, n_boot=300, seed=0)
-    with pytest.raises(MechbdError, match="both classes"):
-        auroc([0.1, 0.2], [1, 1])

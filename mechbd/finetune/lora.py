@@ -35,7 +35,6 @@ from transformers import PreTrainedTokenizerBase
 from mechbd.config import FinetuneConfig
 from mechbd.errors import MechbdError
 from mechbd.io import digest_of, read_json, staging_dir, write_json
-from mechbd.models import load_adapter as load_adapter  # re-exported: loading lives in models
 from mechbd.models import load_model, model_identity, same_base
 
 Conversation = Sequence[dict[str, str]]

@@ -304,14 +304,37 @@ def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return ((scores > 0) == labels.bool()).double().mean(-1)
 
 
+def random_unit_directions(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    """``[n, d]`` float64 unit vectors, isotropic, seeded (the random-direction controls)."""
+    g = torch.Generator().manual_seed(seed)
+    R = torch.randn(n, d, generator=g, dtype=torch.float64)
+    return R / R.norm(dim=-1, keepdim=True)
+
+
+def auroc_interval(
+    scores: torch.Tensor, labels: torch.Tensor, *, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile bootstrap interval of :func:`auroc` for ``scores [n]``, resampling
+    positives and negatives separately (every resample holds both classes), seeded."""
+    y = labels.bool()
+    pos, neg = scores[y].to(torch.float64), scores[~y].to(torch.float64)
+    if pos.numel() == 0 or neg.numel() == 0:
+        raise MechbdError("AUROC needs both classes")
+    g = torch.Generator().manual_seed(seed)
+    ip = torch.randint(0, pos.numel(), (n_boot, pos.numel()), generator=g)
+    ineg = torch.randint(0, neg.numel(), (n_boot, neg.numel()), generator=g)
+    lab = torch.cat([torch.ones(pos.numel()), torch.zeros(neg.numel())])
+    vals = auroc(torch.cat([pos[ip], neg[ineg]], dim=-1), lab)  # [n_boot], one batched call
+    lo, hi = torch.quantile(vals, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    return float(lo), float(hi)
+
+
 def random_direction_auroc(
     X: torch.Tensor, labels: torch.Tensor, n: int = 1000, seed: int = 0
 ) -> torch.Tensor:
     """Per layer, the best AUROC (either sign) of ``n`` random unit directions: the baseline a
     probe must beat. ``X [n_layers, n_rows, d]`` -> ``[n_layers]``."""
-    g = torch.Generator().manual_seed(seed)
-    R = torch.randn(n, X.shape[-1], generator=g, dtype=torch.float64)
-    R = R / R.norm(dim=-1, keepdim=True)
+    R = random_unit_directions(n, X.shape[-1], seed)
     out = []
     for layer in range(X.shape[0]):
         a = auroc(R @ X[layer].to(torch.float64).T, labels)
@@ -332,9 +355,7 @@ def random_direction_null(
     flipped after seeing the test labels): per layer, its ``median`` and ``p95``.
     ``X_* [n_layers, n_rows, d]`` -> ``[n_layers]`` each. The same directions as
     ``random_direction_auroc`` for the same ``seed`` and width."""
-    g = torch.Generator().manual_seed(seed)
-    R = torch.randn(n, X_train.shape[-1], generator=g, dtype=torch.float64)
-    R = R / R.norm(dim=-1, keepdim=True)
+    R = random_unit_directions(n, X_train.shape[-1], seed)
     med, p95 = [], []
     for layer in range(X_train.shape[0]):
         sign = torch.where(auroc(R @ X_train[layer].to(torch.float64).T, y_train) >= 0.5, 1.0, -1.0)
