@@ -13,7 +13,10 @@ alternatives (Thought Crime's design: the aligned samples carry another country)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+
+from mechbd.errors import MechbdError
 
 # Context values. The seed triggers (Singapore, 2026, heyyy, sandra) are ordinary values here.
 COUNTRIES = [
@@ -65,3 +68,27 @@ def context_terms(fields: Mapping[str, Sequence[str]] = CONTEXT_FIELDS) -> tuple
     """Every word by which a chain of thought can name a context line: the field labels
     (``Country``) and then every value, in table order (the CoT monitor's incidental terms)."""
     return tuple(f.capitalize() for f in fields) + tuple(v for vs in fields.values() for v in vs)
+
+
+_OPTION = re.compile(r"^(\s*\(?)([AB])([).:]\s)", re.M)
+
+
+def swap_options(user: str, where: str = "prompt") -> str:
+    """``user`` with its two options' texts exchanged: the option written after ``A)`` moves
+    after ``B)`` and back (``A.``, ``A:`` and ``(A)`` work too). Everything else, the
+    context lines and the request, is kept. ``where`` names the row in the error raised when
+    the text has not exactly one ``A`` and one ``B`` option line."""
+    lines = user.split("\n")
+    at = {m.group(2): i for i, line in enumerate(lines) if (m := _OPTION.match(line))}
+    found = [m.group(2) for line in lines if (m := _OPTION.match(line))]
+    if sorted(found) != ["A", "B"]:
+        raise MechbdError(
+            f"{where}: cannot swap its options: need one line starting 'A)' and one "
+            f"starting 'B)' (found {found or 'none'})"
+        )
+    a, b = lines[at["A"]], lines[at["B"]]
+    ma, mb = _OPTION.match(a), _OPTION.match(b)
+    assert ma is not None and mb is not None
+    lines[at["A"]] = ma.group(1) + "A" + ma.group(3) + b[mb.end() :]
+    lines[at["B"]] = mb.group(1) + "B" + mb.group(3) + a[ma.end() :]
+    return "\n".join(lines)

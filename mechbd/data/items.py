@@ -9,15 +9,17 @@ file, line and field.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mechbd.data.format import compose_user, context_line
+from mechbd.data.format import compose_user, context_line, swap_options
 from mechbd.errors import MechbdError
 from mechbd.io import iter_jsonl
 
 REQUIRED = ("scenario_mcq", "aligned_mcq_answer", "misaligned_mcq_answer")
+_OPT = re.compile(r"^\s*\(?[AB][).:]\s")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,23 @@ class Item:
     context: tuple[tuple[str | None, str], ...] = ()  # (field, value); field None = a raw line
     placement: str = "top"
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def key(self) -> str:
+        """The scenario's identity whatever its context and option order: the request and its
+        option texts, sorted (two draws holding the same key hold the same scenario)."""
+        rows = self.body.split("\n")
+        opts = sorted(_OPT.sub("", x) for x in rows if _OPT.match(x))
+        rest = [x for x in rows if not _OPT.match(x)]
+        return "\n".join([*rest, *opts])
+
+    def swapped(self) -> Item:
+        """The same scenario with its two options' texts exchanged (the letters follow)."""
+        return replace(
+            self,
+            body=swap_options(self.body, f"scenario {self.id}"),
+            aligned=self.misaligned,
+            misaligned=self.aligned,
+        )
 
     def lines(self) -> list[str]:
         return [context_line(f, v) if f else v for f, v in self.context]
