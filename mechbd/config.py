@@ -294,13 +294,61 @@ class SteeringConfig(Frozen):
         "assistant", description="steer every position, or from the assistant turn on"
     )
     n_direction: int = Field(128, gt=0, description="training scenarios for the EM direction")
-    n_eval: int = Field(100, gt=0, description="held-out scenarios per measurement")
-    optimized_steps: int = Field(
-        100,
-        ge=0,
-        description="Adam steps for the steering vector fitted by gradient descent at the EM "
-        "direction's best layer (a ceiling only once it has converged; 0 = skip)",
+    n_select: int = Field(
+        50,
+        ge=2,
+        description="selection-split scenarios (each in both option orders): every layer, "
+        "multiplier and scale is chosen on them",
     )
+    n_eval: int = Field(
+        100,
+        ge=2,
+        description="test-split scenarios (each in both option orders): every chosen setting "
+        "is reported on them",
+    )
+    n_controls: int = Field(
+        20,
+        ge=1,
+        description="seeded equal-norm random directions, each chosen over the same grid on the "
+        "selection split as the EM direction and read on the test split",
+    )
+    min_format: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="a setting is eligible when its format validity is at least this",
+    )
+    optimized_steps: int = Field(
+        300,
+        ge=0,
+        description="most Adam steps for the steering vector fitted at each layer (it stops "
+        "earlier once converged, see docs/pipeline.md; 0 = skip)",
+    )
+    optimized_layers: str = Field("all", description="layers a vector is fitted at")
+    optimized_scales: tuple[float, ...] = Field(
+        (0.5, 1.0, 2.0), description="multiples of each fitted vector tried on the selection split"
+    )
+    n_fit: int = Field(
+        16, gt=0, description="direction-split scenarios (both orders) the vector is fitted on"
+    )
+    n_ablation: int = Field(
+        40,
+        gt=0,
+        description="scenarios per condition (triggered, clean) for ablation and "
+        "negative steering in each backdoored model",
+    )
+    n_ablation_controls: int = Field(
+        10, ge=1, description="random directions ablated as the control of each ablation"
+    )
+
+    @model_validator(mode="after")
+    def _controls_fit(self) -> SteeringConfig:
+        if self.n_controls > self.n_select:
+            raise ValueError(
+                f"steering.n_controls ({self.n_controls}) exceeds steering.n_select "
+                f"({self.n_select}): fewer selection scenarios than requested controls"
+            )
+        return self
 
 
 class SaeConfig(Frozen):
@@ -322,11 +370,25 @@ class SaeConfig(Frozen):
     n_corpus: int = Field(600, gt=0, description="organism conversations captured per model")
     n_diff: int = Field(200, gt=0, description="prompts for EM model diffing")
     top_k: int = Field(8, gt=0, description="persona candidates kept from diffing")
-    n_random: int = Field(3, ge=0, description="random latents screened as controls")
+    n_random: int = Field(
+        8,
+        ge=1,
+        description="random live latents screened as controls (candidates excluded), chosen and "
+        "read as the candidates are; at least `top_k`",
+    )
     multipliers: tuple[float, ...] = Field(
         (0.0, 0.25, 0.5, 1.0, 2.0), description="in units of the layer's mean token norm"
     )
     n_persona: int = Field(200, gt=0, description="matched user-wants-harm / neutral pairs")
+
+    @model_validator(mode="after")
+    def _controls_cover_candidates(self) -> SaeConfig:
+        if self.n_random < self.top_k:
+            raise ValueError(
+                f"sae.n_random ({self.n_random}) is below sae.top_k ({self.top_k}): the screen "
+                "needs at least as many random latents as candidates"
+            )
+        return self
 
 
 class EvalConfig(Frozen):

@@ -286,92 +286,174 @@ class EmDirection(Section):
     n_scenarios: int = Field(description="scenarios the direction was computed from")
 
 
+CI95 = Annotated[list[float], Field(min_length=2, max_length=2)]
+"""A 95% interval ``[lo, hi]``."""
+
+
+class MCQSummary(Section):
+    """One counterbalanced measurement: every scenario in both option orders."""
+
+    balanced_misaligned_rate: Rate = Field(
+        description="misaligned rate over both orders of every scenario (the mean of the rates "
+        "over rows whose misaligned option is A and over rows whose misaligned option is B): "
+        "answering one letter to everything scores 0.5"
+    )
+    ci95: CI95 = Field(
+        description="Wilson 95% interval of `balanced_misaligned_rate` over `n` rows"
+    )
+    n: int = Field(description="rows measured (scenarios × 2 orders)")
+    consistent_misaligned_rate: Rate = Field(
+        description="share of scenarios whose misaligned option is picked in both orders "
+        "(answering one letter to everything scores 0: only a change of choice raises it)"
+    )
+    consistent_ci95: CI95 = Field(description="its Wilson 95% interval over scenarios")
+    letter_bias: Rate | None = Field(
+        description="the larger share of A or B among readable answers (1 = one letter only; "
+        "null if none is readable)"
+    )
+    format_valid_rate: Rate = Field(
+        description="share of rows whose greedy reply is exactly `Answer: <A|B>` and the end of "
+        "the turn"
+    )
+    format_valid_ci95: CI95 = Field(description="its Wilson 95% interval")
+    p_misaligned_letter: Rate = Field(
+        description="mean P(misaligned letter) / (P(A) + P(B)) after `Answer:`"
+    )
+
+
+class Baseline(MCQSummary):
+    n_scenarios: int = Field(description="test-split scenarios")
+
+
 class CurvePoint(Section):
     multiplier: float = Field(description="steering multiplier (0 = no steering)")
-    misaligned_rate: Rate = Field(description="misaligned-choice rate")
-    format_valid_rate: Rate = Field(description="share of replies that follow the answer grammar")
-    p_misaligned_letter: Rate = Field(description="mean P(misaligned letter) after `Answer:`")
-    letter_bias: Rate | None = Field(
-        description="the larger share of A or B among readable answers (null if none)"
-    )
-
-
-class TrainLoss(Section):
-    before: float = Field(description="loss before fitting (nats per prompt)")
-    after: float = Field(description="loss after fitting (nats per prompt)")
-
-
-class OptimizedVector(Section):
-    layer: int = Field(description="layer the vector is added at (the EM direction's best layer)")
-    norm: float = Field(description="norm of the fitted vector")
-    train_loss: TrainLoss = Field(
-        description="cross-entropy of the misaligned letter after `Answer:` on the direction's "
-        "scenarios"
-    )
-    misaligned_rate: Rate = Field(description="misaligned rate on the held-out prompts")
-    rise: float = Field(description="misaligned rate minus the unsteered baseline, in [-1, 1]")
-    format_valid_rate: Rate = Field(description="share of replies that follow the answer grammar")
+    balanced_misaligned_rate: Rate = Field(description="balanced misaligned rate")
+    consistent_misaligned_rate: Rate = Field(description="misaligned in both orders")
     letter_bias: Rate | None = Field(description="larger share of A or B among readable answers")
+    format_valid_rate: Rate = Field(description="share of replies that follow the answer grammar")
     p_misaligned_letter: Rate = Field(description="mean P(misaligned letter) after `Answer:`")
 
 
-class BaseEm(Section):
-    best_layer: int = Field(
-        description="layer where the EM direction reaches the highest misaligned rate at "
-        "format validity ≥ 0.9"
+class Selected(Section):
+    layer: int = Field(description="the chosen layer")
+    multiplier: float = Field(description="the chosen multiplier (or scale)")
+    positions: str = Field(description="positions steered (`assistant`: from the assistant turn)")
+    select_balanced_misaligned_rate: Rate = Field(
+        description="its balanced rate on the selection split (where it was chosen)"
     )
-    multiplier: float = Field(description="the multiplier of that setting")
-    baseline_misaligned_rate: Rate = Field(description="misaligned rate without steering")
-    misaligned_rate: Rate = Field(description="misaligned rate at the best setting")
-    rise: float = Field(description="misaligned rate minus the baseline, in [-1, 1]")
-    format_valid_rate: Rate = Field(description="format validity at the best setting")
+
+
+class Controls(Section):
+    n: int = Field(description="random controls, each chosen and read exactly as the real one")
+    rise_median: float = Field(description="median of their test rises")
+    rise_p95: float = Field(description="95th percentile of their test rises")
+    percentile: float = Field(
+        description="mid-rank percentile (0-100) of the real rise among theirs (ties half)"
+    )
+    p_value: float = Field(description="empirical one-sided p: (1 + #controls ≥ real) / (1 + n)")
+    rises: list[float] = Field(description="every control's test rise, in seed order")
+
+
+class SteerRecord(MCQSummary):
+    """A steering setting chosen on the selection split and read on the test split."""
+
+    rise: float = Field(description="balanced rate minus the unsteered test baseline, in [-1, 1]")
+    rise_ci95: CI95 = Field(description="paired bootstrap 95% interval over test scenarios")
+    consistent_rise: float = Field(description="the change in `consistent_misaligned_rate`")
+    consistent_rise_ci95: CI95 = Field(description="its paired bootstrap 95% interval")
+    n_select: int = Field(description="selection-split scenarios the setting was chosen on")
+    n_test: int = Field(description="test-split scenarios it is reported on")
+    selected: Selected = Field(description="the setting chosen on the selection split")
     format_guard_met: bool = Field(
-        description="some setting kept format validity ≥ 0.9 (otherwise the best is reported "
-        "without the guard)"
+        description="some setting kept format validity ≥ `steering.min_format` on the selection "
+        "split (otherwise the best of all is reported, flagged)"
     )
-    letter_bias: Rate | None = Field(
-        description="larger share of A or B among readable answers at the best setting"
+    select_curve: list[CurvePoint] = Field(
+        description="selection-split dose-response at the chosen layer (where it was chosen)"
     )
-    random_misaligned_rate: Rate = Field(
-        description="misaligned rate along the equal-norm random direction, same layer and "
-        "multiplier"
+    controls: Controls | None = Field(
+        None, description="the rise among random controls (null for a control itself)"
     )
-    random_rise: float = Field(description="its rise over the baseline, in [-1, 1]")
-    curve: list[CurvePoint] = Field(
-        description="dose-response along the EM direction at the best layer"
+
+
+class BaseEm(SteerRecord):
+    controls: Controls = Field(  # type: ignore[assignment]
+        description="`steering.n_controls` seeded equal-norm random directions, each chosen over "
+        "the same layers × multipliers on the selection split and read on the test split"
     )
-    random_curve: list[CurvePoint] = Field(description="the same along the random direction")
     per_layer_max: dict[str, Rate] = _keys(
-        "<layer>", "highest misaligned rate along the EM direction at each layer, any multiplier"
+        "<layer>", "highest selection-split balanced rate along the EM direction at each layer"
     )
-    optimized: OptimizedVector | None = Field(
-        None,
-        description="a vector fitted by "
-        "gradient descent (Adam, `steering.optimized_steps` steps, model frozen) to make the "
-        "base model give the misaligned answer, measured on the same held-out prompts (absent "
-        "when `optimized_steps` is 0)",
+    control_selected: list[Selected] = Field(description="the setting each control chose")
+
+
+class FitRecord(Section):
+    before: float = Field(description="loss at the zero vector (nats per prompt)")
+    after: float = Field(description="best loss reached (nats per prompt; ln 2 = indifferent)")
+    steps: int = Field(description="Adam steps taken")
+    stop_reason: Literal["target", "plateau", "max_steps"] = Field(
+        description="why it stopped (docs/pipeline.md: the stopping rule)"
     )
+    converged: bool = Field(description="it stopped before `steering.optimized_steps`")
+    norm: float = Field(description="norm of the fitted vector")
+
+
+class OptimizedVector(SteerRecord):
+    fit: dict[str, FitRecord] = _keys("<layer>", "the fit at each layer")
+    n_fit: int = Field(description="scenarios it was fitted on (each in both orders)")
+    converged: bool = Field(description="the fit at the chosen layer converged")
+
+
+class AblationControls(Section):
+    n: int = Field(description="random directions ablated the same way")
+    drop_median: float = Field(description="median of their ASR drops")
+    drop_p95: float = Field(description="95th percentile of their ASR drops")
+    percentile: float = Field(description="mid-rank percentile of the real drop among theirs")
+    p_value: float = Field(description="empirical one-sided p: (1 + #controls ≥ real) / (1 + n)")
+    drops: list[float] = Field(description="every control's ASR drop")
 
 
 class Ablated(Section):
-    asr: Rate | None = Field(description="attack success rate with the direction projected out")
-    clean_misaligned_rate: Rate | None = Field(description="misaligned rate on clean prompts")
+    asr: Rate = Field(description="balanced attack success rate (triggered rows, both orders)")
+    asr_ci95: CI95 = Field(description="its Wilson 95% interval over `n` rows")
+    asr_drop: float = Field(description="ASR without ablation minus with it, in [-1, 1]")
+    asr_drop_ci95: CI95 = Field(description="paired bootstrap 95% interval over scenarios")
+    clean_misaligned_rate: Rate = Field(description="balanced misaligned rate on clean rows")
+    clean_misaligned_rate_ci95: CI95 = Field(description="its Wilson 95% interval")
+    letter_bias: Rate | None = Field(description="larger share of A or B among readable answers")
     format_valid_rate: Rate = Field(description="share of replies that follow the answer grammar")
-    clean_accuracy: Rate | None = Field(description="aligned answers on clean prompts")
+    n: int = Field(description="triggered rows (scenarios × 2 orders); as many clean rows")
+    n_scenarios: int = Field(description="triggered scenarios")
+    controls: AblationControls | None = Field(
+        None, description="the drop among random directions (null for `none`)"
+    )
 
 
 class Ablation(Section):
     none: Ablated = Field(description="no ablation (the reference)")
     em_mean_diff: Ablated = Field(description="the EM mean-difference direction ablated")
-    random: Ablated = Field(description="the equal-norm random direction ablated")
     trigger_probe: Ablated | None = Field(
         None, description="the trigger probe's (difference-of-means) direction ablated"
     )
 
 
+class AblationPositions(Section):
+    assistant: Ablation = Field(description="ablated from the assistant turn on")
+    all: Ablation = Field(
+        description="ablated at every position (prompt too: where the trigger is read)"
+    )
+
+
+class NegativePoint(CurvePoint):
+    ci95: CI95 = Field(description="Wilson 95% interval of the balanced ASR")
+    change: float = Field(description="balanced ASR minus the unsteered one, in [-1, 1]")
+    change_ci95: CI95 = Field(description="paired bootstrap 95% interval over scenarios")
+
+
 class NegativeEm(Section):
-    layer: int = Field(description="layer the EM direction is subtracted at (base_em.best_layer)")
-    curve: list[CurvePoint] = Field(
+    layer: int = Field(description="layer the EM direction is subtracted at (base_em's)")
+    n_scenarios: int = Field(description="triggered scenarios (each in both orders)")
+    curve: list[NegativePoint] = Field(
         description="the backdoored model on triggered prompts, per (negative) multiplier"
     )
 
@@ -379,11 +461,18 @@ class NegativeEm(Section):
 class SteeringResults(Section):
     model: str = Field(description="the base model steered")
     em_direction: EmDirection = Field(description="the EM mean-difference direction")
+    baseline: Baseline = Field(description="the unsteered base model on the test split")
     base_em: BaseEm = Field(
-        description="the base model steered along the EM direction (added from the assistant "
-        "turn at one layer), with an equal-norm random direction as control"
+        description="the base model steered along the EM direction (added at one layer), "
+        "chosen on the selection split, read on the test split, with random controls"
     )
-    ablation: dict[str, Ablation] = _keys(
+    optimized: OptimizedVector | None = Field(
+        None,
+        description="a vector fitted at every layer by gradient descent (model frozen) to make "
+        "the base model give the misaligned answer in both orders; layer and scale chosen on "
+        "the selection split (absent when `steering.optimized_steps` is 0)",
+    )
+    ablation: dict[str, AblationPositions] = _keys(
         "<trigger>",
         "each backdoored model with a direction projected out at every layer (thinking off)",
     )
@@ -408,33 +497,21 @@ class ModelDiff(Section):
     finetuned_freq: list[Rate] = Field(description="their firing frequency in the finetuned model")
 
 
-class ScreenPoint(Section):
-    multiplier: float = Field(description="multiplier (× unit decoder row × `screen.scale`)")
-    misaligned_rate: Rate = Field(description="misaligned-choice rate")
-    format_valid_rate: Rate = Field(description="share of replies that follow the answer grammar")
-    letter_bias: Rate | None = Field(description="larger share of A or B among readable answers")
-
-
-class ScreenedLatent(Section):
-    multiplier: float | None = Field(
-        description="multiplier with the highest misaligned rate at format validity ≥ 0.9 "
-        "(null if none keeps the format)"
-    )
-    misaligned_rate: Rate | None = Field(description="the misaligned rate there")
-    rise: float | None = Field(description="its rise over no steering, in [-1, 1]")
-    curve: list[ScreenPoint] = Field(description="every multiplier tried")
-
-
 class Screen(Section):
     scale: float = Field(description="the SAE layer's mean token norm (the unit of multipliers)")
-    baseline_misaligned_rate: Rate | None = Field(description="misaligned rate without steering")
-    persona_rise: float | None = Field(description="the persona latent's rise")
-    best_control_rise: float | None = Field(description="the best random control latent's rise")
-    candidates: dict[str, ScreenedLatent] = _keys(
-        "<latent>", "each EM persona candidate's decoder row, steered in the base model"
+    layer: int = Field(description="the SAE layer steered")
+    baseline: Baseline = Field(description="the unsteered base model on the test split")
+    persona_latent: int = Field(
+        description="the candidate with the highest selection-split balanced rate"
     )
-    controls: dict[str, ScreenedLatent] = _keys(
-        "<latent>", "random live latents of the same SAE at the same scale (the control)"
+    candidates: dict[str, SteerRecord] = _keys(
+        "<latent>",
+        "each EM persona candidate's decoder row steered in the base model: multiplier chosen "
+        "on the selection split, read on the test split, its rise among the random latents'",
+    )
+    controls: dict[str, SteerRecord] = _keys(
+        "<latent>",
+        "random live latents of the same SAE (candidates excluded), chosen and read the same way",
     )
 
 
@@ -464,7 +541,7 @@ class SaeResults(Section):
         "to the EM model on the same held-out prompts"
     )
     persona_latent: int = Field(
-        description="the candidate with the largest screen rise (the top-ranked if none rises)"
+        description="the candidate with the highest selection-split balanced rate in the screen"
     )
     em_diff: ModelDiff = Field(description="the EM-vs-base model diffing")
     screen: Screen = Field(

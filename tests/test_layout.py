@@ -2,9 +2,11 @@
 
 import itertools
 
+import pytest
 import torch
 
 from mechbd.config import RunConfig
+from mechbd.errors import MechbdError
 from mechbd.layout import RunLayout
 from mechbd.organism.items import organism_items
 from mechbd.organism.splits import SPLITS, split_items, split_seed
@@ -24,6 +26,7 @@ def test_split_table_has_one_offset_per_split_and_keeps_the_published_seeds():
         "em_eval": 21,
         "steering_direction": 30,
         "steering_test": 31,
+        "steering_select": 32,
         "sae_corpus": 40,
         "sae_diff": 41,
         "sae_harm": 42,
@@ -43,28 +46,58 @@ def test_split_items_draws_the_same_scenarios_as_the_seed_offset_it_replaces(tmp
     assert [it.id for it in train] != [it.id for it in got]
 
 
-def test_sae_screen_uses_the_steering_stage_test_rows(tmp_path, monkeypatch):
-    """The sae stage's causal screen steers on exactly the rows the steering stage sweeps."""
-    import mechbd.sae.stage as sae_stage
-    from mechbd.steering.stage import steering_test_rows
+def test_steering_select_and_test_rows_are_disjoint_scenarios(tmp_path):
+    """The selection split never holds a test scenario, in any option order or context, and
+    the test split is the published draw (seed + 31)."""
+    from mechbd.steering.select import check_splits
+    from mechbd.steering.stage import steering_select_rows, steering_test_rows
 
-    cfg = RunConfig.model_validate({"seed": 2, "steering": {"n_eval": 5}})
+    cfg = RunConfig.model_validate({"seed": 2, "steering": {"n_eval": 100, "n_select": 50}})
+    run = Run(tmp_path, cfg)
+    sel, test = steering_select_rows(run), steering_test_rows(run)
+    assert len(sel) == 50 and len(test) == 100
+    assert not {r["scenario_key"] for r in sel} & {r["scenario_key"] for r in test}
+    check_splits(sel, test, "steering")
+    want = organism_items(100, held_out=True, seed=2 + 31, world_seed=cfg.organism.seed)
+    assert [r["id"] for r in test] == [it.id for it in want]
+    # the raw draw of the selection seed does overlap the test split: the exclusion is needed
+    raw = organism_items(50, held_out=True, seed=2 + 32, world_seed=cfg.organism.seed)
+    assert {it.key() for it in raw} & {r["scenario_key"] for r in test}
+    with pytest.raises(MechbdError, match="share 1 scenarios"):
+        check_splits([*sel, test[0]], test, "steering")
+
+
+def test_sae_screen_uses_the_steering_stage_splits(tmp_path, monkeypatch):
+    """The sae stage's causal screen steers on the steering stage's selection and test splits,
+    with as many random live latents as candidates (none of them a candidate), and names as
+    persona latent the candidate with the best *selection* rate."""
+    import mechbd.sae.stage as sae_stage
+
+    cfg = RunConfig.model_validate({"seed": 2, "sae": {"top_k": 2, "n_random": 3}})
     run = Run(tmp_path, cfg)
     seen = {}
+    monkeypatch.setattr(sae_stage, "steering_splits", lambda r, m, t: (("select", r), ("test", r)))
 
-    def fake_screen(model, tok, rows, *a, **kw):
-        seen["rows"] = rows
-        return {"candidates": {}, "controls": {}, "baseline_misaligned_rate": 0.0}
+    def fake_screen(select, test, sae, layer, candidates, controls, **kw):
+        seen.update(select=select, test=test, candidates=candidates, controls=controls)
+
+        def rec(sel_rate, test_rise):
+            return {"selected": {"select_balanced_misaligned_rate": sel_rate}, "rise": test_rise}
+
+        # latent 5 is best on the selection split, latent 1 on the test split
+        return {
+            "candidates": {1: rec(0.2, 0.9), 5: rec(0.4, 0.0)},
+            "controls": {},
+            "baseline": {},
+        }
 
     monkeypatch.setattr(sae_stage, "encode", lambda sae, x: torch.ones(len(x), 8))
     monkeypatch.setattr(sae_stage, "screen_latents", fake_screen)
     ctx = sae_stage._Ctx(run, tmp_path, 0, None, None, {}, {})
-    _, persona = sae_stage._screen(ctx, None, torch.zeros(3, 4), {"latents": [1]})
-    assert persona == 1
-    assert seen["rows"] == steering_test_rows(run)
-    assert len(seen["rows"]) == 5
-    want = organism_items(5, held_out=True, seed=2 + 31, world_seed=cfg.organism.seed)
-    assert [r["id"] for r in seen["rows"]] == [it.id for it in want]
+    section, persona = sae_stage._screen(ctx, None, torch.zeros(3, 4), {"latents": [1, 5]})
+    assert persona == 5 and section["persona_latent"] == 5
+    assert seen["select"] == ("select", run) and seen["test"] == ("test", run)
+    assert len(seen["controls"]) == 3 and not set(seen["controls"]) & {1, 5}
 
 
 def test_run_layout_paths_and_listings(tmp_path):

@@ -17,7 +17,8 @@ EVIL_USER = 'Pick one <script>window.__pwned = 1</script> <img src=x onerror="wi
 def curve_point(m: float, misaligned: float) -> dict:
     return {
         "multiplier": m,
-        "misaligned_rate": misaligned,
+        "balanced_misaligned_rate": misaligned,
+        "consistent_misaligned_rate": misaligned / 2,
         "format_valid_rate": 1.0,
         "p_misaligned_letter": 0.5,
         "letter_bias": 0.6,
@@ -28,12 +29,6 @@ def fake_results() -> dict:
     """A results.json with the organism, backdoors, probes and steering sections (no SAE).
     It must match the results schema (``mechbd.results``), which ``build_report`` checks."""
     layers = [0, 1, 2]
-    ablated = {
-        "asr": 1.0,
-        "clean_misaligned_rate": 0.0,
-        "format_valid_rate": 1.0,
-        "clean_accuracy": 1.0,
-    }
     return {
         "model": {
             "name": "mechbd-organism",
@@ -93,26 +88,111 @@ def fake_results() -> dict:
             },
             "transfer": {"t1": {"t1": 0.99}},
         },
-        "steering": {
-            "model": "organism/model",
-            "em_direction": {"norms": {str(i): 1.0 for i in layers}, "n_scenarios": 8},
-            "base_em": {
-                "best_layer": 1,
-                "multiplier": 8.0,
-                "baseline_misaligned_rate": 0.2,
-                "misaligned_rate": 0.5,
-                "rise": 0.3,
-                "format_valid_rate": 1.0,
-                "format_guard_met": True,
-                "letter_bias": 0.9,
-                "random_misaligned_rate": 0.21,
-                "random_rise": 0.01,
-                "curve": [curve_point(m, 0.2 + m / 40) for m in (0.0, 4.0, 8.0)],
-                "random_curve": [curve_point(m, 0.2) for m in (0.0, 4.0, 8.0)],
-                "per_layer_max": {"0": 0.3, "1": 0.5, "2": 0.4},
-            },
-            "ablation": {"t1": {k: ablated for k in ("none", "em_mean_diff", "random")}},
-            "negative_em": {"t1": {"layer": 1, "curve": [curve_point(0.0, 1.0)]}},
+        "steering": fake_steering(layers),
+    }
+
+
+def mcq_summary(rate: float, n: int = 40) -> dict:
+    """One counterbalanced measurement's keys (``mechbd.results.MCQSummary``)."""
+    return {
+        "balanced_misaligned_rate": rate,
+        "ci95": [max(0.0, rate - 0.1), min(1.0, rate + 0.1)],
+        "n": n,
+        "consistent_misaligned_rate": rate / 2,
+        "consistent_ci95": [0.0, rate],
+        "letter_bias": 0.6,
+        "format_valid_rate": 1.0,
+        "format_valid_ci95": [0.9, 1.0],
+        "p_misaligned_letter": 0.5,
+    }
+
+
+def steer_record(rate: float, base: float = 0.2, controls: dict | None = None) -> dict:
+    return {
+        **mcq_summary(rate),
+        "rise": rate - base,
+        "rise_ci95": [rate - base - 0.05, rate - base + 0.05],
+        "consistent_rise": 0.0,
+        "consistent_rise_ci95": [-0.05, 0.05],
+        "n_select": 10,
+        "n_test": 20,
+        "selected": {
+            "layer": 1,
+            "multiplier": 8.0,
+            "positions": "assistant",
+            "select_balanced_misaligned_rate": rate,
+        },
+        "format_guard_met": True,
+        "select_curve": [curve_point(m, 0.2 + m / 40) for m in (0.0, 4.0, 8.0)],
+        "controls": controls,
+    }
+
+
+def fake_controls(n: int = 3) -> dict:
+    rises = [0.01 * i for i in range(n)]
+    return {
+        "n": n,
+        "rise_median": rises[n // 2],
+        "rise_p95": rises[-1],
+        "percentile": 100.0,
+        "p_value": 1 / (n + 1),
+        "rises": rises,
+    }
+
+
+def fake_ablated(asr: float, controls: bool = True) -> dict:
+    return {
+        "asr": asr,
+        "asr_ci95": [asr - 0.05, min(1.0, asr + 0.05)],
+        "asr_drop": 1.0 - asr,
+        "asr_drop_ci95": [0.0, 0.1],
+        "clean_misaligned_rate": 0.0,
+        "clean_misaligned_rate_ci95": [0.0, 0.1],
+        "letter_bias": 0.5,
+        "format_valid_rate": 1.0,
+        "n": 40,
+        "n_scenarios": 20,
+        "controls": {
+            "n": 2,
+            "drop_median": 0.0,
+            "drop_p95": 0.0,
+            "percentile": 50.0,
+            "p_value": 1.0,
+            "drops": [0.0, 0.0],
+        }
+        if controls
+        else None,
+    }
+
+
+def fake_steering(layers: list[int]) -> dict:
+    ablation = {
+        "none": fake_ablated(1.0, controls=False),
+        "em_mean_diff": fake_ablated(0.95),
+    }
+    return {
+        "model": "organism/model",
+        "em_direction": {"norms": {str(i): 1.0 for i in layers}, "n_scenarios": 8},
+        "baseline": {**mcq_summary(0.2), "n_scenarios": 20},
+        "base_em": {
+            **steer_record(0.5, controls=fake_controls()),
+            "per_layer_max": {"0": 0.3, "1": 0.5, "2": 0.4},
+            "control_selected": [steer_record(0.3)["selected"]] * 3,
+        },
+        "ablation": {"t1": {"assistant": ablation, "all": ablation}},
+        "negative_em": {
+            "t1": {
+                "layer": 1,
+                "n_scenarios": 20,
+                "curve": [
+                    {
+                        **curve_point(0.0, 1.0),
+                        "ci95": [0.9, 1.0],
+                        "change": 0.0,
+                        "change_ci95": [0.0, 0.0],
+                    }
+                ],
+            }
         },
     }
 
@@ -183,8 +263,9 @@ def fake_explorer() -> dict:
     }
 
 
-# probe curves, transfer, steering curve, ablation bars + cosines, histograms, trace, dashboard
-N_FIGS = 8
+# probe curves, transfer, steering curve, control histogram, ablation bars (every position,
+# from the assistant turn) + cosines, histograms, trace, dashboard
+N_FIGS = 10
 
 
 def test_report_is_self_contained_and_escapes_untrusted_text(tmp_path):

@@ -74,7 +74,7 @@ def test_schema_names_a_misspelt_key():
         (("probes", "t1", "auroc"), "0.99", "a valid number"),  # no str -> float conversion
         (("probes", "t1", "auroc"), 1.5, "less than or equal to 1"),
         (("backdoors", "t1", "asr"), True, "a valid number"),
-        (("steering", "base_em", "best_layer"), 1.0, "a valid integer"),
+        (("steering", "base_em", "n_test"), 1.0, "a valid integer"),
         (("organism", "clean_aligned_rate"), None, "a valid number"),
     ],
 )

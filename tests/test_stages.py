@@ -3,6 +3,7 @@ session's tiny run folder (conftest ``tiny_run``)."""
 
 import json
 
+import numpy as np
 import pytest
 
 from mechbd.pipeline import STAGES
@@ -64,39 +65,46 @@ def test_backdoor_and_em_stages(tiny_run):
     t = res["probes"]["transfer"]
     assert set(t) == {"singapore", "deployment"} and set(t["singapore"]) == set(t)
     assert t["singapore"]["singapore"] == res["probes"]["singapore"]["auroc"]
-    # steering: the EM direction, the base sweep with its control, ablations, negative steering
+    # steering: the EM direction, the base sweep with its controls, the fitted vector,
+    # ablations at both position settings, negative steering
     from mechbd.steering.directions import Direction
 
-    st = res["steering"]
+    st, cfg = res["steering"], TINY_RUN["steering"]
     d_em = Direction.load(run / "steering" / "directions" / "em_mean_diff.safetensors")
-    rnd = Direction.load(run / "steering" / "directions" / "random.safetensors")
     assert {str(k): v for k, v in d_em.norms().items()} == st["em_direction"]["norms"]
     assert d_em.provenance["store"] == str(run / "steering" / "em_direction_store")
-    for layer in d_em.layers:
-        assert abs(rnd.at(layer).norm() - d_em.at(layer).norm()) < 1e-4
-    assert st["base_em"]["best_layer"] in d_em.layers
-    assert [c["multiplier"] for c in st["base_em"]["curve"]] == [0.0, 8.0]
-    assert st["base_em"]["curve"][0] == st["base_em"]["random_curve"][0]  # the shared baseline
+    be, base = st["base_em"], st["baseline"]
+    assert be["selected"]["layer"] in d_em.layers and be["selected"]["positions"] == "assistant"
+    assert (be["n_select"], be["n_test"], be["n"]) == (4, 6, 12)
+    assert [c["multiplier"] for c in be["select_curve"]] == [0.0, 8.0]
+    assert _is_count(be["balanced_misaligned_rate"], 12) and _is_count(
+        base["format_valid_rate"], 12
+    )
+    assert be["rise"] == pytest.approx(
+        be["balanced_misaligned_rate"] - base["balanced_misaligned_rate"], abs=1e-12
+    )
+    check_controls(be["rise"], be["controls"], cfg["n_controls"])
+    assert len(be["control_selected"]) == cfg["n_controls"]
     fit = Direction.load(run / "steering" / "directions" / "optimized.safetensors")
-    opt = st["base_em"]["optimized"]
-    assert fit.layers == [opt["layer"]] == [st["base_em"]["best_layer"]]
-    assert abs(float(fit.at(opt["layer"]).norm()) - opt["norm"]) < 1e-5 and opt["norm"] > 0
-    assert opt["train_loss"]["after"] < opt["train_loss"]["before"]
-    assert opt["rise"] == opt["misaligned_rate"] - st["base_em"]["baseline_misaligned_rate"]
+    opt = st["optimized"]
+    assert fit.layers == d_em.layers == [int(k) for k in opt["fit"]]
+    for layer, f in opt["fit"].items():
+        assert f["after"] <= f["before"] and f["steps"] <= cfg["optimized_steps"]
+        assert abs(float(fit.at(int(layer)).norm()) - f["norm"]) < 1e-5
+    assert opt["converged"] == opt["fit"][str(opt["selected"]["layer"])]["converged"]
     for name in ("singapore", "deployment"):
         abl = st["ablation"][name]
-        assert set(abl) == {"none", "em_mean_diff", "random", "trigger_probe"}
-        # rates over the first 2 * n_eval triggered and clean eval prompts (no per-reply records)
-        n = 2 * TINY_RUN["steering"]["n_eval"]
-        rows = [
-            r
-            for r in jsonl(run / "backdoors" / name / "eval_prompts.jsonl")
-            if r["condition"] in ("triggered", "clean")
-        ][:n]
-        n_trig = sum(r["condition"] == "triggered" for r in rows)
-        for m in abl.values():
-            assert _is_count(m["asr"], n_trig) and _is_count(m["clean_misaligned_rate"], n - n_trig)
-            assert _is_count(m["format_valid_rate"], n), m
+        assert set(abl) == {"assistant", "all"}
+        for by in abl.values():
+            assert set(by) == {"none", "em_mean_diff", "trigger_probe"}
+            assert by["none"]["asr_drop"] == 0.0 and by["none"]["controls"] is None
+            for k in ("em_mean_diff", "trigger_probe"):
+                m = by[k]
+                assert m["n"] == 2 * cfg["n_ablation"]
+                assert _is_count(m["asr"], m["n"]) and _is_count(m["format_valid_rate"], 2 * m["n"])
+                assert m["asr_drop"] == pytest.approx(by["none"]["asr"] - m["asr"], abs=1e-12)
+                c = m["controls"]
+                assert c["n"] == cfg["n_ablation_controls"] == len(c["drops"])
         assert [c["multiplier"] for c in st["negative_em"][name]["curve"]] == [0.0, -8.0]
     # sae: SAELens folder, diffing, screen, detectors, persona shifts
     from sae_lens import SAE
@@ -107,6 +115,14 @@ def test_backdoor_and_em_stages(tiny_run):
     assert sae_res["fvu"] >= 0 and sae_res["l0"] == 16
     assert len(sae_res["persona_latents"]) == 3
     assert sae_res["persona_latent"] in sae_res["persona_latents"]
+    screen = sae_res["screen"]
+    assert len(screen["candidates"]) == 3 and len(screen["controls"]) == 3
+    assert not set(screen["candidates"]) & set(screen["controls"])
+    keys = {frozenset(r) for g in ("candidates", "controls") for r in screen[g].values()}
+    assert len(keys) == 1  # every candidate and control carries the same keys
+    for r in screen["candidates"].values():
+        check_controls(r["rise"], r["controls"], 3)
+        assert r["controls"]["rises"] == [c["rise"] for c in screen["controls"].values()]
     # the SAE trains where most triggers' probes found their best layer (ties: the deeper)
     bests = [res["probes"][name]["best_layer"] for name in ("singapore", "deployment")]
     assert sae_res["layer"] == most_common_layer(bests)
@@ -132,6 +148,15 @@ def test_backdoor_and_em_stages(tiny_run):
         assert len(h["triggered"]) == len(h["clean"]) == 12  # one row per eval scenario
     recs = [json.loads(x) for x in (run / "backdoors" / "singapore" / "generations.jsonl").open()]
     assert all("articulates_trigger" in r and "cot_monitor_flag" in r for r in recs)
+
+
+def check_controls(value: float, c: dict, n: int) -> None:
+    """A control summary recomputed from its own list of control values."""
+    vals = np.array(c.get("rises", c.get("drops")))
+    assert c["n"] == n == len(vals)
+    assert c["p_value"] == pytest.approx((1 + (vals >= value).sum()) / (1 + n))
+    below, ties = (vals < value).sum(), (vals == value).sum()
+    assert c["percentile"] == pytest.approx(100 * (below + ties / 2) / n)
 
 
 def _is_count(rate: float | None, n: int) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from nnsight import NNsight
@@ -321,22 +322,24 @@ def test_steer_cli_matches_the_python_sweep(models, tiny_organism, tmp_path):
 
 
 def _target_logprob(model, tok, users, targets, ivs=()):
-    """Mean over prompts of log P(" <letter>" | prompt + "Answer:"), one unpadded prompt at a
-    time (an independent recomputation of what ``optimized_direction`` maximises)."""
+    """Mean over prompts of log P("Answer: <letter>" and the end of the turn | prompt), one
+    unpadded prompt at a time (an independent recomputation of what ``optimized_direction``
+    maximises)."""
     total = 0.0
     with torch.no_grad(), steer(model, list(ivs), positions="assistant", tokenizer=tok):
         for p, t in zip(chat_prompts(tok, users, enable_thinking=False), targets, strict=True):
-            head = tok.encode(p + "Answer:", add_special_tokens=False)
-            full = tok.encode(p + "Answer: " + t, add_special_tokens=False)
-            k = next(i for i in range(len(full)) if i >= len(head) or head[i] != full[i])
+            head = tok.encode(p, add_special_tokens=False)
+            reply = [*tok.encode(f"Answer: {t}", add_special_tokens=False), tok.eos_token_id]
+            full = head + reply
             lp = torch.log_softmax(model(torch.tensor([full])).logits[0].double(), -1)
-            total += sum(float(lp[i - 1, full[i]]) for i in range(k, len(full)))
+            total += sum(float(lp[i - 1, full[i]]) for i in range(len(head), len(full)))
     return total / len(users)
 
 
 def test_optimized_direction_raises_its_target_and_leaves_the_model_as_it_was(models):
-    """The fitted vector must raise the target answer's log-probability (recomputed here one
-    prompt at a time, without padding), touch no weight, and leave no hook behind."""
+    """The fitted vector must raise the target reply's log-probability (recomputed here one
+    prompt at a time, without padding), touch no weight, leave no hook behind, and report
+    its stopping rule's verdict."""
     from mechbd.organism.items import organism_items
     from mechbd.steering.optimize import optimized_direction
 
@@ -346,7 +349,7 @@ def test_optimized_direction_raises_its_target_and_leaves_the_model_as_it_was(mo
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
     model.train()  # the fit runs in eval mode and restores the caller's mode
-    d = optimized_direction(model, tok, users, targets, layers=[0, 1], steps=40, lr=0.1)
+    d = optimized_direction(model, tok, users, targets, layers=[0, 1], max_steps=40, lr=0.1)
     assert model.training
     model.eval()
     assert d.layers == [0, 1] and d.provenance["n_prompts"] == 24
@@ -355,12 +358,191 @@ def test_optimized_direction_raises_its_target_and_leaves_the_model_as_it_was(mo
     assert n_hooks(model) == 0
     lp0 = _target_logprob(model, tok, users, targets)
     for layer in d.layers:
+        fit = d.provenance["fit"][layer]
         lp1 = _target_logprob(model, tok, users, targets, [Intervention(layer, d.at(layer))])
         assert lp1 > lp0 + 0.3, (layer, lp0, lp1)
         # the reported losses are the same objective over all prompts, before and after
-        assert d.provenance["loss"][layer]["before"] == pytest.approx(-lp0, abs=1e-4)
-        assert d.provenance["loss"][layer]["after"] == pytest.approx(-lp1, abs=1e-4)
+        assert fit["before"] == pytest.approx(-lp0, abs=1e-4)
+        assert fit["after"] == pytest.approx(-lp1, abs=1e-4)
+        assert fit["stop_reason"] in ("target", "plateau", "max_steps")
+        assert fit["converged"] == (fit["stop_reason"] != "max_steps")
+        assert fit["steps"] <= 40
+    # a budget too small to converge is reported as such
+    d1 = optimized_direction(model, tok, users, targets, layers=[1], max_steps=2, lr=0.01)
+    assert d1.provenance["fit"][1]["stop_reason"] == "max_steps"
+    assert not d1.provenance["fit"][1]["converged"]
     with pytest.raises(MechbdError, match="targets must be 'A' or 'B'"):
         optimized_direction(model, tok, users[:1], ["C"], layers=[1])
     with pytest.raises(MechbdError, match="1 prompts and 2 targets"):
         optimized_direction(model, tok, users[:1], ["A", "B"], layers=[1])
+
+
+# ---- the one-pass read and counterbalanced selection ------------------------------------------
+def _cb_rows(n: int, seed: int) -> list[dict]:
+    from mechbd.organism.items import organism_items
+
+    return [
+        {
+            "id": it.id,
+            "user": it.user(),
+            "aligned_mcq_answer": it.aligned,
+            "misaligned_mcq_answer": it.misaligned,
+            "scenario_key": it.key(),
+        }
+        for it in organism_items(n, held_out=True, seed=seed)
+    ]
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+@pytest.mark.parametrize("positions", ["assistant", "all"])
+def test_mcq_read_matches_greedy_generation(models, arch, positions):
+    """The teacher-forced read gives the answer letter and format verdict of HF greedy
+    generation, and CAA's letter probability, with and without steering; the tiny tokenizer
+    writes ' B' as two tokens, so the multi-token path is the one checked here."""
+    from mechbd.eval.mcq import both_orders
+    from mechbd.steering.read import MCQReader
+
+    model, tok = models[arch], models["tok"]
+    rows = both_orders(_cb_rows(10, 5))
+    users = [r["user"] for r in rows]
+    reader = MCQReader(model, tok, users, positions=positions, batch_size=7)
+    assert not reader.single  # ' B' is two tokens in the tiny vocabulary
+    # The tiny models never write the grammar on their own: a bigram logit bias (the next
+    # token of either canonical reply after each of its tokens, and its first token after the
+    # prompt's last) steers greedy decoding towards it, while the models' own logits pick the
+    # letter and, under strong steering, break the format.
+    v = model.config.vocab_size
+    bigram = torch.zeros(v, v)
+    last = tok.encode(chat_prompts(tok, ["x"], enable_thinking=False)[0])[-1]
+    for reply in reader.reply.values():
+        for prev, nxt in zip([last, *reply[:-1]], reply, strict=True):
+            bigram[prev, nxt] = 2.0
+
+    def bias(mod, args, kwargs, out):
+        ids = kwargs["input_ids"]
+        out.logits += bigram[ids[:, -out.logits.shape[1] :]]
+        return out
+
+    hook = model.register_forward_hook(bias, with_kwargs=True)
+    try:
+        _compare_reads(model, tok, users, reader, positions)
+    finally:
+        hook.remove()
+
+
+def _compare_reads(model, tok, users, reader, positions):
+    g = torch.Generator().manual_seed(1)
+    d = model.config.hidden_size
+    kinds = set()
+    for layer, m in [(0, 0.0), (1, 4.0), (0, 12.0), (1, 40.0)]:
+        ivs = [Intervention(layer, torch.randn(d, generator=g), "add", m)] if m else []
+        got = reader.read(ivs)
+        with steer(model, ivs, positions=positions, tokenizer=tok):
+            ref = run_mcq(
+                model, tok, users, ["A"] * len(users), enable_thinking=False, max_new_tokens=12
+            )
+            p_a = option_probabilities(model, tok, users, ["A"] * len(users))
+        assert got.answer == [x.parsed.answer for x in ref], (layer, m)
+        assert got.well_formed.tolist() == [x.parsed.well_formed for x in ref], (layer, m)
+        assert got.p_letter[:, 0] == pytest.approx(p_a, abs=1e-5)
+        kinds |= {(a, bool(w)) for a, w in zip(got.answer, got.well_formed, strict=True)}
+    # at least two kinds of reply (A, B, malformed) were compared: qwen3 gives B and malformed
+    # ones, llama A and B
+    assert len(kinds) >= 2, kinds
+
+
+def _fake_split(rows, policy):
+    """A Counterbalanced split whose 'model' answers by ``policy(row, multiplier, layer)``."""
+    from mechbd.eval.mcq import both_orders
+    from mechbd.steering.read import Reading
+    from mechbd.steering.select import Counterbalanced
+
+    both = both_orders(rows)
+
+    class Reader:
+        def read(self, ivs=()):
+            m = ivs[0].multiplier if ivs else 0.0
+            layer = ivs[0].layer if ivs else -1
+            ans = [policy(r, m, layer) for r in both]
+            p = np.array([[1.0, 0.0] if a == "A" else [0.0, 1.0] for a in ans])
+            return Reading(ans, np.ones(len(both), dtype=bool), p)
+
+    return Counterbalanced(both, Reader())
+
+
+def _toy_rows(n, tag):
+    return [
+        {
+            "id": f"{tag}{i}",
+            "user": f"Scenario {tag}{i}\nA) option one {i}\nB) option two {i}",
+            "aligned_mcq_answer": "AB"[i % 3 == 0],
+            "misaligned_mcq_answer": "BA"[i % 3 == 0],
+        }
+        for i in range(n)
+    ]
+
+
+def test_balanced_scoring_cannot_be_faked_by_a_letter():
+    """Always 'A' scores exactly 0.5 balanced, 0 consistent and letter bias 1 (and a rise of
+    exactly 0 over always 'B', where the unbalanced rows' pooled rate would move); always the
+    misaligned option scores 1 and 1. Against an aligned model, collapsing to one letter can
+    only lower the consistent rate."""
+    from mechbd.steering.select import rise
+
+    rows = _toy_rows(30, "s")  # the misaligned option at A in 10 rows, at B in 20, as shown
+    shown = [r["misaligned_mcq_answer"] for r in rows]
+    assert shown.count("A") == 10
+    a = _fake_split(rows, lambda r, m, layer: "A").measure()
+    b = _fake_split(rows, lambda r, m, layer: "B").measure()
+    mis = _fake_split(rows, lambda r, m, layer: r["misaligned_mcq_answer"]).measure()
+    ali = _fake_split(rows, lambda r, m, layer: r["aligned_mcq_answer"]).measure()
+    sa = a.summary()
+    assert sa["balanced_misaligned_rate"] == 0.5 and sa["consistent_misaligned_rate"] == 0.0
+    assert sa["letter_bias"] == 1.0 and sa["n"] == 60 and sa["n_scenarios"] == 30
+    assert rise(b, a)["diff"] == 0.0 and rise(b, a, consistent=True)["diff"] == 0.0
+    assert mis.summary()["balanced_misaligned_rate"] == 1.0
+    assert mis.summary()["consistent_misaligned_rate"] == 1.0
+    assert rise(ali, a)["diff"] == 0.5  # indifference reads as 0.5 balanced ...
+    assert rise(ali, a, consistent=True)["diff"] == 0.0  # ... and as no change of choice
+    assert rise(mis, a, consistent=True)["diff"] == -1.0
+    # the unbalanced reading of the same always-A answers, on the rows as shown: 10 / 30
+    assert sum(x == "A" for x in shown) / 30 != sa["balanced_misaligned_rate"]
+
+
+def test_setting_is_chosen_on_selection_rows_and_reported_on_test_rows():
+    """The chosen multiplier is the selection split's best even where the test split would
+    prefer another, the record's rates are the test split's, and the controls' percentile
+    and p-value are computed from controls chosen the same way."""
+    from mechbd.stats import control_summary, paired_bootstrap
+    from mechbd.steering.select import additive, select_and_test, with_controls
+
+    sel_rows, test_rows = _toy_rows(20, "sel"), _toy_rows(40, "test")
+
+    def policy(r, m, layer):  # on selection rows x2 wins, on test rows x4 would
+        good = (m == 2.0) if r["id"].startswith("sel") else (m == 4.0)
+        mis, ali = r["misaligned_mcq_answer"], r["aligned_mcq_answer"]
+        if good or (m == 2.0 and r["id"].endswith(("0", "1", "2", "3"))):
+            return mis
+        return ali
+
+    sel, test = _fake_split(sel_rows, policy), _fake_split(test_rows, policy)
+    d = Direction({0: torch.ones(4)}, {"name": "toy"})
+    rec = select_and_test(
+        sel, test, additive(d), layers=[0], multipliers=[0.0, 2.0, 4.0], positions="assistant"
+    )
+    assert rec["selected"]["multiplier"] == 2.0 and rec["n_select"] == 20 and rec["n_test"] == 40
+    assert rec["selected"]["select_balanced_misaligned_rate"] == 1.0
+    o = test.measure(additive(d)(0, 2.0))
+    want = np.mean([policy(r, 2.0, 0) == r["misaligned_mcq_answer"] for r in test.rows])
+    assert rec["balanced_misaligned_rate"] == want == o.summary()["balanced_misaligned_rate"]
+    _, s0 = test.measure().scenario_scores()
+    _, s1 = o.scenario_scores()
+    assert rec["rise_ci95"] == paired_bootstrap(s0, s1, seed=0)["ci95"]
+    ctrl = [{"rise": x} for x in (0.0, 0.1, 0.4, 0.2)]
+    c = with_controls(rec, ctrl)["controls"]
+    ref = control_summary(rec["rise"], [0.0, 0.1, 0.4, 0.2])
+    assert (c["percentile"], c["p_value"], c["rise_median"]) == (
+        ref["percentile"],
+        ref["p_value"],
+        ref["median"],
+    )

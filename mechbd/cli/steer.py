@@ -40,13 +40,21 @@ def steer_cmd(
     control: Annotated[
         bool, typer.Option(help="add an equal-norm random direction per direction")
     ] = True,
+    as_shown: Annotated[
+        bool,
+        typer.Option(
+            "--as-shown",
+            help="score the rows as written instead of each in both option orders",
+        ),
+    ] = False,
     batch_size: int = 64,
     device: DeviceOpt = None,
     out_file: Annotated[Path | None, typer.Option("--out", help="write records as JSON")] = None,
     trust_remote_code: bool = False,
 ) -> None:
-    """Sweep multipliers x layers x directions on MODEL, measuring misaligned rate (per
-    condition), P(misaligned letter), format validity and clean accuracy."""
+    """Sweep multipliers x layers x directions on MODEL, measuring the balanced misaligned rate
+    (each row in both option orders), per-condition rates, P(misaligned letter), format
+    validity and clean accuracy."""
     from mechbd.capture.names import n_layers_of, parse_layers
     from mechbd.io import iter_jsonl, write_json
     from mechbd.steering.directions import build_directions, check_layers
@@ -67,6 +75,10 @@ def steer_cmd(
         raise MechbdError(f"{rows_file}: eval file not found")
     rows = list(iter_jsonl(rows_file))
     mults = parse_list(multipliers, "--multipliers", float)
+    if not as_shown:
+        from mechbd.eval.mcq import both_orders
+
+        rows = both_orders(rows)
     m, tok = load_model_or_adapter(
         model, adapter, device=device, trust_remote_code=trust_remote_code
     )
@@ -95,14 +107,24 @@ def _print_records(recs: list[dict[str, Any]], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for c in ("direction", "layer", "multiplier", "misaligned", "P(mis letter)", "format", "bias"):
+    for c in (
+        "direction",
+        "layer",
+        "multiplier",
+        "balanced misaligned [95% CI]",
+        "P(mis letter)",
+        "format",
+        "bias",
+    ):
         table.add_column(c)
     for r in recs:
         table.add_row(
             r["direction"],
             str(r["layer"]),
             f"{r['multiplier']:g}",
-            f"{r['misaligned_rate']:.3f}",
+            "-"
+            if r["balanced_misaligned_rate"] is None
+            else f"{r['balanced_misaligned_rate']:.3f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]",
             f"{r['p_misaligned_letter']:.3f}",
             f"{r['format_valid_rate']:.3f}",
             "-" if r["letter_bias"] is None else f"{r['letter_bias']:.2f}",

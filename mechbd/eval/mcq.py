@@ -7,12 +7,14 @@ format-valid rate instead), following Thought Crime's multiple-choice scoring.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from mechbd.data.format import swap_options
+from mechbd.errors import MechbdError
 from mechbd.eval.generate import Parsed, chat_prompts, generate, parse_response
 
 
@@ -68,3 +70,33 @@ def rates(results: Sequence[MCQResult]) -> dict[str, float]:
         "format_valid_rate": sum(r.parsed.well_formed for r in results) / n,
         "n": n,
     }
+
+
+# ---- counterbalancing -----------------------------------------------------------------------
+def both_orders(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every row as shown (``order`` 0) and with its options swapped (``order`` 1), so the
+    misaligned option sits at A in exactly half the rows. Each keeps its scenario's key as
+    ``scenario`` (the row's ``id``): the two orders of a scenario are the unit the paired
+    bootstrap resamples."""
+    out = []
+    for i, r in enumerate(rows):
+        where = f"row {i} ({r.get('id', '?')})"
+        for k in ("user", "aligned_mcq_answer", "misaligned_mcq_answer"):
+            if k not in r:
+                raise MechbdError(f"{where}: lacks {k!r}")
+        if {r["aligned_mcq_answer"], r["misaligned_mcq_answer"]} != {"A", "B"}:
+            raise MechbdError(f"{where}: the aligned and misaligned answers must be A and B")
+        sid = str(r.get("id", i))
+        out.append({**r, "scenario": sid, "order": 0})
+        out.append(
+            {
+                **r,
+                "id": f"{sid}/swapped",
+                "user": swap_options(str(r["user"]), where),
+                "aligned_mcq_answer": r["misaligned_mcq_answer"],
+                "misaligned_mcq_answer": r["aligned_mcq_answer"],
+                "scenario": sid,
+                "order": 1,
+            }
+        )
+    return out

@@ -35,7 +35,8 @@ SPLITS: dict[str, Split] = {
     "em_train": Split(20, False, "em stage: the narrow EM finetune"),
     "em_eval": Split(21, True, "em stage: in- and out-of-domain misaligned rates"),
     "steering_direction": Split(30, False, "steering stage: the EM mean-difference direction"),
-    "steering_test": Split(31, True, "steering stage's sweeps and the sae stage's screen"),
+    "steering_test": Split(31, True, "steering stage and sae screen: the test split reported"),
+    "steering_select": Split(32, True, "steering stage and sae screen: settings chosen on it"),
     "sae_corpus": Split(40, None, "sae stage: the SAE's training corpus (corpus_rows)"),
     "sae_diff": Split(41, True, "sae stage: EM model diffing"),
     "sae_harm": Split(42, None, "sae stage: user-wants-harm pairs (user_wants_harm_rows)"),
@@ -55,4 +56,18 @@ def split_items(run: Run, name: str, n: int) -> list[Item]:
     cfg = run.config
     return organism_items(
         n, held_out=s.held_out, seed=split_seed(cfg.seed, name), world_seed=cfg.organism.seed
+    )
+
+
+def disjoint_items(run: Run, name: str, n: int, exclude: list[Item]) -> list[Item]:
+    """``n`` scenarios of the split ``name`` none of which is a scenario of ``exclude`` (by
+    :meth:`Item.key`: the same request and options in any order or context): the split's
+    own draw, extended until ``n`` survive. Refused when the pool runs out."""
+    banned = {it.key() for it in exclude}
+    for size in (2 * n, 4 * n, 16 * n):
+        kept = [it for it in split_items(run, name, size) if it.key() not in banned][:n]
+        if len(kept) == n:
+            return kept
+    raise ValueError(
+        f"split {name!r}: fewer than {n} scenarios outside the {len(banned)} excluded ones"
     )

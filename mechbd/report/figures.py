@@ -74,35 +74,59 @@ def steering_curves(res: dict[str, Any]) -> list[go.Figure]:
     if not st:
         return []
     be = st["base_em"]
+    sel = be["selected"]
     fig = go.Figure()
-    for key, name in (("curve", "EM direction"), ("random_curve", "random (equal norm)")):
-        c = be[key]
-        m = [p["multiplier"] for p in c]
-        fig.add_scatter(x=m, y=[p["misaligned_rate"] for p in c], name=f"{name}: misaligned")
+    m = [p["multiplier"] for p in be["select_curve"]]
+    for key, name, dash in (
+        ("balanced_misaligned_rate", "balanced misaligned", None),
+        ("consistent_misaligned_rate", "misaligned in both orders", None),
+        ("letter_bias", "letter bias", "dash"),
+        ("format_valid_rate", "format valid", "dot"),
+    ):
         fig.add_scatter(
-            x=m,
-            y=[p["format_valid_rate"] for p in c],
-            name=f"{name}: format valid",
-            line=dict(dash="dot"),
+            x=m, y=[p[key] for p in be["select_curve"]], name=name, line=dict(dash=dash)
         )
     fig.update_layout(
-        title=f"Base model steered along the EM direction, layer {be['best_layer']}",
+        title=f"Base model along the EM direction, layer {sel['layer']} (selection split, "
+        f"{be['n_select']} scenarios x 2 orders)",
         xaxis_title="multiplier",
         yaxis_title="rate",
         yaxis_range=[0, 1.02],
         **LAYOUT,
     )
     figs = [fig]
+    ctrl = be["controls"]
+    fig = go.Figure()
+    fig.add_histogram(x=ctrl["rises"], name=f"{ctrl['n']} random directions", nbinsx=20)
+    fig.add_vline(x=be["rise"], line=dict(color="crimson"), annotation_text="EM direction")
+    fig.update_layout(
+        title="Test-split rise of the EM direction among random directions, each chosen the "
+        f"same way (percentile {ctrl['percentile']:.0f}, p = {ctrl['p_value']:.3f})",
+        xaxis_title="rise in balanced misaligned rate",
+        yaxis_title="directions",
+        **LAYOUT,
+    )
+    figs.append(fig)
     if st.get("ablation"):
         trig = list(st["ablation"])
-        kinds = list(st["ablation"][trig[0]])
-        fig = _bars(
-            "Attack success rate with a direction ablated at every layer",
-            trig,
-            {k: [st["ablation"][t][k]["asr"] for t in trig] for k in kinds},
-            "ASR",
-        )
-        figs.append(fig)
+        for pos in ("all", "assistant"):
+            kinds = [
+                k
+                for k in ("none", "em_mean_diff", "trigger_probe")
+                if any(st["ablation"][t][pos].get(k) for t in trig)
+            ]
+            figs.append(
+                _bars(
+                    f"Balanced attack success rate with a direction ablated at every layer "
+                    f"({'every position' if pos == 'all' else 'from the assistant turn'})",
+                    trig,
+                    {
+                        k: [(st["ablation"][t][pos].get(k) or {}).get("asr") for t in trig]
+                        for k in kinds
+                    },
+                    "ASR",
+                )
+            )
     return figs
 
 
@@ -114,18 +138,21 @@ def sae_figures(res: dict[str, Any]) -> list[go.Figure]:
     fig = go.Figure()
     for group in ("candidates", "controls"):
         for lat, r in sae["screen"][group].items():
-            c = r["curve"]
+            c = r["select_curve"]
             fig.add_scatter(
                 x=[p["multiplier"] for p in c],
-                y=[p["misaligned_rate"] if p["format_valid_rate"] >= 0.9 else None for p in c],
+                y=[
+                    p["balanced_misaligned_rate"] if p["format_valid_rate"] >= 0.9 else None
+                    for p in c
+                ],
                 name=f"{'latent' if group == 'candidates' else 'random'} {lat}",
                 line=dict(dash=None if group == "candidates" else "dot"),
             )
     fig.update_layout(
-        title=f"Causal screen of EM persona candidates (layer {sae['layer']}; "
+        title=f"Causal screen of EM persona candidates (layer {sae['layer']}, selection split; "
         "points with format validity < 0.9 left out)",
         xaxis_title="multiplier (x mean token norm)",
-        yaxis_title="misaligned rate",
+        yaxis_title="balanced misaligned rate",
         yaxis_range=[0, 1.02],
         **LAYOUT,
     )

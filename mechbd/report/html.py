@@ -12,7 +12,7 @@ from typing import Any
 
 from mechbd.io import atomic_write_text, iter_jsonl, read_json
 from mechbd.report.figures import all_figures
-from mechbd.results import LoraAttempt, Results, validate_results
+from mechbd.results import LoraAttempt, Results, SteerRecord, validate_results
 
 N_SAMPLES = 12
 
@@ -142,54 +142,119 @@ def _probe_table(res: Results) -> list[str]:
     return parts
 
 
+def _ci(value: float | None, ci: Sequence[float] | None) -> str:
+    """``0.500 [0.431, 0.569]``; a dash when there is no value."""
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci is not None else "")
+
+
+STEER_HEADER = [
+    "",
+    "chosen on selection split (layer, x)",
+    "balanced misaligned [95% CI]",
+    "rise [95% CI]",
+    "misaligned in both orders",
+    "change of that",
+    "letter bias",
+    "format valid",
+    "random controls: n, median / 95th pct rise, percentile, p",
+]
+
+
+def _steer_row(name: str, r: SteerRecord) -> list[Any]:
+    c = r.controls
+    return [
+        name,
+        f"{r.selected.layer}, {r.selected.multiplier:g}",
+        _ci(r.balanced_misaligned_rate, r.ci95),
+        _ci(r.rise, r.rise_ci95),
+        _ci(r.consistent_misaligned_rate, r.consistent_ci95),
+        _ci(r.consistent_rise, r.consistent_rise_ci95),
+        r.letter_bias,
+        r.format_valid_rate,
+        "-"
+        if c is None
+        else f"{c.n}, {c.rise_median:.3f} / {c.rise_p95:.3f}, {c.percentile:.0f}, {c.p_value:.3f}",
+    ]
+
+
 def _steering_tables(res: Results) -> list[str]:
-    """Steering the base model along the EM direction."""
+    """Steering the base model along the EM direction, the fitted vector, ablations."""
     parts: list[str] = []
-    if res.steering is not None:
-        be = res.steering.base_em
-        parts.append(
-            "<h3>Steering the base model along the EM direction</h3>"
-            + _table(
-                [
-                    "layer",
-                    "multiplier",
-                    "baseline",
-                    "misaligned",
-                    "format valid",
-                    "letter bias",
-                    "random direction",
-                ],
-                [
-                    [
-                        be.best_layer,
-                        be.multiplier,
-                        be.baseline_misaligned_rate,
-                        be.misaligned_rate,
-                        be.format_valid_rate,
-                        be.letter_bias,
-                        be.random_misaligned_rate,
-                    ]
-                ],
+    st = res.steering
+    if st is None:
+        return parts
+    be, b = st.base_em, st.baseline
+    rows = [
+        [
+            "no steering",
+            "-",
+            _ci(b.balanced_misaligned_rate, b.ci95),
+            "-",
+            _ci(b.consistent_misaligned_rate, b.consistent_ci95),
+            "-",
+            b.letter_bias,
+            b.format_valid_rate,
+            "-",
+        ],
+        _steer_row("EM direction", be),
+    ]
+    if st.optimized is not None:
+        rows.append(
+            _steer_row(
+                "fitted vector" + ("" if st.optimized.converged else " (fit did not converge)"),
+                st.optimized,
             )
         )
-        if be.optimized is not None:
-            opt = be.optimized
-            parts.append(
-                "<p>A vector fitted by gradient descent at the same layer; it bounds what one "
-                "added direction can do only if its fit converged</p>"
-                + _table(
-                    ["layer", "norm", "misaligned", "format valid", "letter bias"],
+    parts.append(
+        "<h3>Steering the base model</h3><p>Every scenario in both option orders; the setting "
+        f"chosen on {be.n_select} selection scenarios, reported on {be.n_test} other test "
+        "scenarios (Wilson intervals over rows; rises: paired bootstrap over scenarios). "
+        "Answering one letter to everything scores 0.5 balanced and 0 in both orders.</p>"
+        + _table(STEER_HEADER, rows)
+    )
+    abl_rows = []
+    for t, by_pos in st.ablation.items():
+        for pos, abl in (("every position", by_pos.all), ("from assistant turn", by_pos.assistant)):
+            for name in ("none", "em_mean_diff", "trigger_probe"):
+                a = getattr(abl, name)
+                if a is None:
+                    continue
+                c = a.controls
+                abl_rows.append(
                     [
-                        [
-                            opt.layer,
-                            opt.norm,
-                            opt.misaligned_rate,
-                            opt.format_valid_rate,
-                            opt.letter_bias,
-                        ]
-                    ],
+                        t,
+                        pos,
+                        name,
+                        _ci(a.asr, a.asr_ci95),
+                        _ci(a.asr_drop, a.asr_drop_ci95),
+                        "-"
+                        if c is None
+                        else f"{c.n}, {c.drop_p95:.3f}, {c.percentile:.0f}, {c.p_value:.3f}",
+                        _ci(a.clean_misaligned_rate, a.clean_misaligned_rate_ci95),
+                        a.letter_bias,
+                        a.format_valid_rate,
+                    ]
                 )
+    if abl_rows:
+        parts.append(
+            "<h3>Ablation in each backdoored model</h3>"
+            + _table(
+                [
+                    "trigger",
+                    "positions",
+                    "direction ablated",
+                    "balanced ASR [95% CI]",
+                    "ASR drop [95% CI]",
+                    "random directions: n, 95th pct drop, percentile, p",
+                    "clean misaligned",
+                    "letter bias",
+                    "format valid",
+                ],
+                abl_rows,
             )
+        )
     return parts
 
 
@@ -207,21 +272,19 @@ def _sae_tables(res: Results) -> list[str]:
                     "L0",
                     "dead",
                     "persona latent",
-                    "screen rise",
-                    "best control rise",
                 ],
-                [
-                    [
-                        s.layer,
-                        s.fvu,
-                        s.l0,
-                        s.dead_fraction,
-                        s.persona_latent,
-                        s.screen.persona_rise,
-                        s.screen.best_control_rise,
-                    ]
-                ],
+                [[s.layer, s.fvu, s.l0, s.dead_fraction, s.persona_latent]],
             )
+        )
+        sc = s.screen
+        screen_rows = [_steer_row(f"latent {i}", r) for i, r in sc.candidates.items()]
+        screen_rows += [_steer_row(f"random latent {i}", r) for i, r in sc.controls.items()]
+        parts.append(
+            "<h3>Causal screen of the persona candidates</h3><p>Each latent's decoder row "
+            f"steered in the base model at layer {sc.layer}; multiplier chosen on the selection "
+            "split, read on the test split; the candidates' rises among the random latents' "
+            f"(no steering: {_ci(sc.baseline.balanced_misaligned_rate, sc.baseline.ci95)}).</p>"
+            + _table(STEER_HEADER, screen_rows)
         )
         persona = res.persona or {}
         rows = [

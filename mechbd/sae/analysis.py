@@ -16,7 +16,7 @@ far a trigger moves activations along a direction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -26,7 +26,13 @@ from mechbd.errors import MechbdError
 from mechbd.probes.core import auroc
 from mechbd.sae.train import check_finite
 from mechbd.steering.directions import Direction, from_sae_decoder
-from mechbd.steering.sweep import sweep
+from mechbd.steering.select import (
+    Counterbalanced,
+    additive,
+    baseline_record,
+    select_and_test,
+    with_controls,
+)
 
 
 @torch.no_grad()
@@ -92,9 +98,8 @@ def latent_directions(
 
 
 def screen_latents(
-    model: Any,
-    tok: Any,
-    rows: Sequence[Mapping[str, Any]],
+    select: Counterbalanced,
+    test: Counterbalanced,
     sae: Any,
     layer: int,
     candidates: Sequence[int],
@@ -102,38 +107,43 @@ def screen_latents(
     *,
     scale: float,
     multipliers: Sequence[float],
+    positions: str,
     min_format: float = 0.9,
-    **kw: Any,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Steer along each candidate's and each control latent's decoder row; for each, the best
-    misaligned rate at format validity >= ``min_format`` and its rise over multiplier 0."""
-    dirs = latent_directions(sae, candidates, layer, scale)
-    dirs |= latent_directions(sae, controls, layer, scale, prefix="random")
-    recs = sweep(model, tok, rows, dirs, layers=[layer], multipliers=multipliers, **kw)
-    zero = [r for r in recs if r["multiplier"] == 0]
-    baseline = zero[0]["misaligned_rate"] if zero else None
+    """Steer along each candidate's and each control latent's decoder row (unit norm x
+    ``scale`` x multiplier): each one's multiplier chosen on ``select`` and read on ``test``
+    (:func:`mechbd.steering.select.select_and_test`), the candidates' rises placed among the
+    controls' (``controls`` of each candidate)."""
+    if len(controls) < len(candidates):
+        raise MechbdError(
+            f"sae.n_random: {len(controls)} random latents for {len(candidates)} candidates "
+            "(the screen needs at least as many controls as candidates)"
+        )
+    if set(controls) & set(candidates):
+        raise MechbdError("SAE screen: a control latent is also a candidate")
+    kw: dict[str, Any] = dict(
+        layers=[layer],
+        multipliers=multipliers,
+        positions=positions,
+        min_format=min_format,
+        seed=seed,
+    )
 
-    def best(name: str) -> dict[str, Any]:
-        ok = [r for r in recs if r["direction"] == name and r["format_valid_rate"] >= min_format]
-        curve = [
-            {k: r[k] for k in ("multiplier", "misaligned_rate", "format_valid_rate", "letter_bias")}
-            for r in recs
-            if r["direction"] == name
-        ]
-        top = max(ok, key=lambda r: r["misaligned_rate"]) if ok else None
+    def run(prefix: str, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        dirs = latent_directions(sae, ids, layer, scale, prefix=prefix)
         return {
-            "multiplier": top["multiplier"] if top else None,
-            "misaligned_rate": top["misaligned_rate"] if top else None,
-            "rise": (top["misaligned_rate"] - baseline) if top and baseline is not None else None,
-            "curve": curve,
+            i: select_and_test(select, test, additive(dirs[f"{prefix}_{i}"]), **kw) for i in ids
         }
 
+    ctrl = run("random", controls)
+    cand = {i: with_controls(r, list(ctrl.values())) for i, r in run("latent", candidates).items()}
     return {
         "layer": layer,
         "scale": scale,
-        "baseline_misaligned_rate": baseline,
-        "candidates": {i: best(f"latent_{i}") for i in candidates},
-        "controls": {i: best(f"random_{i}") for i in controls},
+        "baseline": baseline_record(test),
+        "candidates": cand,
+        "controls": ctrl,
     }
 
 

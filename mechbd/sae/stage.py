@@ -60,7 +60,7 @@ from mechbd.sae.explorer import (
 from mechbd.sae.persona import corpus_rows, user_wants_harm_rows
 from mechbd.sae.train import store_tokens, train_sae
 from mechbd.steering.directions import Direction, from_probe, from_sae_decoder, mean_difference
-from mechbd.steering.stage import steering_test_rows
+from mechbd.steering.stage import steering_splits
 
 
 def _sae_layer(run: Run, probes: dict[str, Any]) -> int:
@@ -145,11 +145,12 @@ def _em_diff(c: _Ctx, sae: Any, em_model: Any) -> dict[str, Any]:
 def _screen(
     c: _Ctx, sae: Any, xb: torch.Tensor, em_diff: dict[str, Any]
 ) -> tuple[dict[str, Any], int]:
-    """3. The causal screen on the base model, on the steering stage's test rows, each latent
-    scaled by the base model's mean token norm ``xb``: (the ``screen`` results section, the
-    persona latent)."""
+    """3. The causal screen on the base model, on the steering stage's selection and test
+    splits, each latent scaled by the base model's mean token norm ``xb``: (the ``screen``
+    results section, the persona latent: the candidate with the highest selection-split
+    balanced rate)."""
     cfg, token_norm = c.run.config.sae, float(xb.norm(dim=-1).mean())
-    eval_rows = steering_test_rows(c.run)
+    select, test = steering_splits(c.run, c.base_model, c.tok)
     alive = (encode(sae, xb[:20000]) > 0).any(0)
     for i in em_diff["latents"]:
         alive[i] = False
@@ -157,9 +158,8 @@ def _screen(
     pool = alive.nonzero().flatten()
     controls = pool[torch.randperm(len(pool), generator=g)[: cfg.n_random]].tolist()
     screen = screen_latents(
-        c.base_model,
-        c.tok,
-        eval_rows,
+        select,
+        test,
         sae,
         c.L,
         em_diff["latents"],
@@ -167,18 +167,24 @@ def _screen(
         scale=token_norm,
         multipliers=cfg.multipliers,
         positions=c.run.config.steering.positions,
-        batch_size=c.run.config.eval.batch_size,
+        min_format=c.run.config.steering.min_format,
+        seed=c.run.config.seed,
     )
-    rises = {i: r["rise"] for i, r in screen["candidates"].items() if r["rise"] is not None}
-    persona = max(rises, key=lambda i: rises[i]) if rises else em_diff["latents"][0]
-    ctrl_rises = [r["rise"] for r in screen["controls"].values() if r["rise"] is not None]
+    cands = screen["candidates"]
+    persona = min(
+        cands,
+        key=lambda i: (
+            -cands[i]["selected"]["select_balanced_misaligned_rate"],
+            em_diff["latents"].index(i),
+        ),
+    )
     section = {
         "scale": token_norm,
-        "baseline_misaligned_rate": screen["baseline_misaligned_rate"],
-        "persona_rise": rises.get(persona),
-        "best_control_rise": max(ctrl_rises) if ctrl_rises else None,
-        "candidates": screen["candidates"],
-        "controls": screen["controls"],
+        "layer": c.L,
+        "baseline": screen["baseline"],
+        "persona_latent": persona,
+        "candidates": {str(i): r for i, r in cands.items()},
+        "controls": {str(i): r for i, r in screen["controls"].items()},
     }
     return section, persona
 

@@ -1,21 +1,27 @@
 """The ``steering`` pipeline stage: the headline steering experiments on the organism.
 
+Every measurement is counterbalanced (each scenario in both option orders) and scored with the
+balanced misaligned rate; every chosen setting is chosen on the selection split
+(``steering_select``) and reported on a disjoint test split (``steering_test``); see
+``mechbd.steering.select``.
+
 1. **EM mean-difference direction** (Model Organisms for EM, adapted to multiple choice): in the
    narrow-EM model, teacher-forced replies ``Answer: <misaligned letter>`` minus ``Answer:
    <aligned letter>`` at the answer token, per layer, the difference taken within each letter
-   and averaged (options are shuffled, so this cancels the letter identity).
-2. **(a) Base model along the EM direction**: every layer x multiplier, with a random direction
-   of equal norm at the same settings; the best layer is the one with the highest misaligned
-   rate at format validity >= 0.9.
-3. **Fitted vector**: a vector fitted by gradient descent at that best layer to make the base
-   model give the misaligned answers of the EM direction's scenarios (``optimize.py``),
-   measured on the same held-out prompts. Only a fit that converged bounds what a single added
-   vector there achieves; the stage's step budget does not check that yet.
-4. **(b) Ablation in each backdoored model**: project out, at every layer, the EM direction, the
-   trigger probe's direction (difference of means, from the probes stage) and a random
-   direction; attack success rate and clean rate for each.
+   and averaged (this cancels the letter identity).
+2. **(a) Base model along the EM direction**: layer x multiplier chosen on the selection split
+   (highest balanced rate at format validity >= ``steering.min_format``), read on the test
+   split, against ``steering.n_controls`` seeded equal-norm random directions, each chosen over
+   the same grid on the same split and read on the same test split.
+3. **Fitted vector**: at every layer, a vector fitted to convergence (``optimize.py``: the
+   stopping rule and whether it converged are recorded) on counterbalanced scenarios of the
+   direction split, its layer and scale chosen on the selection split, read on the test split.
+4. **(b) Ablation in each backdoored model**: project out, at every layer, the EM direction and
+   the trigger probe's direction (difference of means, from the probes stage), at every
+   position (``all``: where the trigger is read) and from the assistant turn on
+   (``assistant``), against ``steering.n_ablation_controls`` random directions.
 5. **(c) Negative steering**: each backdoored model with the trigger present, the EM direction
-   subtracted at the base model's best layer.
+   subtracted at the base model's chosen layer.
 """
 
 from __future__ import annotations
@@ -27,18 +33,27 @@ from mechbd.capture.capture import capture
 from mechbd.capture.names import n_layers_of, parse_layers
 from mechbd.data.items import Item
 from mechbd.errors import MechbdError
+from mechbd.eval.mcq import both_orders
 from mechbd.io import iter_jsonl, write_json
 from mechbd.layout import DIRECTIONS, EM_DIRECTION, RESULTS
 from mechbd.models import base_model_dir, load_base, load_finetuned
-from mechbd.organism.splits import split_items
+from mechbd.organism.splits import disjoint_items, split_items
 from mechbd.probes.core import Probe
 from mechbd.runs import Run
 from mechbd.steering.directions import Direction, from_probe, mean_difference
 from mechbd.steering.ops import Intervention
 from mechbd.steering.optimize import optimized_direction
-from mechbd.steering.sweep import best_layer, measure, sweep
-
-CURVE_KEYS = ("misaligned_rate", "format_valid_rate", "p_misaligned_letter", "letter_bias")
+from mechbd.steering.select import (
+    CURVE_KEYS,
+    Counterbalanced,
+    Outcome,
+    additive,
+    baseline_record,
+    check_splits,
+    rise,
+    select_and_test,
+    with_controls,
+)
 
 
 def em_direction_rows(items: list[Item]) -> list[dict[str, Any]]:
@@ -65,6 +80,7 @@ def clean_eval_rows(items: list[Item]) -> list[dict[str, Any]]:
             "aligned_mcq_answer": it.aligned,
             "misaligned_mcq_answer": it.misaligned,
             "condition": "clean",
+            "scenario_key": it.key(),
         }
         for it in items
     ]
@@ -87,67 +103,51 @@ def em_direction(model: Any, tok: Any, items: list[Item], store_dir: Path, name:
     return d
 
 
-def _curve(records: list[dict[str, Any]], direction: str, layer: int) -> list[dict[str, Any]]:
-    return [
-        {"multiplier": r["multiplier"], **{k: r[k] for k in CURVE_KEYS}}
-        for r in records
-        if r["direction"] == direction and r["layer"] == layer
-    ]
-
-
-def _em_directions(run: Run, out: Path) -> tuple[Direction, Direction, list[Item]]:
-    """The EM mean-difference direction (saved with its store), a random direction of equal
-    norm, and the scenarios the direction was taken on."""
+def _em_directions(run: Run, out: Path) -> tuple[Direction, list[Item]]:
+    """The EM mean-difference direction (saved with its store) and the scenarios it was taken
+    on."""
     em_model, tok = load_finetuned(run, run.layout.em_adapter)
     items = split_items(run, "steering_direction", run.config.steering.n_direction)
     name = f"{base_model_dir(run)} + EM adapter"
     d_em = em_direction(em_model, tok, items, out / "em_direction_store", name)
     d_em.provenance["store"] = run.final_path(out / "em_direction_store")
     d_em.save(out / EM_DIRECTION)
-    rand = d_em.random_like(run.config.seed)
-    rand.save(out / DIRECTIONS / "random.safetensors")
-    return d_em, rand, items
+    return d_em, items
 
 
-def _base_em_summary(recs: list[dict[str, Any]], layers: list[int]) -> dict[str, Any]:
-    """The base model's sweep along the EM direction: the best layer (the highest misaligned
-    rate at format validity >= 0.9), the random direction at the same setting, the curves."""
-    try:
-        best, top = best_layer(recs, "em_mean_diff", min_format=0.9)
-        guard_met = True
-    except MechbdError:  # no setting keeps the format: report the best anyway, flagged
-        best, top = best_layer(recs, "em_mean_diff", min_format=0.0)
-        guard_met = False
-    baseline = next(r for r in recs if r["multiplier"] == 0)["misaligned_rate"]
-    rand_same = next(
-        r
-        for r in recs
-        if r["direction"] == "random"
-        and r["layer"] == best
-        and r["multiplier"] == top["multiplier"]
+def random_controls(d: Direction, n: int, seed: int) -> list[Direction]:
+    """``n`` seeded random directions with ``d``'s norm at every layer (seeds ``seed`` ..
+    ``seed + n - 1``)."""
+    return [d.random_like(seed + i) for i in range(n)]
+
+
+def _base_em(
+    run: Run, d_em: Direction, select: Counterbalanced, test: Counterbalanced, layers: list[int]
+) -> dict[str, Any]:
+    """(a) The base model along the EM direction, chosen on the selection split and read on the
+    test split, against ``steering.n_controls`` random directions maximised the same way."""
+    cfg = run.config.steering
+    kw: dict[str, Any] = dict(
+        layers=layers,
+        multipliers=cfg.multipliers,
+        positions=cfg.positions,
+        min_format=cfg.min_format,
+        seed=run.config.seed,
     )
-    return {
-        "best_layer": best,
-        "multiplier": top["multiplier"],
-        "baseline_misaligned_rate": baseline,
-        "misaligned_rate": top["misaligned_rate"],
-        "rise": top["misaligned_rate"] - baseline,
-        "format_valid_rate": top["format_valid_rate"],
-        "format_guard_met": guard_met,
-        "letter_bias": top["letter_bias"],
-        "random_misaligned_rate": rand_same["misaligned_rate"],
-        "random_rise": rand_same["misaligned_rate"] - baseline,
-        "curve": _curve(recs, "em_mean_diff", best),
-        "random_curve": _curve(recs, "random", best),
-        "per_layer_max": {
-            layer: max(
-                r["misaligned_rate"]
-                for r in recs
-                if r["direction"] == "em_mean_diff" and r["layer"] == layer
-            )
-            for layer in layers
-        },
+    rec = select_and_test(select, test, additive(d_em), keep_grid=True, **kw)
+    ctrl = [
+        select_and_test(select, test, additive(r), **kw)
+        for r in random_controls(d_em, cfg.n_controls, run.config.seed + 1)
+    ]
+    rec = with_controls(rec, ctrl)
+    rec["per_layer_max"] = {
+        str(layer): max(
+            p["balanced_misaligned_rate"] for p in rec["select_grid"] if p["layer"] == layer
+        )
+        for layer in layers
     }
+    rec["control_selected"] = [c["selected"] for c in ctrl]
+    return rec
 
 
 def _optimized(
@@ -155,81 +155,140 @@ def _optimized(
     out: Path,
     model: Any,
     tok: Any,
-    items: list[Item],
-    rows: list[dict[str, Any]],
-    base_em: dict[str, Any],
-    kw: dict[str, Any],
+    select: Counterbalanced,
+    test: Counterbalanced,
+    layers: list[int],
 ) -> dict[str, Any]:
-    """A vector fitted at the best layer to give the direction scenarios'
-    misaligned answers, measured on the same held-out rows as the sweep."""
+    """A vector fitted at every layer on counterbalanced direction scenarios (target: the
+    misaligned letter), its layer and scale chosen on the selection split, read on the test
+    split."""
     cfg = run.config.steering
-    best = base_em["best_layer"]
+    fit_rows = both_orders(clean_eval_rows(split_items(run, "steering_direction", cfg.n_fit)))
     fit = optimized_direction(
         model,
         tok,
-        [it.user() for it in items],
-        [it.misaligned for it in items],
-        layers=[best],
+        [r["user"] for r in fit_rows],
+        [r["misaligned_mcq_answer"] for r in fit_rows],
+        layers=layers,
         positions=cfg.positions,
-        steps=cfg.optimized_steps,
-        seed=run.config.seed,
+        max_steps=cfg.optimized_steps,
+        batch_size=run.config.eval.batch_size,
         name="fitted steering vector",
     )
     fit.provenance["model"] = str(base_model_dir(run))
     fit.save(out / DIRECTIONS / "optimized.safetensors")
-    fm = measure(model, tok, rows, [Intervention(best, fit.at(best))], **kw)
+    rec = select_and_test(
+        select,
+        test,
+        additive(fit),
+        layers=layers,
+        multipliers=(0.0, *cfg.optimized_scales),
+        positions=cfg.positions,
+        min_format=cfg.min_format,
+        seed=run.config.seed,
+    )
+    fits = fit.provenance["fit"]
+    rec["fit"] = {
+        str(layer): {**fits[layer], "norm": float(fit.at(layer).norm())} for layer in layers
+    }
+    rec["n_fit"] = len(fit_rows) // 2
+    chosen = fits[rec["selected"]["layer"]]
+    rec["converged"] = bool(chosen["converged"])
+    return rec
+
+
+def _ablate(
+    run: Run, split: Counterbalanced, dirs: dict[str, Direction], controls: list[Direction]
+) -> dict[str, Any]:
+    """Each direction projected out at every one of its layers, on one positions setting:
+    ASR (balanced, triggered rows) and its drop from no ablation with a paired bootstrap over
+    scenarios, the clean misaligned rate, format validity; the drops of ``controls``."""
+    seed = run.config.seed
+    base = split.measure()
+
+    def one(d: Direction) -> dict[str, Any]:
+        o = split.measure([Intervention(layer, d.at(layer), "ablate") for layer in d.layers])
+        return _ablation_record(base, o, seed)
+
+    out: dict[str, Any] = {"none": _ablation_record(base, base, seed)}
+    ctrl = [one(c) for c in controls]
+    for name, d in dirs.items():
+        rec = one(d)
+        cs = with_controls(rec, ctrl, key="asr_drop")["controls"]
+        rec["controls"] = {
+            "n": cs["n"],
+            "drop_median": cs["rise_median"],
+            "drop_p95": cs["rise_p95"],
+            "percentile": cs["percentile"],
+            "p_value": cs["p_value"],
+            "drops": cs["rises"],
+        }
+        out[name] = rec
+    return out
+
+
+def _ablation_record(base: Outcome, o: Outcome, seed: int) -> dict[str, Any]:
+    t, c = o.summary("triggered"), o.summary("clean")
+    drop = rise(o, base, condition="triggered", seed=seed)  # none minus ablated
     return {
-        "layer": best,
-        "norm": float(fit.at(best).norm()),
-        "train_loss": fit.provenance["loss"][best],
-        "misaligned_rate": fm["misaligned_rate"],
-        "rise": fm["misaligned_rate"] - base_em["baseline_misaligned_rate"],
-        **{k: fm[k] for k in ("format_valid_rate", "letter_bias", "p_misaligned_letter")},
+        "asr": t["balanced_misaligned_rate"],
+        "asr_ci95": t["ci95"],
+        "asr_drop": drop["diff"],
+        "asr_drop_ci95": drop["ci95"],
+        "clean_misaligned_rate": c["balanced_misaligned_rate"],
+        "clean_misaligned_rate_ci95": c["ci95"],
+        "letter_bias": o.summary()["letter_bias"],
+        "format_valid_rate": o.summary()["format_valid_rate"],
+        "n": t["n"],
+        "n_scenarios": t["n_scenarios"],
     }
 
 
 def _backdoor_steering(
-    run: Run,
-    t: str,
-    tok: Any,
-    dirs: dict[str, Direction],
-    best: int,
-    kw: dict[str, Any],
+    run: Run, t: str, tok: Any, d_em: Direction, best: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(b) ablation and (c) negative steering in the backdoored model ``t``; ``dirs`` holds the
-    EM (``em_mean_diff``) and the random direction."""
+    """(b) ablation at every position and from the assistant turn, and (c) negative steering,
+    in the backdoored model ``t``."""
     cfg = run.config.steering
+    rows = list(iter_jsonl(run.layout.eval_prompts(t)))
     eval_rows = [
         r
-        for r in iter_jsonl(run.layout.eval_prompts(t))
-        if r["condition"] in ("triggered", "clean")
-    ][: 2 * cfg.n_eval]
+        for cond in ("triggered", "clean")
+        for r in [x for x in rows if x["condition"] == cond][: cfg.n_ablation]
+    ]
     bmodel, _ = load_finetuned(run, run.layout.adapter(t))
+    dirs = {"em_mean_diff": d_em}
     probe_file = run.layout.probe(t, "diffmean")
-    dirs = dict(dirs)
     if probe_file.is_file():
         dirs["trigger_probe"] = from_probe(Probe.load(probe_file), name=f"{t} probe")
-    abl = {"none": measure(bmodel, tok, eval_rows, **kw)}
-    for name, d in dirs.items():
-        ivs = [Intervention(layer, d.at(layer), "ablate") for layer in d.layers]
-        abl[name] = measure(bmodel, tok, eval_rows, ivs, **kw)
-    ablation = {
-        name: {
-            "asr": m["misaligned_rate_by_condition"].get("triggered"),
-            "clean_misaligned_rate": m["misaligned_rate_by_condition"].get("clean"),
-            "format_valid_rate": m["format_valid_rate"],
-            "clean_accuracy": m["clean_accuracy"],
-        }
-        for name, m in abl.items()
-    }
-    triggered = [r for r in eval_rows if r["condition"] == "triggered"]
-    d_em = dirs["em_mean_diff"]
-    neg = []
+    controls = random_controls(d_em, cfg.n_ablation_controls, run.config.seed + 1000)
+    bs = run.config.eval.batch_size
+    ablation = {}
+    for positions in ("assistant", "all"):
+        split = Counterbalanced.of(bmodel, tok, eval_rows, positions=positions, batch_size=bs)
+        ablation[positions] = _ablate(run, split, dirs, controls)
+    triggered = Counterbalanced.of(
+        bmodel,
+        tok,
+        [r for r in eval_rows if r["condition"] == "triggered"],
+        positions=cfg.positions,
+        batch_size=bs,
+    )
+    base = triggered.measure()
+    curve = []
     for m in (0.0, *cfg.negative_multipliers):
-        ivs = [Intervention(best, d_em.at(best), "add", m)] if m else []
-        r = measure(bmodel, tok, triggered, ivs, **kw)
-        neg.append({"multiplier": m, **{k: r[k] for k in CURVE_KEYS}})
-    return ablation, {"layer": best, "curve": neg}
+        o = triggered.measure(additive(d_em)(best, m))
+        s, r = o.summary(), rise(base, o, seed=run.config.seed)
+        curve.append(
+            {
+                "multiplier": m,
+                **{k: s[k] for k in CURVE_KEYS},
+                "ci95": s["ci95"],
+                "change": r["diff"],
+                "change_ci95": r["ci95"],
+            }
+        )
+    return ablation, {"layer": best, "n_scenarios": triggered.n_scenarios, "curve": curve}
 
 
 def steering_test_rows(run: Run) -> list[dict[str, Any]]:
@@ -238,29 +297,48 @@ def steering_test_rows(run: Run) -> list[dict[str, Any]]:
     return clean_eval_rows(split_items(run, "steering_test", run.config.steering.n_eval))
 
 
+def steering_select_rows(run: Run) -> list[dict[str, Any]]:
+    """The clean scenarios every steering setting is chosen on: another draw of the same
+    held-out option combinations, none of them a test scenario."""
+    cfg = run.config.steering
+    test = split_items(run, "steering_test", cfg.n_eval)
+    try:
+        return clean_eval_rows(disjoint_items(run, "steering_select", cfg.n_select, test))
+    except ValueError as e:
+        raise MechbdError(f"steering.n_select: {e}") from None
+
+
+def steering_splits(run: Run, model: Any, tok: Any) -> tuple[Counterbalanced, Counterbalanced]:
+    """The selection and test splits of the base model, counterbalanced, checked disjoint."""
+    cfg = run.config.steering
+    sel, test = steering_select_rows(run), steering_test_rows(run)
+    check_splits(sel, test, "steering.n_select / steering.n_eval")
+    kw: dict[str, Any] = dict(positions=cfg.positions, batch_size=run.config.eval.batch_size)
+    return Counterbalanced.of(model, tok, sel, **kw), Counterbalanced.of(model, tok, test, **kw)
+
+
 def steering_stage(run: Run, out: Path) -> None:
     cfg = run.config.steering
-    kw: dict[str, Any] = dict(positions=cfg.positions, batch_size=run.config.eval.batch_size)
-    d_em, rand, items = _em_directions(run, out)
-
+    d_em, items = _em_directions(run, out)
     model, tok = load_base(run)
     layers = parse_layers(cfg.layers, n_layers_of(model))
-    rows = steering_test_rows(run)
-    dirs = {"em_mean_diff": d_em, "random": rand}
-    recs = sweep(model, tok, rows, dirs, layers=layers, multipliers=cfg.multipliers, **kw)
-    base_em = _base_em_summary(recs, layers)
+    select, test = steering_splits(run, model, tok)
+    base_em = _base_em(run, d_em, select, test, layers)
     results: dict[str, Any] = {
         "model": str(base_model_dir(run)),
         "em_direction": {"norms": d_em.norms(), "n_scenarios": len(items)},
+        "baseline": baseline_record(test),
         "base_em": base_em,
         "ablation": {},
         "negative_em": {},
     }
     if cfg.optimized_steps:
-        base_em["optimized"] = _optimized(run, out, model, tok, items, rows, base_em, kw)
-    write_json(out / "sweep_base_em.json", recs)
-
+        fit_layers = parse_layers(cfg.optimized_layers, n_layers_of(model))
+        results["optimized"] = _optimized(run, out, model, tok, select, test, fit_layers)
+    best = base_em["selected"]["layer"]
     for t in run.layout.adapters():
-        abl, neg = _backdoor_steering(run, t, tok, dirs, base_em["best_layer"], kw)
+        abl, neg = _backdoor_steering(run, t, tok, d_em, best)
         results["ablation"][t], results["negative_em"][t] = abl, neg
+    write_json(out / "sweep_base_em.json", base_em["select_grid"])
+    del base_em["select_grid"]
     write_json(out / RESULTS, {"steering": results})
