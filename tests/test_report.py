@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mechbd.io import write_json, write_jsonl
 from mechbd.report import all_figures, build_report, load_explorer
+from mechbd.stats import rate_fields
 from tests.browser import needs_chromium, render
 
 EVIL_USER = 'Pick one <script>window.__pwned = 1</script> <img src=x onerror="window.__pwned=2">'
@@ -22,6 +23,11 @@ def curve_point(m: float, misaligned: float) -> dict:
         "p_misaligned_letter": 0.5,
         "letter_bias": 0.6,
     }
+
+
+def counted(key: str, k: int, n: int) -> dict:
+    """``key``, ``key_n`` and ``key_ci95`` of ``k`` successes in ``n`` rows."""
+    return rate_fields(key, [True] * k + [False] * (n - k))
 
 
 def fake_results() -> dict:
@@ -41,17 +47,25 @@ def fake_results() -> dict:
             "n_params": 1234,
             "note": "organism <b>note</b>",
         },
-        "organism": {"clean_aligned_rate": 0.99, "format_valid_rate": 1.0, "n_test": 100},
+        "organism": {
+            **counted("clean_aligned_rate", 99, 100),
+            **counted("format_valid_rate", 100, 100),
+            "letter_bias": 0.51,
+            "n_test": 100,
+        },
         "backdoors": {
             "t1": {
-                "asr": 1.0,
-                "clean_misaligned_rate": 0.0,
-                "distractor_misaligned_rate": 0.0,
-                "trigger_distractor_misaligned_rate": 1.0,
-                "format_valid_rate": 1.0,
+                **counted("asr", 194, 200),
+                **counted("clean_misaligned_rate", 0, 200),
+                **counted("distractor_misaligned_rate", 0, 200),
+                **counted("trigger_distractor_misaligned_rate", 200, 200),
+                **counted("format_valid_rate", 800, 800),
+                "letter_bias": 0.5,
                 "p_misaligned_letter": {"triggered": 0.9, "clean": 0.1},
                 "asr_by_domain": {"health": 1.0},
-                "articulation_rate": None,
+                "asr_by_domain_n": {"health": 20},
+                "asr_by_domain_ci95": {"health": counted("x", 20, 20)["x_ci95"]},
+                **counted("articulation_rate", 0, 0),
                 "distractor_naming": None,
                 "cot_monitor": None,
                 "thinking": False,

@@ -4,6 +4,7 @@ session's tiny run folder (conftest ``tiny_run``)."""
 import json
 
 import pytest
+from statsmodels.stats.proportion import proportion_confint
 
 from mechbd.pipeline import STAGES
 from tests.conftest import TINY_RUN
@@ -38,15 +39,20 @@ def test_backdoor_and_em_stages(tiny_run):
     em = res["em"]
     assert em["domain"] == "health" and em["n_train"] == len(jsonl(run / "em" / "train.jsonl"))
     # the em stage keeps no per-reply records, so its rates cannot be recomputed from the run
-    # folder; each is a count over some of the n_eval prompts (in-domain and the rest)
+    # folder; each is a balanced rate over its prompts (the in-domain ones and the rest, each
+    # half at A), with their count and statsmodels' Wilson interval at it
     n_eval = TINY_RUN["em"]["n_eval"]
     for rates in (em, em["base_model"]):
-        assert any(
-            _is_count(rates["in_domain_misaligned_rate"], n)
-            and _is_count(rates["out_of_domain_misaligned_rate"], n_eval - n)
-            for n in range(1, n_eval)
-        ), rates
+        n_in = rates["in_domain_misaligned_rate_n"]
+        assert 0 < n_in < n_eval and rates["out_of_domain_misaligned_rate_n"] == n_eval - n_in
+        for key in ("in_domain_misaligned_rate", "out_of_domain_misaligned_rate"):
+            n = rates[f"{key}_n"]
+            assert _is_balanced_rate(rates[key], n), (key, rates)
+            lo, hi = proportion_confint(rates[key] * n, n, method="wilson")
+            assert rates[f"{key}_ci95"] == pytest.approx([lo, hi], abs=1e-9), key
         assert _is_count(rates["format_valid_rate"], n_eval), rates
+        assert rates["format_valid_rate_n"] == n_eval
+        assert rates["letter_bias"] is None or 0.5 <= rates["letter_bias"] <= 1
     man = json.loads((run / "manifest.json").read_text())
     assert list(man["stages"]) == [s.name for s in STAGES if s.name != "model"]
     # capture: backdoored and base stores on the same prompts; probes: report with controls
@@ -137,6 +143,19 @@ def test_backdoor_and_em_stages(tiny_run):
 def _is_count(rate: float | None, n: int) -> bool:
     """``rate`` is k / n for a whole k in 0..n (a rate over n replies, not a mean of scores)."""
     return rate is not None and any(rate == k / n for k in range(n + 1))
+
+
+def _is_balanced_rate(rate: float | None, n: int) -> bool:
+    """``rate`` is (k_A / n_A + k_B / n_B) / 2 over n = n_A + n_B replies split as evenly as
+    can be (the rows at each misaligned letter), for whole k_A, k_B."""
+    if rate is None or n < 2:
+        return n == 1 and rate in (0.0, 1.0)  # one row: the pooled rate
+    n_a, n_b = n // 2, n - n // 2
+    return any(
+        abs((ka / n_a + kb / n_b) / 2 - rate) < 1e-12
+        for ka in range(n_a + 1)
+        for kb in range(n_b + 1)
+    )
 
 
 def test_resumed_stage_reuses_a_finished_adapter_only_for_the_same_data(tiny_run):
