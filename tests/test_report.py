@@ -31,7 +31,7 @@ def counted(key: str, k: int, n: int) -> dict:
 
 
 def fake_results() -> dict:
-    """A results.json with the organism, backdoors, probes and steering sections (no SAE).
+    """A results.json with the organism, backdoors, em, probes and steering sections (no SAE).
     It must match the results schema (``mechbd.results``), which ``build_report`` checks."""
     layers = [0, 1, 2]
     ablated = {
@@ -77,6 +77,21 @@ def fake_results() -> dict:
                 ],
                 "positive_control": False,
             }
+        },
+        "em": {
+            **counted("in_domain_misaligned_rate", 19, 20),
+            **counted("out_of_domain_misaligned_rate", 10, 180),
+            **counted("format_valid_rate", 200, 200),
+            "letter_bias": 0.52,
+            "domain": "health",
+            "base_model": {
+                **counted("in_domain_misaligned_rate", 0, 2),
+                **counted("out_of_domain_misaligned_rate", 1, 198),
+                **counted("format_valid_rate", 200, 200),
+                "letter_bias": 0.5,
+            },
+            "finetune_seconds": 3.0,
+            "n_train": 100,
         },
         "probes": {
             "t1": {
@@ -211,6 +226,11 @@ def test_report_is_self_contained_and_escapes_untrusted_text(tmp_path):
     assert "&lt;img src=x onerror=&quot;window.__pwned=2&quot;&gt;" in page
     assert "<img" not in page and "alert(1)</script>" not in page
     assert "<td>0 (loss 0.012), 1 (planted)</td>" in page  # the backdoor's LoRA attempts
+    # each behaviour rate beside its 95% interval and n (Wilson's for 194 of 200: 0.936-0.986)
+    assert "<td>0.970 [0.94, 0.99] (n 200)</td>" in page
+    assert "<td>0.990 [0.95, 1.00] (n 100)</td>" in page  # the base model's clean aligned rate
+    assert "<td>- (n 0)</td>" in page  # no articulation measured without thinking
+    assert "<td>base model</td><td>0.000 [0.00, 0.66] (n 2)</td>" in page  # EM's base model
     res = json.loads((run / "results.json").read_text())
     n_figs = sum(len(f) for _, f in all_figures(res, load_explorer(run)))
     assert n_figs == N_FIGS
