@@ -296,3 +296,52 @@ def test_every_stage_leaves_the_files_its_contract_names(tiny_run):
         if stage.enabled(cfg):
             for pattern in stage.produces:
                 assert list((tiny_run / stage.name).glob(pattern)), (stage.name, pattern)
+
+
+def test_model_stage_balances_letters_and_an_always_a_model_scores_one_half(
+    tmp_path, tiny_organism, monkeypatch
+):
+    """The model stage (a Hugging Face model's clean behaviour) on a stand-in model that
+    answers A to everything: the scenarios' aligned option is at A in half of them (one over
+    for 9), so the balanced aligned rate is 0.5 and the letter bias 1."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    import mechbd.eval.mcq as mcq
+    from mechbd.config import RunConfig
+    from mechbd.data.format import assistant_turn
+    from mechbd.eval.generate import parse_response
+    from mechbd.models import load_model
+    from mechbd.pipeline import model_stage
+    from mechbd.results import validate_results
+    from mechbd.runs import Run
+    from tests.conftest import random_llama
+
+    _, tok = load_model(tiny_organism, dtype="float32")
+    random_llama(tok, seed=5).save_pretrained(tmp_path / "llama", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "llama")
+    seen: list[str] = []
+
+    def always_a(model, tok, users, aligned_letters, **kw):
+        seen.extend(aligned_letters)
+        text = assistant_turn(None, "A")
+        return [
+            mcq.MCQResult(u, text, parse_response(text), a)
+            for u, a in zip(users, aligned_letters, strict=True)
+        ]
+
+    monkeypatch.setattr(mcq, "run_mcq", always_a)
+    cfg = RunConfig(
+        name="m", model={"source": "hf", "path": str(tmp_path / "llama")}, organism={"n_test": 9}
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    model_stage(Run.open(tmp_path / "run", cfg), out)
+    res = json.loads((out / "results.json").read_text())
+    validate_results(res)
+    org = res["organism"]
+    assert len(seen) == 9 and abs(seen.count("A") - seen.count("B")) == 1
+    assert org["clean_aligned_rate"] == 0.5 and org["letter_bias"] == 1.0
+    assert org["clean_aligned_rate_n"] == org["n_test"] == 9
+    lo, hi = proportion_confint(4.5, 9, method="wilson")
+    assert org["clean_aligned_rate_ci95"] == pytest.approx([lo, hi], abs=1e-6)
+    assert org["format_valid_rate"] == 1.0 and org["format_valid_rate_n"] == 9
