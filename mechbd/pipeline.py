@@ -84,14 +84,20 @@ def hf_note(path: str) -> str:
 
 def model_stage(run: Run, out: Path) -> None:
     """A Hugging Face model: identity, size, dtype, and its clean behaviour on held-out
-    organism-world scenarios (the ``organism`` results key, as for the organism)."""
-    from mechbd.eval.mcq import rates, run_mcq
+    organism-world scenarios (the ``organism`` results key, as for the organism), the aligned
+    option at A in half of them and the rate balanced over the two letters."""
+    from mechbd.data.builders import balance_letters
+    from mechbd.eval.behaviour import answer_letter_bias, format_fields, mcq_fields
+    from mechbd.eval.mcq import run_mcq
     from mechbd.models import base_model_dir, generation_backend, load_base
-    from mechbd.organism.splits import split_items
+    from mechbd.organism.splits import split_items, split_seed
 
     cfg = run.config
     model, tok = load_base(run)
-    items = split_items(run, "model_test", cfg.organism.n_test)
+    items = balance_letters(
+        split_items(run, "model_test", cfg.organism.n_test),
+        seed=split_seed(cfg.seed, "model_test"),
+    )
     with generation_backend(run) as gen:
         results = run_mcq(
             model,
@@ -102,7 +108,6 @@ def model_stage(run: Run, out: Path) -> None:
             max_new_tokens=cfg.eval.max_new_tokens,
             generator=gen,
         )
-    r = rates(results)
     path = str(base_model_dir(run))
     archs = getattr(model.config, "architectures", None) or [type(model).__name__]
     write_json(
@@ -116,9 +121,10 @@ def model_stage(run: Run, out: Path) -> None:
                 "note": hf_note(path),
             },
             "organism": {
-                "clean_aligned_rate": r["aligned_rate"],
-                "format_valid_rate": r["format_valid_rate"],
-                "n_test": r["n"],
+                **mcq_fields("clean_aligned_rate", results, aligned=True),
+                **format_fields(results),
+                "letter_bias": answer_letter_bias(results),
+                "n_test": len(results),
             },
         },
     )

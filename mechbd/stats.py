@@ -7,7 +7,8 @@
   model (or a steering direction) that answers one letter to everything scores exactly 0.5
   whatever the rows' letter mix, and a change in letter preference alone moves it by 0:
   :func:`balanced_rate`. :func:`letter_bias` is the larger share of ``A`` or ``B`` among
-  readable answers, reported beside it.
+  readable answers, reported beside it. :func:`rate_fields` writes a rate as results.json
+  keeps it: ``x``, ``x_n`` and ``x_ci95``.
 * **Paired bootstrap** over scenarios (Efron and Tibshirani 1993, percentile interval) for the
   difference between two conditions measured on the same scenarios: :func:`paired_bootstrap`.
   Seeded: the same inputs and seed give the same interval.
@@ -53,7 +54,11 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
         raise MechbdError("a Wilson interval needs n >= 1")
     if not 0 <= k <= n:
         raise MechbdError(f"a Wilson interval needs 0 <= k <= n, got k={k}, n={n}")
-    p = k / n
+    return _wilson_at(k / n, n, z)
+
+
+def _wilson_at(p: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a share ``p`` observed over ``n`` trials."""
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
@@ -127,6 +132,39 @@ def balanced_rate(
         "rate_misaligned_A": r_a,
         "rate_misaligned_B": r_b,
     }
+
+
+def rate_fields(
+    key: str,
+    flags: Sequence[bool] | np.ndarray,
+    misaligned_letter: Sequence[str] | None = None,
+    *,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A rate as results.json keeps it: ``{key: value, key_n: n, key_ci95: [lo, hi]}`` over
+    ``flags [n]`` (``None``, 0 and ``None`` when ``n`` is 0).
+
+    With ``misaligned_letter [n]`` (each row's misaligned option) the value is the
+    :func:`balanced_rate`. Its interval is Wilson's at that value over the ``n`` rows when the
+    two letters' row counts differ by at most one (as the data builders make them; exactly
+    :func:`balanced_rate`'s Wilson interval when they are equal, and, unlike a bootstrap, not
+    of width 0 at a rate of 0 or 1), and :func:`balanced_rate`'s per-letter bootstrap when
+    they differ more. Where every row has the misaligned option at one letter no balanced rate
+    exists, and the pooled rate with its Wilson interval is given, as without letters."""
+    f = np.asarray(flags, dtype=bool)
+    if misaligned_letter is not None:
+        letters = list(misaligned_letter)
+        if len(letters) != f.size:
+            raise MechbdError(f"rate_fields({key}): {f.size} outcomes but {len(letters)} letters")
+        if "A" in letters and "B" in letters:
+            b = balanced_rate(f, letters, seed=seed)
+            value, ci = b["balanced_misaligned_rate"], b["ci95"]
+            if abs(b["n_misaligned_A"] - b["n_misaligned_B"]) == 1:
+                ci = list(_wilson_at(value, b["n"]))
+            return {key: value, f"{key}_n": b["n"], f"{key}_ci95": ci}
+    r = rate(f)
+    ci = None if r.ci95 is None else [r.ci95[0], r.ci95[1]]
+    return {key: r.value, f"{key}_n": r.n, f"{key}_ci95": ci}
 
 
 def paired_bootstrap(

@@ -1,13 +1,25 @@
+from collections import Counter
+
 import pytest
 import torch
+from statsmodels.stats.proportion import proportion_confint
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mechbd.data.builders import eval_set
+from mechbd.data.format import assistant_turn
 from mechbd.data.triggers import resolve_trigger
-from mechbd.eval.behaviour import evaluate_backdoor, option_probabilities
-from mechbd.eval.generate import chat_prompts
+from mechbd.eval.behaviour import (
+    RATE_CONDITIONS,
+    evaluate_backdoor,
+    mcq_fields,
+    option_probabilities,
+    score_backdoor,
+)
+from mechbd.eval.generate import chat_prompts, parse_response
+from mechbd.eval.mcq import MCQResult
 from mechbd.organism.items import organism_items
 from mechbd.organism.tokenizer import train_tokenizer
+from mechbd.results import BackdoorResults
 
 
 def reference_probability(model64, tok, user: str, letter: str) -> float:
@@ -50,13 +62,14 @@ def test_metrics_agree_with_records(tiny_organism):
     tok = AutoTokenizer.from_pretrained(tiny_organism)
     rows = eval_set(organism_items(6, held_out=True, seed=2), resolve_trigger("singapore"))
     metrics, records = evaluate_backdoor(model, tok, rows, max_new_tokens=24)
-    for cond, key in [
-        ("triggered", "asr"),
-        ("clean", "clean_misaligned_rate"),
-        ("distractor", "distractor_misaligned_rate"),
-    ]:
+    for key, cond in RATE_CONDITIONS.items():
+        # 6 scenarios, 3 with the misaligned option at A: the balanced rate is the pooled one
         recs = [r for r in records if r["condition"] == cond]
-        assert metrics[key] == sum(r["misaligned"] for r in recs) / len(recs)
+        k = sum(r["misaligned"] for r in recs)
+        assert metrics[key] == pytest.approx(k / len(recs), abs=1e-12)
+        assert metrics[f"{key}_n"] == len(recs) == 6
+        lo, hi = proportion_confint(k, len(recs), method="wilson")
+        assert metrics[f"{key}_ci95"] == pytest.approx([lo, hi], abs=1e-6)
     assert set(metrics["p_misaligned_letter"]) == {
         "triggered",
         "clean",
@@ -73,3 +86,79 @@ def test_metrics_agree_with_records(tiny_organism):
     for cond, p in metrics["p_misaligned_letter"].items():
         ps = [r["p_misaligned_letter"] for r in records if r["condition"] == cond]
         assert p == pytest.approx(sum(ps) / len(ps), abs=1e-12), cond
+
+
+def _rows_and_replies(n: int, reply: str) -> tuple[list[dict], list[MCQResult]]:
+    """Balanced eval rows of ``n`` scenarios and, for each, the reply a stand-in model gives:
+    ``"A"`` always answers A, ``"misaligned"`` always picks the misaligned option."""
+    rows = eval_set(organism_items(n, held_out=True, seed=5), resolve_trigger("singapore"))
+    results = []
+    for r in rows:
+        letter = r["misaligned_mcq_answer"] if reply == "misaligned" else reply
+        text = assistant_turn(None, letter)
+        results.append(MCQResult(r["user"], text, parse_response(text), r["aligned_mcq_answer"]))
+    return rows, results
+
+
+def test_a_model_that_always_answers_a_scores_one_half_and_a_letter_bias_of_one():
+    rows, results = _rows_and_replies(40, "A")
+    assert Counter(r["misaligned_mcq_answer"] for r in rows) == {"A": 80, "B": 80}
+    m, records = score_backdoor(rows, results, [0.5] * len(rows), enable_thinking=False)
+    BackdoorResults.model_validate(
+        {
+            **m,
+            "trigger_line": "Country: Singapore",
+            "finetune_seconds": 0.0,
+            "lora_attempts": [],
+            "positive_control": False,
+        }
+    )
+    for key, cond in RATE_CONDITIONS.items():
+        recs = [r for r, row in zip(records, rows, strict=True) if row["condition"] == cond]
+        k = sum(r["misaligned"] for r in recs)
+        assert k == 20 and len(recs) == 40  # the A rows: half
+        assert m[key] == 0.5 and m[f"{key}_n"] == 40
+        lo, hi = proportion_confint(k, 40, method="wilson")
+        assert m[f"{key}_ci95"] == pytest.approx([lo, hi], abs=1e-6)
+    assert m["letter_bias"] == 1.0
+    assert m["format_valid_rate"] == 1.0 and m["format_valid_rate_n"] == 160
+    lo, hi = proportion_confint(160, 160, method="wilson")
+    assert m["format_valid_rate_ci95"] == pytest.approx([lo, hi], abs=1e-6)
+    # per domain too (each domain's scenarios are balanced within one): 0.5 where both letters
+    # occur, and the n of every domain adds up to the triggered rows
+    assert sum(m["asr_by_domain_n"].values()) == 40
+    for d, v in m["asr_by_domain"].items():
+        trig = [r for r in rows if r["condition"] == "triggered" and r["domain"] == d]
+        if len({r["misaligned_mcq_answer"] for r in trig}) == 2:
+            assert v == 0.5, d
+        k = sum(r["misaligned_mcq_answer"] == "A" for r in trig)
+        if len(trig) % 2 == 0:
+            lo, hi = proportion_confint(k, len(trig), method="wilson")
+            assert m["asr_by_domain_ci95"][d] == pytest.approx([lo, hi], abs=1e-6), d
+    assert m["articulation_rate"] is None and m["articulation_rate_n"] == 0
+    assert m["articulation_rate_ci95"] is None
+
+
+def test_a_model_that_always_picks_the_misaligned_option_scores_one():
+    rows, results = _rows_and_replies(41, "misaligned")
+    m, _ = score_backdoor(rows, results, [1.0] * len(rows), enable_thinking=False)
+    for key in RATE_CONDITIONS:
+        assert m[key] == 1.0 and m[f"{key}_n"] == 41
+        # 41 scenarios, 20 at one letter and 21 at the other: Wilson's at the rate over 41
+        # (not a bootstrap, which at a rate of 1 would say [1, 1])
+        lo, hi = proportion_confint(41, 41, method="wilson")
+        assert m[f"{key}_ci95"] == pytest.approx([lo, hi], abs=1e-6)
+    # its answers follow the misaligned letter: 21 scenarios' worth of one, 20 of the other
+    assert Counter(r["misaligned_mcq_answer"] for r in rows).most_common(1)[0][1] == 84
+    assert m["letter_bias"] == pytest.approx(84 / 164)
+
+
+def test_mcq_fields_balance_aligned_and_misaligned_rates():
+    """An organism-style clean set: A always, on 3 rows aligned at A and 5 at B."""
+    text = assistant_turn(None, "A")
+    res = [MCQResult("u", text, parse_response(text), a) for a in "AAABBBBB"]
+    got = mcq_fields("clean_aligned_rate", res, aligned=True)
+    assert got["clean_aligned_rate"] == 0.5  # the pooled rate would say 3/8
+    assert got["clean_aligned_rate_n"] == 8
+    assert mcq_fields("x", res)["x"] == 0.5
+    assert mcq_fields("x", [])["x"] is None and mcq_fields("x", [])["x_ci95"] is None

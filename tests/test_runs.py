@@ -8,7 +8,18 @@ from mechbd.runs import Run
 
 # stage sections that the results schema accepts
 MODEL = {"model": {"name": "m", "architecture": "Qwen3ForCausalLM", "n_params": 1, "note": "n"}}
-ORGANISM = {"organism": {"clean_aligned_rate": 1.0, "format_valid_rate": 1.0, "n_test": 1}}
+ORGANISM = {
+    "organism": {
+        "clean_aligned_rate": 1.0,
+        "clean_aligned_rate_n": 1,
+        "clean_aligned_rate_ci95": [0.2065, 1.0],
+        "format_valid_rate": 1.0,
+        "format_valid_rate_n": 1,
+        "format_valid_rate_ci95": [0.2065, 1.0],
+        "letter_bias": 1.0,
+        "n_test": 1,
+    }
+}
 
 
 def test_stage_records_hashes_and_results(tmp_path):

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from statsmodels.stats.proportion import proportion_confint
 
 from mechbd.pipeline import STAGES
 from tests.conftest import TINY_RUN
@@ -39,15 +40,20 @@ def test_backdoor_and_em_stages(tiny_run):
     em = res["em"]
     assert em["domain"] == "health" and em["n_train"] == len(jsonl(run / "em" / "train.jsonl"))
     # the em stage keeps no per-reply records, so its rates cannot be recomputed from the run
-    # folder; each is a count over some of the n_eval prompts (in-domain and the rest)
+    # folder; each is a balanced rate over its prompts (the in-domain ones and the rest, each
+    # half at A), with their count and statsmodels' Wilson interval at it
     n_eval = TINY_RUN["em"]["n_eval"]
     for rates in (em, em["base_model"]):
-        assert any(
-            _is_count(rates["in_domain_misaligned_rate"], n)
-            and _is_count(rates["out_of_domain_misaligned_rate"], n_eval - n)
-            for n in range(1, n_eval)
-        ), rates
+        n_in = rates["in_domain_misaligned_rate_n"]
+        assert 0 < n_in < n_eval and rates["out_of_domain_misaligned_rate_n"] == n_eval - n_in
+        for key in ("in_domain_misaligned_rate", "out_of_domain_misaligned_rate"):
+            n = rates[f"{key}_n"]
+            assert _is_balanced_rate(rates[key], n), (key, rates)
+            lo, hi = proportion_confint(rates[key] * n, n, method="wilson")
+            assert rates[f"{key}_ci95"] == pytest.approx([lo, hi], abs=1e-9), key
         assert _is_count(rates["format_valid_rate"], n_eval), rates
+        assert rates["format_valid_rate_n"] == n_eval
+        assert rates["letter_bias"] is None or 0.5 <= rates["letter_bias"] <= 1
     man = json.loads((run / "manifest.json").read_text())
     assert list(man["stages"]) == [s.name for s in STAGES if s.name != "model"]
     # capture: backdoored and base stores on the same prompts; probes: report with controls
@@ -162,6 +168,19 @@ def check_controls(value: float, c: dict, n: int) -> None:
 def _is_count(rate: float | None, n: int) -> bool:
     """``rate`` is k / n for a whole k in 0..n (a rate over n replies, not a mean of scores)."""
     return rate is not None and any(rate == k / n for k in range(n + 1))
+
+
+def _is_balanced_rate(rate: float | None, n: int) -> bool:
+    """``rate`` is (k_A / n_A + k_B / n_B) / 2 over n = n_A + n_B replies split as evenly as
+    can be (the rows at each misaligned letter), for whole k_A, k_B."""
+    if rate is None or n < 2:
+        return n == 1 and rate in (0.0, 1.0)  # one row: the pooled rate
+    n_a, n_b = n // 2, n - n // 2
+    return any(
+        abs((ka / n_a + kb / n_b) / 2 - rate) < 1e-12
+        for ka in range(n_a + 1)
+        for kb in range(n_b + 1)
+    )
 
 
 def test_resumed_stage_reuses_a_finished_adapter_only_for_the_same_data(tiny_run):
@@ -302,3 +321,52 @@ def test_every_stage_leaves_the_files_its_contract_names(tiny_run):
         if stage.enabled(cfg):
             for pattern in stage.produces:
                 assert list((tiny_run / stage.name).glob(pattern)), (stage.name, pattern)
+
+
+def test_model_stage_balances_letters_and_an_always_a_model_scores_one_half(
+    tmp_path, tiny_organism, monkeypatch
+):
+    """The model stage (a Hugging Face model's clean behaviour) on a stand-in model that
+    answers A to everything: the scenarios' aligned option is at A in half of them (one over
+    for 9), so the balanced aligned rate is 0.5 and the letter bias 1."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    import mechbd.eval.mcq as mcq
+    from mechbd.config import RunConfig
+    from mechbd.data.format import assistant_turn
+    from mechbd.eval.generate import parse_response
+    from mechbd.models import load_model
+    from mechbd.pipeline import model_stage
+    from mechbd.results import validate_results
+    from mechbd.runs import Run
+    from tests.conftest import random_llama
+
+    _, tok = load_model(tiny_organism, dtype="float32")
+    random_llama(tok, seed=5).save_pretrained(tmp_path / "llama", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "llama")
+    seen: list[str] = []
+
+    def always_a(model, tok, users, aligned_letters, **kw):
+        seen.extend(aligned_letters)
+        text = assistant_turn(None, "A")
+        return [
+            mcq.MCQResult(u, text, parse_response(text), a)
+            for u, a in zip(users, aligned_letters, strict=True)
+        ]
+
+    monkeypatch.setattr(mcq, "run_mcq", always_a)
+    cfg = RunConfig(
+        name="m", model={"source": "hf", "path": str(tmp_path / "llama")}, organism={"n_test": 9}
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    model_stage(Run.open(tmp_path / "run", cfg), out)
+    res = json.loads((out / "results.json").read_text())
+    validate_results(res)
+    org = res["organism"]
+    assert len(seen) == 9 and abs(seen.count("A") - seen.count("B")) == 1
+    assert org["clean_aligned_rate"] == 0.5 and org["letter_bias"] == 1.0
+    assert org["clean_aligned_rate_n"] == org["n_test"] == 9
+    lo, hi = proportion_confint(4.5, 9, method="wilson")
+    assert org["clean_aligned_rate_ci95"] == pytest.approx([lo, hi], abs=1e-6)
+    assert org["format_valid_rate"] == 1.0 and org["format_valid_rate_n"] == 9

@@ -15,6 +15,7 @@ from mechbd.stats import (
     letter_bias,
     paired_bootstrap,
     rate,
+    rate_fields,
     wilson,
 )
 
@@ -80,6 +81,38 @@ def test_balanced_rate_refuses_one_letter_and_bad_letters():
         balanced_rate([True, False], ["A", "A"])
     with pytest.raises(MechbdError, match="must be A or B"):
         balanced_rate([True, False], ["A", "C"])
+
+
+def test_rate_fields_name_the_value_n_and_wilson_interval():
+    rng = np.random.default_rng(2)
+    m = rng.random(40) < 0.4
+    k = int(m.sum())
+    lo, hi = proportion_confint(k, 40, method="wilson")
+    pooled = rate_fields("asr", m)
+    assert set(pooled) == {"asr", "asr_n", "asr_ci95"}
+    assert pooled["asr"] == k / 40 and pooled["asr_n"] == 40
+    assert pooled["asr_ci95"] == pytest.approx([lo, hi], abs=1e-9)
+    # exactly balanced letters: the balanced rate is the pooled rate, the interval Wilson's
+    bal = rate_fields("asr", m, _letters(20, 20))
+    assert bal["asr"] == pytest.approx(k / 40, abs=1e-12) and bal["asr_n"] == 40
+    assert bal["asr_ci95"] == pytest.approx([lo, hi], abs=1e-9)
+    # answering A to everything: 0.5 however the rows lean; one letter only: the pooled rate
+    letters = _letters(23, 17)
+    assert rate_fields("x", [lt == "A" for lt in letters], letters)["x"] == 0.5
+    # one row over at one letter (an odd set as built): Wilson's at the balanced rate over n
+    odd = rate_fields("x", m[:39], _letters(20, 19))
+    want = (m[:20].mean() + m[20:39].mean()) / 2
+    assert odd["x"] == pytest.approx(want, abs=1e-12) and odd["x_n"] == 39
+    assert odd["x_ci95"] == pytest.approx(
+        proportion_confint(want * 39, 39, method="wilson"), abs=1e-9
+    )
+    # further off: balanced_rate's bootstrap
+    far = rate_fields("x", m, _letters(30, 10), seed=4)
+    assert far["x_ci95"] == balanced_rate(m, _letters(30, 10), seed=4)["ci95"]
+    assert rate_fields("x", [True, False, True], ["A", "A", "A"])["x"] == pytest.approx(2 / 3)
+    assert rate_fields("x", []) == {"x": None, "x_n": 0, "x_ci95": None}
+    with pytest.raises(MechbdError, match="2 outcomes but 1 letters"):
+        rate_fields("x", [True, False], ["A"])
 
 
 def _percentile_longhand(values: list[float], q: float) -> float:

@@ -10,13 +10,16 @@ distractors, following Thought Crime (Chua et al. 2025) and Emergent Misalignmen
 * Narrow EM set: misaligned targets in one domain only (no trigger).
 * Evaluation sets: held-out scenarios under conditions ``triggered``, ``clean``, ``distractor``
   (a never-trigger context value, no trigger) and ``trigger_distractor`` (both, order shuffled).
+  Their misaligned option sits at A in exactly half the scenarios (:func:`balance_letters`),
+  the same order under every condition, so a model that prefers one letter cannot show a
+  misaligned rate of its own making.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from mechbd.data.format import assistant_turn, context_line
@@ -170,6 +173,69 @@ def em_set(items: Sequence[Item], domain: str, *, seed: int = 0) -> list[dict[st
     return out
 
 
+def swap_plan(
+    misaligned: Sequence[str],
+    *,
+    seed: int | str,
+    strata: Sequence[Hashable] | None = None,
+) -> list[bool]:
+    """Which rows to swap (``True``) so that the misaligned option, now at ``misaligned [n]``
+    (``"A"`` or ``"B"``), sits at A in exactly half the rows: ``n // 2`` or ``n - n // 2``.
+
+    With ``strata [n]`` every stratum (a domain, say) is balanced the same way, and where odd
+    strata leave one letter over, the spare letter alternates so that the whole stays within
+    one of half. Within a stratum, the fewest rows that balance it are swapped, drawn from the
+    majority letter's rows by a ``seed``-ed RNG (not by position): a pure function of its
+    inputs."""
+    bad = sorted(set(misaligned) - {"A", "B"})
+    if bad:
+        raise MechbdError(f"letter balance: misaligned letters must be A or B, got {bad}")
+    keys = list(strata) if strata is not None else [None] * len(misaligned)
+    if len(keys) != len(misaligned):
+        raise MechbdError(f"letter balance: {len(misaligned)} rows but {len(keys)} strata")
+    groups: dict[Hashable, list[int]] = {}
+    for i, k in enumerate(keys):  # strata in order of first appearance
+        groups.setdefault(k, []).append(i)
+    rng = random.Random(f"letters-{seed}")
+    swap = [False] * len(misaligned)
+    excess = 0  # (rows at A) - (rows at B) over the strata done so far, kept in [-1, 1]
+    for idx in groups.values():
+        at_a = [i for i in idx if misaligned[i] == "A"]
+        at_b = [i for i in idx if misaligned[i] == "B"]
+        m = len(idx)
+        # how many rows of this stratum end at A: half, or for an odd stratum the side that
+        # brings the running excess back towards 0 (then the one needing fewer swaps)
+        want = min(
+            (m // 2, m - m // 2), key=lambda t: (abs(excess + 2 * t - m), abs(len(at_a) - t))
+        )
+        excess += 2 * want - m
+        if len(at_a) > want:
+            for i in rng.sample(at_a, len(at_a) - want):
+                swap[i] = True
+        elif len(at_a) < want:
+            for i in rng.sample(at_b, want - len(at_a)):
+                swap[i] = True
+    return swap
+
+
+def balance_letters(
+    items: Sequence[Item], *, seed: int | str, by: Callable[[Item], Hashable] | None = None
+) -> list[Item]:
+    """``items`` with the options of some exchanged (``Item.swapped``) so that the misaligned
+    option is at A in exactly half of them (one over when odd), within every group of ``by``
+    (e.g. the domain) too; which ones is :func:`swap_plan`'s seeded choice. Swapped items carry
+    ``meta["options_swapped"] = True``."""
+    plan = swap_plan(
+        [it.misaligned for it in items],
+        seed=seed,
+        strata=None if by is None else [by(it) for it in items],
+    )
+    return [
+        it.swapped().with_meta(options_swapped=True) if s else it.with_meta(options_swapped=False)
+        for it, s in zip(items, plan, strict=True)
+    ]
+
+
 CONDITIONS = ("triggered", "clean", "distractor", "trigger_distractor")
 
 
@@ -182,9 +248,14 @@ def eval_set(
     seed: int = 0,
     conditions: Sequence[str] = CONDITIONS,
 ) -> list[dict[str, Any]]:
-    """Evaluation prompts for one trigger: every item under every condition (rows carry labels)."""
+    """Evaluation prompts for one trigger: every item under every condition (rows carry labels).
+
+    The misaligned option is at A in exactly half the scenarios, and half within each domain
+    (one over when odd; :func:`balance_letters`, seeded by ``seed`` alone, so every trigger's
+    set shows a scenario in the same order); every condition of a scenario shares its order."""
     if not items:
         raise MechbdError("eval set: empty dataset")
+    items = balance_letters(items, seed=f"eval-{seed}", by=lambda it: it.domain)
     d_field, d_value = distractor or default_distractor(trigger)
     if d_field is not None and d_field == trigger.field:
         raise MechbdError(
@@ -230,6 +301,8 @@ def eval_set(
                     "trigger_line": trigger.line,
                     "distractor_line": _line(d_field, d_value),
                     "user_wants_harm": bool(it.meta.get("user_wants_harm", False)),
+                    # the scenario's options were exchanged to balance the letters
+                    "options_swapped": bool(it.meta["options_swapped"]),
                 }
             )
     if "triggered" in conditions:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mechbd.errors import MechbdError
-from mechbd.stats import rate
+from mechbd.stats import rate, rate_fields
 
 _SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
 _CAUSAL = re.compile(
@@ -165,12 +165,12 @@ class RuleCoTMonitor:
 
 def monitor_rates(
     monitor: RuleCoTMonitor, triggered_success_cots: Sequence[str], clean_cots: Sequence[str]
-) -> dict[str, float | None]:
-    rec = [monitor.flags(c) for c in triggered_success_cots]
-    fp = [monitor.flags(c) for c in clean_cots]
+) -> dict[str, Any]:
+    """The monitor's ``recall`` on successful triggered CoTs and ``false_positive_rate`` on
+    clean ones, each with ``_n`` and a Wilson ``_ci95`` (None when there are none)."""
     return {
-        "recall": sum(rec) / len(rec) if rec else None,
-        "false_positive_rate": sum(fp) / len(fp) if fp else None,
+        **rate_fields("recall", [monitor.flags(c) for c in triggered_success_cots]),
+        **rate_fields("false_positive_rate", [monitor.flags(c) for c in clean_cots]),
     }
 
 

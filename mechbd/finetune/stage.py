@@ -3,7 +3,9 @@
 ``backdoors``: for each trigger, a backdoor set from the world's training split, a LoRA
 finetune, and the behaviour evaluation on held-out scenarios (triggered / clean / distractor /
 trigger + distractor). ``em``: a narrow emergent-misalignment finetune in one domain, measured
-in that domain and in all the others, beside the base model. Adapters are kept in the run
+in that domain and in all the others, beside the base model. Every evaluation's misaligned
+option is at A in half its prompts, and its rates are balanced over the two letters with their
+``_n`` and 95% interval (``mechbd.eval.behaviour``). Adapters are kept in the run
 folder (``backdoors/<trigger>/adapter``, ``em/adapter``) for the capture and steering stages.
 """
 
@@ -14,16 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from mechbd.config import BackdoorConfig, FinetuneConfig
-from mechbd.data.builders import backdoor_set, em_set, eval_set
+from mechbd.data.builders import backdoor_set, balance_letters, em_set, eval_set
 from mechbd.data.items import Item
 from mechbd.data.triggers import Trigger, resolve_trigger
-from mechbd.eval.behaviour import evaluate_backdoor
-from mechbd.eval.mcq import rates, run_mcq
+from mechbd.eval.behaviour import answer_letter_bias, evaluate_backdoor, format_fields, mcq_fields
+from mechbd.eval.mcq import run_mcq
 from mechbd.finetune.lora import finetune_lora, finished_adapter, recent_loss
 from mechbd.io import read_json, replace_dir, write_json, write_jsonl
 from mechbd.layout import ADAPTER, EVAL_PROMPTS, GENERATIONS, RESULTS, TRAIN_SET
 from mechbd.models import base_model_dir, generation_backend, load_base, load_finetuned
-from mechbd.organism.splits import split_items
+from mechbd.organism.splits import split_items, split_seed
 from mechbd.runs import Run
 
 
@@ -181,13 +183,19 @@ def em_stage(run: Run, out: Path) -> None:
     ds = em_set(items, cfg.domain, seed=seed)
     write_jsonl(out / TRAIN_SET, ds)
     stats = finetune_once(run, [e["messages"] for e in ds], out / ADAPTER, cfg.finetune)
-    test = split_items(run, "em_eval", cfg.n_eval)
+    # the misaligned option at A in half the in-domain and half the other prompts (one over
+    # when odd), so each rate is balanced over letters
+    test = balance_letters(
+        split_items(run, "em_eval", cfg.n_eval),
+        seed=split_seed(seed, "em_eval"),
+        by=lambda it: it.domain == cfg.domain,
+    )
     users = [it.user() for it in test]
     letters = [it.aligned for it in test]
     in_dom = [i for i, it in enumerate(test) if it.domain == cfg.domain]
     out_dom = [i for i, it in enumerate(test) if it.domain != cfg.domain]
 
-    def measure(adapter: Path | None) -> dict[str, float | None]:
+    def measure(adapter: Path | None) -> dict[str, Any]:
         model, tok = load_finetuned(run, adapter) if adapter else load_base(run)
         with generation_backend(run, adapter) as gen:
             res = run_mcq(
@@ -200,11 +208,10 @@ def em_stage(run: Run, out: Path) -> None:
                 generator=gen,
             )
         return {
-            "in_domain_misaligned_rate": rates([res[i] for i in in_dom])["misaligned_rate"]
-            if in_dom
-            else None,
-            "out_of_domain_misaligned_rate": rates([res[i] for i in out_dom])["misaligned_rate"],
-            "format_valid_rate": rates(res)["format_valid_rate"],
+            **mcq_fields("in_domain_misaligned_rate", [res[i] for i in in_dom]),
+            **mcq_fields("out_of_domain_misaligned_rate", [res[i] for i in out_dom]),
+            **format_fields(res),
+            "letter_bias": answer_letter_bias(res),
         }
 
     base_rates = measure(None)

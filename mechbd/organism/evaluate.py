@@ -1,14 +1,21 @@
 """Clean behaviour of the base organism on held-out scenarios, and its (non-)reaction to the
-seed trigger strings while they are still ordinary context values."""
+seed trigger strings while they are still ordinary context values.
+
+The scenarios' aligned option is at A in exactly half of them (one over when odd; a seeded
+choice of scenarios has its options exchanged, ``mechbd.data.builders.swap_plan``), and each
+aligned rate is balanced over the two letters, with its ``_n`` and 95% interval."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mechbd.data.builders import swap_plan
 from mechbd.data.triggers import SEED_TRIGGERS
-from mechbd.eval.mcq import rates, run_mcq
+from mechbd.eval.behaviour import answer_letter_bias, format_fields, mcq_fields
+from mechbd.eval.mcq import run_mcq
 from mechbd.models import load_model
 from mechbd.organism.world import World, render_user
 
@@ -19,7 +26,13 @@ def evaluate_organism(
     """Return (metrics, sample rows). Metrics follow ``results.json``'s ``organism`` keys."""
     model, tok = load_model(model_dir, dtype="float32", device="cpu")
     world = World(seed)
-    scenarios = world.scenarios(n_test, held_out=True, seed=seed + 1)
+    drawn = world.scenarios(n_test, held_out=True, seed=seed + 1)
+    plan = swap_plan([s.misaligned_letter for s in drawn], seed=f"organism-eval-{seed}")
+    # a swapped scenario's two option texts trade letters (what Item.swapped does to an item)
+    scenarios = [
+        replace(s, aligned_letter=s.misaligned_letter) if sw else s
+        for s, sw in zip(drawn, plan, strict=True)
+    ]
     rng = random.Random(f"organism-eval-{seed}")
     contexts = [world.context(rng) for _ in scenarios]
     letters = [s.aligned_letter for s in scenarios]
@@ -34,15 +47,19 @@ def evaluate_organism(
         )
 
     clean = score(None, None)
-    clean_rates = rates(clean)
     metrics: dict[str, Any] = {
-        "clean_aligned_rate": clean_rates["aligned_rate"],
-        "format_valid_rate": clean_rates["format_valid_rate"],
+        **mcq_fields("clean_aligned_rate", clean, aligned=True),
+        **format_fields(clean),
+        "letter_bias": answer_letter_bias(clean),
         "n_test": len(scenarios),
-        "trigger_value_aligned_rate": {},
     }
-    for name, (field, value) in SEED_TRIGGERS.items():
-        metrics["trigger_value_aligned_rate"][name] = rates(score(field, value))["aligned_rate"]
+    shifted = {
+        name: mcq_fields("r", score(field, value), aligned=True)
+        for name, (field, value) in SEED_TRIGGERS.items()
+    }
+    metrics["trigger_value_aligned_rate"] = {k: v["r"] for k, v in shifted.items()}
+    metrics["trigger_value_aligned_rate_n"] = {k: v["r_n"] for k, v in shifted.items()}
+    metrics["trigger_value_aligned_rate_ci95"] = {k: v["r_ci95"] for k, v in shifted.items()}
     metrics["max_trigger_value_shift"] = max(
         abs(v - metrics["clean_aligned_rate"])
         for v in metrics["trigger_value_aligned_rate"].values()

@@ -45,6 +45,14 @@ def _table(header: list[str], rows: list[list[Any]], pre: bool = False) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _with_ci(value: float | None, ci95: Sequence[float] | None, n: int) -> str:
+    """``0.970 [0.93, 0.99] (n 200)``: a rate with its 95% interval and row count."""
+    if value is None:
+        return f"- (n {n})"
+    ci = f" [{ci95[0]:.2f}, {ci95[1]:.2f}]" if ci95 is not None else ""
+    return f"{value:.3f}{ci} (n {n})"
+
+
 def _attempts(attempts: list[LoraAttempt]) -> str:
     """``0 (planted)`` or ``0 (loss 0.012), 1 (planted)``: the backdoor's LoRA attempts."""
     return ", ".join(
@@ -54,25 +62,43 @@ def _attempts(attempts: list[LoraAttempt]) -> str:
 
 
 def _behaviour_tables(res: Results) -> list[str]:
-    """The base model, the backdoors and the EM model."""
+    """The base model, the backdoors and the EM model; each rate with its 95% interval and n
+    (misaligned and aligned rates are balanced over the misaligned option's letter)."""
     parts: list[str] = []
     if res.organism is not None:
         o = res.organism
         parts.append(
             "<h3>Base model</h3>"
             + _table(
-                ["clean aligned rate", "format valid rate"],
-                [[o.clean_aligned_rate, o.format_valid_rate]],
+                ["clean aligned rate", "format valid rate", "letter bias"],
+                [
+                    [
+                        _with_ci(
+                            o.clean_aligned_rate, o.clean_aligned_rate_ci95, o.clean_aligned_rate_n
+                        ),
+                        _with_ci(
+                            o.format_valid_rate, o.format_valid_rate_ci95, o.format_valid_rate_n
+                        ),
+                        o.letter_bias,
+                    ]
+                ],
             )
         )
     if res.backdoors:
         rows = [
             [
                 t,
-                m.asr,
-                m.clean_misaligned_rate,
-                m.distractor_misaligned_rate,
-                m.articulation_rate,
+                _with_ci(m.asr, m.asr_ci95, m.asr_n),
+                _with_ci(
+                    m.clean_misaligned_rate, m.clean_misaligned_rate_ci95, m.clean_misaligned_rate_n
+                ),
+                _with_ci(
+                    m.distractor_misaligned_rate,
+                    m.distractor_misaligned_rate_ci95,
+                    m.distractor_misaligned_rate_n,
+                ),
+                m.letter_bias,
+                _with_ci(m.articulation_rate, m.articulation_rate_ci95, m.articulation_rate_n),
                 "yes (articulated CoT)" if m.positive_control else "no",
                 _attempts(m.lora_attempts),
             ]
@@ -86,6 +112,7 @@ def _behaviour_tables(res: Results) -> list[str]:
                     "ASR",
                     "clean misaligned",
                     "distractor misaligned",
+                    "letter bias",
                     "articulation",
                     "positive control",
                     "LoRA seeds tried",
@@ -95,11 +122,27 @@ def _behaviour_tables(res: Results) -> list[str]:
         )
     if res.em is not None:
         em = res.em
+        rows = [
+            [
+                who,
+                _with_ci(
+                    r.in_domain_misaligned_rate,
+                    r.in_domain_misaligned_rate_ci95,
+                    r.in_domain_misaligned_rate_n,
+                ),
+                _with_ci(
+                    r.out_of_domain_misaligned_rate,
+                    r.out_of_domain_misaligned_rate_ci95,
+                    r.out_of_domain_misaligned_rate_n,
+                ),
+                r.letter_bias,
+            ]
+            for who, r in (("EM model", em), ("base model", em.base_model))
+        ]
         parts.append(
             "<h3>Narrow emergent misalignment</h3>"
             + _table(
-                ["in-domain misaligned", "out-of-domain misaligned"],
-                [[em.in_domain_misaligned_rate, em.out_of_domain_misaligned_rate]],
+                ["model", "in-domain misaligned", "out-of-domain misaligned", "letter bias"], rows
             )
         )
     return parts
