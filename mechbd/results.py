@@ -376,10 +376,6 @@ class EmDirection(Section):
     n_scenarios: int = Field(description="scenarios the direction was computed from")
 
 
-CI95 = Annotated[list[float], Field(min_length=2, max_length=2)]
-"""A 95% interval ``[lo, hi]``."""
-
-
 class MCQSummary(Section):
     """One counterbalanced measurement: every scenario in both option orders."""
 

@@ -28,9 +28,9 @@ from typing import Any
 from torch import nn
 
 from mechbd.errors import MechbdError
-from mechbd.stats import balanced_rate
 from mechbd.eval.behaviour import option_probabilities
 from mechbd.eval.mcq import run_mcq
+from mechbd.stats import balanced_rate
 from mechbd.steering.directions import Direction
 from mechbd.steering.ops import Intervention, steer
 
