@@ -238,7 +238,7 @@ STEERING = Stage(
     lambda c: c.steering.enabled,
     needs=(EM,),
     optional=(BACKDOORS, PROBES),
-    produces=(RESULTS, "sweep_base_em.json", EM_DIRECTION, f"{DIRECTIONS}/random.safetensors"),
+    produces=(RESULTS, "sweep_base_em.json", EM_DIRECTION),
 )
 SAE = Stage(
     "sae",

@@ -50,17 +50,39 @@ def test_demo_end_to_end(tmp_path):
     assert pr["random_baseline_auroc"] < pr["auroc"]
     assert pr["base_model_auroc"] is not None
     assert res["probes"]["transfer"]["singapore"]["singapore"] == pr["auroc"]
-    # issue 7: steering the base organism along the EM direction, with the random control; the
-    # >= 50-point bar is not met on the organism (docs/findings.md), so this checks what holds
-    se = res["steering"]["base_em"]
-    assert se["format_valid_rate"] >= 0.9 and se["format_guard_met"]
-    assert se["rise"] >= 0.2 and abs(se["random_rise"]) <= 0.10
-    # the fitted ceiling vector at the same layer trained (its held-out effect is reported)
-    assert se["optimized"]["layer"] == se["best_layer"]
-    assert se["optimized"]["train_loss"]["after"] < se["optimized"]["train_loss"]["before"]
-    abl = res["steering"]["ablation"]["singapore"]
-    assert set(abl) == {"none", "em_mean_diff", "random", "trigger_probe"}
-    assert abl["none"]["asr"] >= 0.9
+    # issue 22: steering counterbalanced, chosen on the selection split, read on the test
+    # split against >= 20 random directions chosen the same way; the fitted vector says whether
+    # it converged; ablation at both position settings for every trigger, with its controls
+    st = res["steering"]
+    se = st["base_em"]
+    for key in (
+        "balanced_misaligned_rate",
+        "ci95",
+        "rise",
+        "rise_ci95",
+        "letter_bias",
+        "format_valid_rate",
+        "n_select",
+        "n_test",
+        "selected",
+        "controls",
+    ):
+        assert se[key] is not None, key
+    assert se["controls"]["n"] >= 20 and se["n_test"] == 100 and se["n_select"] == 50
+    assert se["ci95"][0] <= se["balanced_misaligned_rate"] <= se["ci95"][1]
+    assert se["rise_ci95"][0] <= se["rise"] <= se["rise_ci95"][1]
+    assert st["baseline"]["format_valid_rate"] >= 0.9
+    assert isinstance(st["optimized"]["converged"], bool)
+    assert set(st["optimized"]["fit"]) == {str(i) for i in range(6)}
+    for t in res["backdoors"]:
+        for pos in ("all", "assistant"):
+            abl = st["ablation"][t][pos]
+            assert abl["none"]["asr"] >= 0.9, (t, pos)
+            assert abl["em_mean_diff"]["controls"]["n"] >= 10
+            assert abl["trigger_probe"]["controls"]["n"] >= 10
+    screen = res["sae"]["screen"]
+    keys = {frozenset(r) for g in ("candidates", "controls") for r in screen[g].values()}
+    assert len(keys) == 1 and len(screen["controls"]) >= len(screen["candidates"])
     # issue 6: the SAE at the probes' best layer reconstructs well; the persona keys are there.
     # The screen's >= 30-point bar is not met on the organism (docs/findings.md).
     from tests.recompute import (

@@ -303,9 +303,14 @@ def test_steer_cli_matches_the_python_sweep(models, tiny_organism, tmp_path):
         ("random(mine)", 0.0),
         ("random(mine)", 6.0),
     ]
-    ref = measure(model, tok, rows, [Intervention(1, d.at(1), "add", 6.0)])
+    from mechbd.eval.mcq import both_orders
+
+    # the CLI scores every row in both option orders
+    ref = measure(model, tok, both_orders(rows), [Intervention(1, d.at(1), "add", 6.0)])
+    assert recs[1]["n"] == 2 * len(rows) == ref["n"]
     assert recs[1]["p_misaligned_letter"] == pytest.approx(ref["p_misaligned_letter"], abs=1e-5)
     assert recs[1]["misaligned_rate"] == ref["misaligned_rate"]
+    assert recs[1]["balanced_misaligned_rate"] == ref["balanced_misaligned_rate"]
     line = one_line_error(
         mechbd(
             "steer",

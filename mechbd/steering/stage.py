@@ -241,6 +241,7 @@ def _ablation_record(base: Outcome, o: Outcome, seed: int) -> dict[str, Any]:
         "format_valid_rate": o.summary()["format_valid_rate"],
         "n": t["n"],
         "n_scenarios": t["n_scenarios"],
+        "controls": None,
     }
 
 
