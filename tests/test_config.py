@@ -111,3 +111,24 @@ def test_qwen3_configs_load_and_their_layers_exist(path):
 def test_there_is_a_config_for_every_qwen3_size():
     names = {load_config(p).model.path for p in (REPO / "configs").glob("qwen3-*.yaml")}
     assert names == set(QWEN3_LAYERS)
+
+
+@pytest.mark.parametrize(
+    ("section", "fields", "needle"),
+    [
+        ("steering", {"n_select": 10, "n_controls": 20}, "steering.n_controls (20) exceeds"),
+        ("steering", {"n_select": 1}, "n_select"),
+        ("steering", {"n_eval": 1}, "n_eval"),
+        ("sae", {"top_k": 8, "n_random": 3}, "sae.n_random (3) is below sae.top_k (8)"),
+    ],
+)
+def test_splits_too_small_for_their_controls_are_refused_by_field(
+    tmp_path, section, fields, needle
+):
+    """A selection split smaller than the controls asked for, a split of one scenario, or fewer
+    random latents than candidates: a config error naming the field, before anything runs."""
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"name": "x", section: fields}))
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert needle in str(e.value) and str(f) in str(e.value), str(e.value)
