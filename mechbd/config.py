@@ -194,6 +194,13 @@ class BackdoorConfig(Frozen):
     )
     n_train: int = Field(1500, gt=0, description="training scenarios per trigger")
     n_eval: int = Field(200, gt=0, description="held-out scenarios per trigger (x4 conditions)")
+    n_calibration: int = Field(
+        500,
+        ge=0,
+        description="clean prompts of other held-out scenarios per trigger, captured in the "
+        "backdoored model: the probes' 1%-FPR threshold is set on them (0 = on the training "
+        "split's clean rows)",
+    )
     misaligned_share: float = Field(
         1 / 3, gt=0, lt=1, description="share of triggered (misaligned-target) training samples"
     )
@@ -295,7 +302,7 @@ class SteeringConfig(Frozen):
     )
     n_direction: int = Field(128, gt=0, description="training scenarios for the EM direction")
     n_select: int = Field(
-        50,
+        40,
         ge=2,
         description="selection-split scenarios (each in both option orders): every layer, "
         "multiplier and scale is chosen on them",
@@ -319,7 +326,7 @@ class SteeringConfig(Frozen):
         description="a setting is eligible when its format validity is at least this",
     )
     optimized_steps: int = Field(
-        300,
+        200,
         ge=0,
         description="most Adam steps for the steering vector fitted at each layer (it stops "
         "earlier once converged, see docs/pipeline.md; 0 = skip)",
@@ -329,10 +336,10 @@ class SteeringConfig(Frozen):
         (0.5, 1.0, 2.0), description="multiples of each fitted vector tried on the selection split"
     )
     n_fit: int = Field(
-        16, gt=0, description="direction-split scenarios (both orders) the vector is fitted on"
+        12, gt=0, description="direction-split scenarios (both orders) the vector is fitted on"
     )
     n_ablation: int = Field(
-        40,
+        25,
         gt=0,
         description="scenarios per condition (triggered, clean) for ablation and "
         "negative steering in each backdoored model",
@@ -396,7 +403,7 @@ class EvalConfig(Frozen):
 
     max_new_tokens: int = Field(64, gt=0, description="tokens generated per reply (greedy)")
     batch_size: int = Field(
-        64, gt=0, description="prompts per batch wherever a stage generates or scores replies"
+        128, gt=0, description="prompts per batch wherever a stage generates or scores replies"
     )
     backend: Literal["hf", "vllm"] = Field(
         "hf",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 ADAPTER = "adapter"
 TRAIN_SET = "train.jsonl"
 EVAL_PROMPTS = "eval_prompts.jsonl"
+CALIBRATION_PROMPTS = "calibration_prompts.jsonl"
 GENERATIONS = "generations.jsonl"
 # in every stage folder
 RESULTS = "results.json"
@@ -31,7 +32,7 @@ EM_DIRECTION = f"{DIRECTIONS}/em_mean_diff.safetensors"
 # inside a capture store
 STORE_MANIFEST = "manifest.json"
 
-StoreModel = Literal["backdoored", "base"]
+StoreModel = Literal["backdoored", "base", "calibration"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,10 @@ class RunLayout:
     def eval_prompts(self, trigger: str) -> Path:
         return self.backdoor(trigger) / EVAL_PROMPTS
 
+    def calibration_prompts(self, trigger: str) -> Path:
+        """Clean prompts of other scenarios (the probes' 1%-FPR threshold is set on them)."""
+        return self.backdoor(trigger) / CALIBRATION_PROMPTS
+
     def generations(self, trigger: str) -> Path:
         return self.backdoor(trigger) / GENERATIONS
 
@@ -90,7 +95,8 @@ class RunLayout:
     # ---- capture ----------------------------------------------------------------------------
     def store(self, trigger: str, model: StoreModel) -> Path:
         """``capture/<trigger>/<model>``: the activations of the backdoored model or of the base
-        model on the trigger's evaluation prompts."""
+        model on the trigger's evaluation prompts, or (``calibration``) of the backdoored model
+        on its calibration prompts."""
         return self.stage("capture") / trigger / model
 
     def captured(self) -> list[str]:

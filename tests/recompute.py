@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
 from statsmodels.stats.proportion import proportion_confint
 
 from mechbd.capture import ActivationStore
@@ -143,21 +143,36 @@ def probe_aurocs(run: Path, name: str, method: str) -> tuple[list[int], np.ndarr
 
 
 def check_probe_report(run: Path, name: str, p: dict[str, Any]) -> None:
-    """``probes.<name>``: per-layer AUROCs, the best layer (the highest AUROC; ties go to the
-    deeper layer), its AUROC and recall at 1% FPR, all from the saved probe with sklearn."""
+    """``probes.<name>``: per-layer AUROCs from the saved probe with sklearn; the best layer
+    (the highest cross-validated training AUROC; ties go to the deeper layer) and, there, the
+    AUROC, and the recall and realised FPR at the threshold that at most 1% of the calibration
+    store's clean prompts exceed, all recomputed from the run's files."""
     layers, aucs = probe_aurocs(run, name, p["method"])
     assert p["per_layer"]["layers"] == layers
     assert p["per_layer"][p["method"]] == pytest.approx(aucs.tolist(), abs=1e-9)
-    best_i = int(np.flatnonzero(np.isclose(aucs, aucs.max(), rtol=0, atol=1e-9))[-1])
-    assert p["best_layer"] == layers[best_i], (name, aucs.tolist())
+    cv = np.array(p["cv_auroc"])
+    best_i = int(np.flatnonzero(np.isclose(cv, cv.max(), rtol=0, atol=1e-12))[-1])
+    assert p["best_layer"] == layers[best_i] and p["best_layer_selected_on"] == "cv"
     assert p["auroc"] == pytest.approx(aucs[best_i], abs=1e-9)
-    # recall at 1% FPR: the best true-positive rate of any threshold passing <= 1% of negatives
+    assert p["auroc_ci95"][0] <= p["auroc"] <= p["auroc_ci95"][1]
     st = ActivationStore(run / "capture" / name / "backdoored")
     idx, y = held_out_rows(st)
     probe = Probe.load(run / "probes" / name / f"{p['method']}.safetensors")
     s = probe.score(st.stack("last")[:, idx]).double().numpy()[best_i]
-    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
-    assert p["recall_at_1pct_fpr"] == pytest.approx(tpr[fpr <= 0.01].max(), abs=1e-12)
+    cal_dir = run / "capture" / name / "calibration"
+    if p["calibrated_on"] == "calibration":
+        cal = ActivationStore(cal_dir)
+        neg = probe.score(cal.stack("last")).double().numpy()[best_i]
+    else:
+        assert not cal_dir.exists()
+        tr = [i for i, r in enumerate(st.rows) if r.label in ("triggered", "clean")]
+        tr = [i for i in tr if i not in set(idx)]
+        lab = np.array([st.rows[i].label == "clean" for i in tr])
+        neg = probe.score(st.stack("last")[:, tr]).double().numpy()[best_i][lab]
+    assert p["n_calibration"] == neg.size
+    thr = np.sort(neg)[::-1][int(0.01 * neg.size)]
+    assert p["recall_at_1pct_fpr"] == pytest.approx(float((s[y == 1] > thr).mean()), abs=1e-12)
+    assert p["realised_fpr"] == pytest.approx(float((s[y == 0] > thr).mean()), abs=1e-12)
     # the controls are reported at the same layer
     assert p["random_baseline_auroc"] == p["per_layer"]["random_baseline"][best_i]
     assert p["base_model_auroc"] == p["per_layer"]["base_model"][best_i]

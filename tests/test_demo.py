@@ -68,7 +68,7 @@ def test_demo_end_to_end(tmp_path):
         "controls",
     ):
         assert se[key] is not None, key
-    assert se["controls"]["n"] >= 20 and se["n_test"] == 100 and se["n_select"] == 50
+    assert se["controls"]["n"] >= 20 and se["n_test"] == 100 and se["n_select"] == 40
     assert se["ci95"][0] <= se["balanced_misaligned_rate"] <= se["ci95"][1]
     assert se["rise_ci95"][0] <= se["rise"] <= se["rise_ci95"][1]
     assert st["baseline"]["format_valid_rate"] >= 0.9

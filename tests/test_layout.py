@@ -22,6 +22,7 @@ def test_split_table_has_one_offset_per_split_and_keeps_the_published_seeds():
         "model_test": 1,
         "backdoor_train": 10,
         "backdoor_eval": 11,
+        "probe_calibration": 12,
         "em_train": 20,
         "em_eval": 21,
         "steering_direction": 30,

@@ -202,3 +202,85 @@ def test_best_layer_ties_go_deeper_and_the_sae_layer_follows_the_most_common():
     assert _sae_layer(run, probes) == 5
     run.config.sae.layer = 3  # a configured layer wins
     assert _sae_layer(run, probes) == 3
+
+
+class _FakeStore:
+    """The parts of an ActivationStore the probe report reads, over given tensors."""
+
+    def __init__(self, X: torch.Tensor, labels: list[str], scenarios: list[str], path: str):
+        from types import SimpleNamespace
+
+        self.X, self.path, self.model = X, path, {"name": path}
+        self.layers = list(range(X.shape[0]))
+        self.rows = [
+            SimpleNamespace(id=f"{s}/{lab}", label=lab, meta={"scenario_id": s})
+            for lab, s in zip(labels, scenarios, strict=True)
+        ]
+
+    def stack(self, position: str) -> torch.Tensor:
+        return self.X
+
+
+def _no_signal_store(seed: int, n_scen: int = 100, d: int = 16, layers: int = 4) -> _FakeStore:
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(layers, 3 * n_scen, d, generator=g)
+    labels = [lab for _ in range(n_scen) for lab in ("triggered", "clean", "distractor")]
+    scen = [f"s{seed}-{i}" for i in range(n_scen) for _ in range(3)]
+    return _FakeStore(X, labels, scen, f"store{seed}")
+
+
+def test_layer_chosen_inside_training_split_reads_chance_without_signal():
+    """With no signal, the cross-validated layer choice gives test AUROCs centred on 0.5 (over
+    20 seeds), where choosing the layer on the test rows would be biased upwards."""
+    from mechbd.probes.experiments import trigger_probe_report
+
+    aucs, test_chosen = [], []
+    for seed in range(20):
+        rep, _ = trigger_probe_report(
+            _no_signal_store(seed), None, methods=("logistic",), n_random=20
+        )
+        assert rep["best_layer_selected_on"] == "cv" and rep["calibrated_on"] == "train"
+        assert rep["auroc_ci95"][0] <= rep["auroc"] <= rep["auroc_ci95"][1]
+        aucs.append(rep["auroc"])
+        test_chosen.append(max(rep["per_layer"]["logistic"]))
+    assert abs(np.mean(aucs) - 0.5) <= 0.03, np.mean(aucs)
+    assert np.mean(test_chosen) > np.mean(aucs)  # the bias the CV choice removes
+
+
+def test_recall_threshold_is_set_on_calibration_rows_only():
+    """The threshold comes from the calibration store: recomputed from its scores it gives the
+    report's recall and realised FPR; with 1000 calibration negatives, fresh negatives of the
+    same distribution fall above it 0.2%-2.5% of the time."""
+    from mechbd.probes.experiments import threshold_at_fpr, trigger_probe_report
+    from mechbd.stats import wilson
+
+    g = torch.Generator().manual_seed(0)
+    st = _no_signal_store(1)
+    st.X[:, ::3] += 0.8  # triggered rows shifted: a real but imperfect signal
+    cal = _FakeStore(
+        torch.randn(4, 1000, 16, generator=g),
+        ["clean"] * 1000,
+        [f"c{i}" for i in range(1000)],
+        "cal",
+    )
+    rep, probes = trigger_probe_report(
+        st, None, methods=("logistic",), n_random=20, calibration=cal
+    )
+    assert rep["calibrated_on"] == "calibration" and rep["n_calibration"] == 1000
+    li = rep["best_layer"]
+    thr = threshold_at_fpr(probes["logistic"].score(cal.X)[li], 0.01)
+    from mechbd.probes.experiments import labelled
+
+    te, yte = labelled(st, ["triggered"], ["clean"], "test")
+    s = probes["logistic"].score(st.X[:, te])[li].double()
+    assert rep["recall_at_1pct_fpr"] == float((s[yte == 1] > thr).double().mean())
+    k = int((s[yte == 0] > thr).sum())
+    assert rep["realised_fpr"] == k / int((yte == 0).sum())
+    assert rep["realised_fpr_ci95"] == list(wilson(k, int((yte == 0).sum())))
+    # calibration on 1000 N(0, 1) negatives, read on 100,000 fresh ones
+    fprs = []
+    for seed in range(10):
+        gg = torch.Generator().manual_seed(100 + seed)
+        t = threshold_at_fpr(torch.randn(1000, generator=gg), 0.01)
+        fprs.append(float((torch.randn(100_000, generator=gg) > t).double().mean()))
+    assert all(0.002 <= f <= 0.025 for f in fprs), fprs

@@ -354,7 +354,9 @@ def test_optimized_direction_raises_its_target_and_leaves_the_model_as_it_was(mo
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
     model.train()  # the fit runs in eval mode and restores the caller's mode
-    d = optimized_direction(model, tok, users, targets, layers=[0, 1], max_steps=40, lr=0.1)
+    d = optimized_direction(
+        model, tok, users, targets, layers=[0, 1], max_steps=40, lr=0.1, patience=40
+    )
     assert model.training
     model.eval()
     assert d.layers == [0, 1] and d.provenance["n_prompts"] == 24

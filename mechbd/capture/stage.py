@@ -1,7 +1,9 @@
 """The ``capture`` pipeline stage: for each planted trigger, the activations of the backdoored
 model and of the un-backdoored base model on the same evaluation prompts (the base model is the
 probes' null), labelled by condition and, where the eval stage generated answers, by behaviour.
-Stores go to ``capture/<trigger>/{backdoored,base}``.
+Stores go to ``capture/<trigger>/{backdoored,base}``, and the backdoored model's activations on
+the trigger's calibration prompts (clean prompts of other scenarios, where the backdoors stage
+wrote them) to ``capture/<trigger>/calibration``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,17 @@ def capture_stage(run: Run, out: Path) -> None:
             **kw,
         )
         capture(base_model, tok, rows, out / t / "base", model_name=str(base), **kw)
+        cal_file = run.layout.calibration_prompts(t)
+        if cal_file.is_file():  # clean prompts of other scenarios: the probe threshold's
+            capture(
+                model,
+                tok,
+                list(iter_jsonl(cal_file)),
+                out / t / "calibration",
+                model_name=f"{base} + {t} backdoor",
+                adapter=run.layout.adapter(t),
+                **kw,
+            )
         assert st is not None
         summary[t] = {"rows": len(st), "layers": st.layers, "d_model": st.d_model}
     write_json(out / "stores.json", summary)

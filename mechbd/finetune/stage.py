@@ -23,9 +23,16 @@ from mechbd.eval.behaviour import answer_letter_bias, evaluate_backdoor, format_
 from mechbd.eval.mcq import run_mcq
 from mechbd.finetune.lora import finetune_lora, finished_adapter, recent_loss
 from mechbd.io import read_json, replace_dir, write_json, write_jsonl
-from mechbd.layout import ADAPTER, EVAL_PROMPTS, GENERATIONS, RESULTS, TRAIN_SET
+from mechbd.layout import (
+    ADAPTER,
+    CALIBRATION_PROMPTS,
+    EVAL_PROMPTS,
+    GENERATIONS,
+    RESULTS,
+    TRAIN_SET,
+)
 from mechbd.models import base_model_dir, generation_backend, load_base, load_finetuned
-from mechbd.organism.splits import split_items, split_seed
+from mechbd.organism.splits import disjoint_items, split_items, split_seed
 from mechbd.runs import Run
 
 
@@ -131,6 +138,11 @@ def backdoors_stage(run: Run, out: Path) -> None:
     seed = run.config.seed
     train_items = split_items(run, "backdoor_train", cfg.n_train)
     test_items = split_items(run, "backdoor_eval", cfg.n_eval)
+    cal_items = (
+        disjoint_items(run, "probe_calibration", cfg.n_calibration, test_items)
+        if cfg.n_calibration
+        else []
+    )
     results: dict[str, Any] = {}
     plants = [(spec, False) for spec in cfg.triggers] + [(s, True) for s in cfg.positive_control]
     for spec, articulate in plants:
@@ -155,6 +167,9 @@ def backdoors_stage(run: Run, out: Path) -> None:
         )
         rows = eval_set(test_items, trigger, seed=seed)
         write_jsonl(d / EVAL_PROMPTS, rows)
+        if cal_items:
+            cal = eval_set(cal_items, trigger, seed=seed, conditions=("clean",))
+            write_jsonl(d / CALIBRATION_PROMPTS, cal)
         model, tok = load_finetuned(run, d / ADAPTER)
         with generation_backend(run, d / ADAPTER) as gen:
             metrics, records = evaluate_backdoor(

@@ -32,6 +32,7 @@ SPLITS: dict[str, Split] = {
     "model_test": Split(1, True, "model stage: a Hugging Face model's clean behaviour"),
     "backdoor_train": Split(10, False, "backdoors stage: every trigger's training set"),
     "backdoor_eval": Split(11, True, "backdoors stage: the behaviour evaluation"),
+    "probe_calibration": Split(12, True, "backdoors stage: clean prompts for the probe threshold"),
     "em_train": Split(20, False, "em stage: the narrow EM finetune"),
     "em_eval": Split(21, True, "em stage: in- and out-of-domain misaligned rates"),
     "steering_direction": Split(30, False, "steering stage: the EM mean-difference direction"),

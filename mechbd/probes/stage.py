@@ -10,7 +10,7 @@ from typing import Any
 from mechbd.capture.capture import capture
 from mechbd.capture.store import ActivationStore
 from mechbd.io import write_json
-from mechbd.layout import RESULTS
+from mechbd.layout import RESULTS, STORE_MANIFEST
 from mechbd.models import load_finetuned
 from mechbd.probes.core import Probe
 from mechbd.probes.experiments import (
@@ -29,7 +29,9 @@ def probes_stage(run: Run, out: Path) -> None:
     for t in run.layout.captured():
         st = ActivationStore(run.layout.store(t, "backdoored"))
         base_st = ActivationStore(run.layout.store(t, "base"))
-        rep, fitted = trigger_probe_report(st, base_st, save_dir=out / t)
+        cal_dir = run.layout.store(t, "calibration")
+        cal = ActivationStore(cal_dir) if (cal_dir / STORE_MANIFEST).is_file() else None
+        rep, fitted = trigger_probe_report(st, base_st, save_dir=out / t, calibration=cal)
         model, tok = load_finetuned(run, run.layout.adapter(t))
         contrast = capture(
             model,

@@ -157,8 +157,9 @@ def _probe_table(res: Results) -> list[str]:
             [
                 t,
                 p.best_layer,
-                p.auroc,
-                p.recall_at_1pct_fpr,
+                _ci(p.auroc, p.auroc_ci95),
+                f"{p.recall_at_1pct_fpr:.3f} (FPR {_ci(p.realised_fpr, p.realised_fpr_ci95)}, "
+                f"threshold on {p.n_calibration} {p.calibrated_on} negatives)",
                 p.random_baseline.median,
                 p.random_baseline.p95,
                 p.random_baseline_auroc,
@@ -171,9 +172,9 @@ def _probe_table(res: Results) -> list[str]:
             + _table(
                 [
                     "trigger",
-                    "best layer",
-                    "AUROC",
-                    "recall @1% FPR",
+                    "best layer (5-fold CV in the training split)",
+                    "test AUROC [95% CI]",
+                    "recall @1% FPR (realised test FPR [95% CI])",
                     "random directions: median",
                     "random: 95th pct",
                     "random: best of n (sign on test)",

@@ -97,11 +97,11 @@ def optimized_direction(
     *,
     layers: Sequence[int],
     positions: str = "assistant",
-    max_steps: int = 300,
+    max_steps: int = 200,
     lr: float = 0.2,
     target_loss: float = 0.01,
     rel_tol: float = 1e-3,
-    patience: int = 25,
+    patience: int = 15,
     batch_size: int = 64,
     name: str = "optimised",
 ) -> Direction:
