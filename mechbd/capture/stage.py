@@ -58,7 +58,8 @@ def capture_stage(run: Run, out: Path) -> None:
         )
         capture(base_model, tok, rows, out / t / "base", model_name=str(base), **kw)
         cal_file = run.layout.calibration_prompts(t)
-        if cal_file.is_file():  # clean prompts of other scenarios: the probe threshold's
+        if cal_file.is_file():  # clean prompts of other scenarios: the probe threshold's,
+            # at the position the probes read (clean rows have no trigger span)
             capture(
                 model,
                 tok,
@@ -66,7 +67,7 @@ def capture_stage(run: Run, out: Path) -> None:
                 out / t / "calibration",
                 model_name=f"{base} + {t} backdoor",
                 adapter=run.layout.adapter(t),
-                **kw,
+                **{**kw, "positions": ("last",)},
             )
         assert st is not None
         summary[t] = {"rows": len(st), "layers": st.layers, "d_model": st.d_model}
