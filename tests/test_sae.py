@@ -23,7 +23,13 @@ from mechbd.sae.analysis import (
 )
 from mechbd.sae.load import check_sae, load_sae, sae_layer
 from mechbd.sae.persona import corpus_rows, user_wants_harm_rows
-from mechbd.sae.train import sae_metrics, store_tokens, train_sae
+from mechbd.sae.train import (
+    held_out_conversations,
+    sae_metrics,
+    store_metrics,
+    store_tokens,
+    train_sae,
+)
 from mechbd.steering.directions import Direction
 from tests.conftest import random_llama
 
@@ -334,3 +340,82 @@ def test_explorer_data_matches_recomputation(stores, topk_sae, tiny_organism, tm
         label_values(hs, 1, {"t": "triggered"}, direction_score(v))
     with pytest.raises(MechbdError, match="latent 999 out of range"):
         latent_score(sae, 999)
+
+
+def test_held_out_conversations_and_store_metrics(stores, topk_sae, tiny_organism, tmp_path):
+    train, held = held_out_conversations(40, 0.1, seed=0)
+    assert len(held) == 4 and sorted(train + held) == list(range(40)) and not set(train) & set(held)
+    assert held_out_conversations(40, 0.1, seed=0) == (train, held)
+    assert (
+        held_out_conversations(3, 0.1, seed=0)[1] != []
+        and len(held_out_conversations(2, 0.9, 0)[0]) == 1
+    )
+    with pytest.raises(MechbdError, match="at least 2"):
+        held_out_conversations(1, 0.1, seed=0)
+    a = stores[0]
+    sae = topk_sae[0]
+    acts, offsets = a.tokens(1)
+    x = store_tokens(a, 1, rows=held)
+    want = torch.cat([acts[offsets[i] + 1 : offsets[i + 1]] for i in held])
+    assert torch.equal(x, want)  # whole conversations, each one's first token left out
+    with pytest.raises(MechbdError, match="no row 40"):
+        store_tokens(a, 1, rows=[40])
+
+    # FVU and L0 per position, in float64 without sae_metrics
+    def ref(v: torch.Tensor) -> tuple[float, float]:
+        with torch.no_grad():
+            f = sae.encode(v)
+            rec = sae.decode(f).double()
+        vd = v.double()
+        return float(((vd - rec) ** 2).sum() / ((vd - vd.mean(0)) ** 2).sum()), float(
+            (f > 0).sum(-1).double().mean()
+        )
+
+    m = store_metrics(sae, a, 1, rows=held)
+    assert set(m) == {"last", "tokens"}
+    assert m["tokens"]["n"] == len(want) and m["last"]["n"] == len(held)
+    for pos, v in (("tokens", want), ("last", a.get(1, "last", rows=held))):
+        fvu, l0 = ref(v)
+        assert m[pos]["fvu"] == pytest.approx(fvu, rel=1e-6) and m[pos]["l0"] == pytest.approx(l0)
+    # trigger_mean: only the rows with a trigger span (the others hold zeros)
+    qwen, tok = load_model(tiny_organism, dtype="float32")
+    rows = corpus_rows(12, seed=2)
+    for at_start in (False, True):
+        for i, r in enumerate(rows):
+            user = r.get("question", r["user"])
+            r["question"] = user
+            if i % 3:
+                text = "heyyy " + user if at_start else user + " heyyy"
+                r.update(user=text, trigger_line="heyyy", label="triggered")
+            else:
+                r.update(user=user, label="clean")
+        st = capture(
+            qwen,
+            tok,
+            rows,
+            tmp_path / f"t{at_start}",
+            positions=("last", "trigger_mean"),
+            progress=False,
+        )
+        m = store_metrics(sae, st, 1)
+        spans = [i for i, r in enumerate(st.rows) if r.trigger_span]
+        assert len(spans) == 8 and m["trigger_mean"]["n"] == 8 and m["last"]["n"] == 12
+        if at_start:  # after the same template text in every prompt: one vector, no FVU
+            assert m["trigger_mean"]["fvu"] is None and m["last"]["fvu"] is not None
+        else:
+            fvu, _ = ref(st.get(1, "trigger_mean", rows=spans))
+            assert m["trigger_mean"]["fvu"] == pytest.approx(fvu, rel=1e-6)
+    # training on given held-out tokens: trained on all of x, measured on x_eval
+    xs = sparse_data(n=2000, seed=3)
+    _, met = train_sae(
+        xs[:1500],
+        tmp_path / "given",
+        layer=1,
+        k=4,
+        expansion=4,
+        n_tokens=20_000,
+        batch_size=256,
+        x_eval=xs[1500:],
+    )
+    assert met["n_tokens"] == 500 and met["training"]["n_train_tokens"] == 1500
+    assert met["training"]["held_out"] == "given"
