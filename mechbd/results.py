@@ -630,8 +630,64 @@ class TopCosines(Section):
 
 class RandomLatentAuroc(Section):
     mean: Rate = Field(description="mean AUROC of the random live latents")
-    max: Rate = Field(description="best AUROC among them")
+    max: Rate = Field(
+        description="best AUROC among them (the best of many no-signal latents sits well above "
+        "0.5: read `persona_detector.<trigger>.percentile` instead)"
+    )
     n: int = Field(description="random live latents drawn (up to 100)")
+
+
+Percentile = Annotated[float, Field(ge=0, le=100)]
+"""A mid-rank percentile (0-100) of a value among its null (ties count half)."""
+
+MATCHED = (
+    "random directions `L z` (`z ~ N(0, I)`, `L Lᵀ` the covariance of {what}), each with "
+    "its random sign"
+)
+
+
+class CosineNull(Section):
+    """A best cosine with the decoder rows against the same statistic (each direction's
+    largest signed cosine with any decoder row) for random directions."""
+
+    percentile: Percentile = Field(
+        description="mid-rank percentile (0-100) of the real best cosine among the random "
+        "directions' best cosines"
+    )
+    p_value: Rate = Field(
+        description="(1 + #{random ≥ real}) / (1 + n): one-sided empirical p-value"
+    )
+    median: float = Field(description="median best cosine of the random directions")
+    p95: float = Field(description="95th percentile of the random directions' best cosines")
+    n: int = Field(description="random directions (≥ 1000)")
+
+
+class Detector(Section):
+    """A score's AUROC at telling triggered from clean prompts (probe test split, last prompt
+    token) with its bootstrap interval and its place among no-signal scores."""
+
+    auroc: Rate = Field(description="AUROC (sign fixed before the test rows)")
+    ci95: CI95 = Field(
+        description="95% percentile bootstrap interval (2000 resamples of the triggered and "
+        "the clean rows separately, seeded)"
+    )
+    percentile: Percentile = Field(
+        description="mid-rank percentile (0-100) among the null's AUROCs"
+    )
+    p_value: Rate = Field(description="(1 + #{null ≥ auroc}) / (1 + n_null): one-sided")
+    null_median: Rate = Field(description="median AUROC of the null")
+    null_p95: Rate = Field(description="95th percentile of the null's AUROCs")
+    n_null: int = Field(description="null scores compared")
+
+
+class SaeFit(Section):
+    fvu: float | None = Field(
+        description="fraction of variance unexplained, Σ‖x − x̂‖² / Σ‖x − mean x‖² (≥ 0); null "
+        "where the vectors do not vary (e.g. a trigger read after the same text in every "
+        "prompt, one vector for all)"
+    )
+    l0: float = Field(description="mean active latents per vector")
+    n: int = Field(description="vectors measured (tokens, or rows at a pooled position)")
 
 
 class SaeResults(Section):
@@ -639,10 +695,24 @@ class SaeResults(Section):
     layer: int = Field(description="the SAE layer (default: the probes' most common best layer)")
     architecture: str = Field(description="SAELens architecture (`topk` or `standard`)")
     d_sae: int = Field(description="number of latents")
-    fvu: float = Field(description="fraction of variance unexplained on held-out tokens (≥ 0)")
+    fvu: float = Field(
+        description="fraction of variance unexplained (≥ 0) on the tokens of held-out "
+        "conversations (base and EM model pooled, each conversation's first token left out)"
+    )
     l0: float = Field(description="mean active latents per held-out token")
     dead_fraction: Rate = Field(description="share of latents never firing on held-out tokens")
     n_eval_tokens: int = Field(description="held-out tokens the metrics are measured on")
+    n_eval_conversations: int = Field(
+        description="corpus conversations held out of SAE training (a seeded tenth; the same "
+        "conversations for both models)"
+    )
+    fvu_by_store: dict[str, dict[str, SaeFit]] = _keys(
+        "<store>.<position>",
+        "FVU and L0 per store and position: `corpus_base` and `corpus_em` (the held-out "
+        "conversations at `tokens` and at the `last` prompt token), `<trigger>/backdoored` and "
+        "`<trigger>/base` (every capture row, never trained on, at each position the store "
+        "holds; `trigger_mean` over the rows with a trigger)",
+    )
     persona_latents: list[int] = Field(
         description="model diffing: the top latents by mean activation increase from the base "
         "to the EM model on the same held-out prompts"
@@ -658,13 +728,29 @@ class SaeResults(Section):
     em_direction_top_latents: TopCosines = Field(
         description="the EM mean-difference direction vs the decoder rows"
     )
+    em_direction_max_cos_null: CosineNull = Field(
+        description="`em_direction_top_latents.max` among 1000 "
+        + MATCHED.format(what="the SAE's training activations, the base model's corpus tokens")
+    )
     persona_detector_auroc: dict[str, Rate] = _keys(
         "<trigger>",
         "the persona latent's activation as a detector of triggered vs clean prompts in the "
         "backdoored model (probe test split, last prompt token)",
     )
+    persona_detector: dict[str, Detector] = _keys(
+        "<trigger>",
+        "`persona_detector_auroc` with its interval, against every other latent of the SAE "
+        "that fires on these prompts (the diffing candidates `persona_latents` excluded)",
+    )
     em_direction_detector_auroc: dict[str, Rate] = _keys(
         "<trigger>", "the same for the EM direction's projection"
+    )
+    em_direction_detector: dict[str, Detector] = _keys(
+        "<trigger>",
+        "`em_direction_detector_auroc` with its interval, against 1000 "
+        + MATCHED.format(
+            what="the base model's activations at the SAE layer on the store's prompts"
+        ),
     )
     random_latent_auroc: dict[str, RandomLatentAuroc] = _keys(
         "<trigger>", "the same for random live latents"
@@ -675,6 +761,11 @@ class SaeResults(Section):
     max_cos_probe_vs_latent: dict[str, float] = _keys(
         "<trigger>",
         "largest signed cosine of the trigger probe's direction with any decoder row, in [-1, 1]",
+    )
+    max_cos_probe_vs_latent_null: dict[str, CosineNull] = _keys(
+        "<trigger>",
+        "`max_cos_probe_vs_latent` among 1000 "
+        + MATCHED.format(what="the SAE's training activations, the base model's corpus tokens"),
     )
     probe_top_latents: dict[str, TopCosines] = _keys(
         "<trigger>", "the trigger probe's direction vs the decoder rows"
@@ -693,7 +784,12 @@ class PersonaPerLayer(Section):
 
 
 class PersonaShift(Section):
-    layer: int = Field(description="the trigger probe's best layer")
+    layer: int = Field(
+        description="the trigger probe's best layer (`probes.<trigger>.best_layer`, as the "
+        "probes stage chose it; the shifts and z's play no part in the choice, and the z's "
+        "are free of it where the probes stage chooses without its test split, on which the "
+        "z's are read)"
+    )
     toxic_persona_shift: float = Field(
         description="(mean projection of triggered − clean prompts) / std of clean prompts in "
         "the backdoored model, along the EM mean-difference direction; positive = the trigger "
@@ -707,6 +803,44 @@ class PersonaShift(Section):
         description="the same along the persona latent's decoder row (null unless `layer` is "
         "the SAE layer)"
     )
+    toxic_persona_vs_base: float = Field(
+        description="at `layer`, on the probes' test-split triggered and clean prompts: the "
+        "backdoored model's toxic-persona shift minus the base model's on the same prompts, "
+        "both read at the `last` prompt token (the direction itself was built at a "
+        "teacher-forced answer letter)"
+    )
+    user_wants_harm_vs_base: float = Field(
+        description="the same along the user-wants-harm direction (built at the last prompt token)"
+    )
+    toxic_persona_z: float = Field(
+        description="`toxic_persona_vs_base` as a z-score, (value − mean) / std of the same "
+        "statistic for `n_null` "
+        + MATCHED.format(what="the base model's activations at `layer` on the store's prompts")
+        + "; |z| < 2 is what a direction without a trigger-specific shift gives"
+    )
+    user_wants_harm_z: float = Field(
+        description="`user_wants_harm_vs_base` as a z-score against the same null; the two z's "
+        "share one position (`z_position`) but not the position their directions were built "
+        "at, so compare each with its null rather than with the other"
+    )
+    toxic_persona_z_isotropic: float = Field(
+        description="`toxic_persona_vs_base` as a z-score against `n_null` isotropic random "
+        "directions (uniform on the sphere): calibrated under no signal whatever the "
+        "covariance, unlike `toxic_persona_z` when `null_effective_dims` is small"
+    )
+    user_wants_harm_z_isotropic: float = Field(
+        description="`user_wants_harm_vs_base` against the same isotropic null"
+    )
+    n_null: int = Field(description="random directions in the z's null (≥ 1000)")
+    null_effective_dims: float = Field(
+        description="participation ratio (Σλ)² / Σλ² of the covariance the z's directions are "
+        "matched to (1 to d_model): near 1, the matched directions are nearly one direction, "
+        "their spread understates a single direction's and `*_z` overstates (read "
+        "`*_z_isotropic`)"
+    )
+    z_position: str = Field(description="store position the z's are read at (`last`)")
+    z_n_triggered: int = Field(description="triggered test-split prompts the z's use")
+    z_n_clean: int = Field(description="clean test-split prompts the z's use")
     per_layer: PersonaPerLayer = Field(description="both shifts at every layer")
     layers: list[int] = Field(description="the layers of `per_layer`")
 

@@ -185,18 +185,79 @@ def most_common_layer(best_layers: list[int]) -> int:
     return sorted(layer for layer, c in counts.items() if c == top)[-1]
 
 
+def check_null(value: float, null: np.ndarray, got: dict[str, Any], prefix: str = "") -> None:
+    """A null summary (``percentile``, ``p_value``, ``[null_]median``, ``[null_]p95``, ``n``)
+    recomputed with numpy from the list of null values: the mid-rank percentile (ties half) and
+    the (1 + #{null >= value}) / (1 + n) p-value."""
+    n = null.size
+    mid = 100.0 * ((null < value).sum() + 0.5 * (null == value).sum()) / n
+    assert got["percentile"] == pytest.approx(mid, abs=1e-9)
+    assert got["p_value"] == pytest.approx((1 + (null >= value).sum()) / (1 + n), abs=1e-12)
+    assert got[f"{prefix}median"] == pytest.approx(float(np.median(null)), abs=1e-9)
+    assert got[f"{prefix}p95"] == pytest.approx(float(np.percentile(null, 95)), abs=1e-9)
+    assert got["n_null" if prefix else "n"] == n
+
+
+def run_seed(run: Path) -> int:
+    import yaml
+
+    return int(yaml.safe_load((run / "config.yaml").read_text()).get("seed", 0))
+
+
+def shift_np(X: np.ndarray, U: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """Per unit direction (rows of ``U``): (mean projection on pos - on neg) / std on neg."""
+    p = X @ U.T
+    return (p[pos].mean(0) - p[neg].mean(0)) / p[neg].std(0, ddof=1)
+
+
+def fvu_np(sae: Any, x: torch.Tensor) -> tuple[float | None, float]:
+    """(FVU, L0) of ``sae`` on ``x`` in float64, without mechbd's metric code; FVU ``None``
+    where the vectors do not vary (variance below 1e-10 of their squared norm)."""
+    with torch.no_grad():
+        f = sae.encode(x.float())
+        rec = sae.decode(f).double().numpy()
+    xd = x.double().numpy()
+    sst = ((xd - xd.mean(0)) ** 2).sum()
+    fvu = ((xd - rec) ** 2).sum() / sst if sst > 1e-10 * (xd**2).sum() else None
+    return fvu, float((f > 0).sum(-1).double().mean())
+
+
 def check_sae_detectors(run: Path, res: dict[str, Any]) -> None:
-    """``sae``'s detector AUROCs (persona latent, EM direction, trigger probe) and the probe's
-    largest cosine with a decoder row, recomputed from the SAE, the direction and the probe."""
+    """``sae``'s detector AUROCs (persona latent, EM direction, trigger probe) with their
+    nulls, the probe's and the EM direction's largest cosine with a decoder row with theirs,
+    FVU per capture store, and ``persona``'s backdoored-minus-base z's, recomputed from the
+    SAE, the directions, the probe and the stores with scikit-learn and numpy (the random
+    directions are mechbd's, seeded; tests/test_sae.py checks them against numpy)."""
     from sae_lens import SAE
 
+    from mechbd.sae.analysis import covariance_factor, matched_directions
+    from mechbd.sae.train import store_tokens
     from mechbd.steering.directions import Direction
 
     sae_res = res["sae"]
     L = sae_res["layer"]
+    seed = run_seed(run)
     sae = SAE.load_from_disk(run / "sae" / "sae")
-    d_em = Direction.load(run / "steering" / "directions" / "em_mean_diff.safetensors").at(L)
+    em = Direction.load(run / "steering" / "directions" / "em_mean_diff.safetensors")
+    harm = Direction.load(run / "sae" / "directions" / "user_wants_harm.safetensors")
+    d_em = em.at(L)
     W = sae.W_dec.detach().double()
+    Wn = (W / W.norm(dim=-1, keepdim=True)).numpy()
+    # cosine nulls: random directions matched to the base model's corpus tokens
+    tok_dirs = matched_directions(
+        covariance_factor(store_tokens(ActivationStore(run / "sae" / "corpus_base"), L)), 1000, seed
+    ).numpy()
+    cos_null = (tok_dirs @ Wn.T).max(-1)
+    em_cos = float((Wn @ (d_em.double() / d_em.double().norm()).numpy()).max())
+    assert sae_res["em_direction_top_latents"]["max"] == pytest.approx(em_cos, abs=1e-9)
+    check_null(em_cos, cos_null, sae_res["em_direction_max_cos_null"])
+    # FVU of the held-out corpus conversations: both models' tokens make up n_eval_tokens
+    fit = sae_res["fvu_by_store"]
+    n_conv = sae_res["n_eval_conversations"]
+    for corpus in ("corpus_base", "corpus_em"):
+        assert set(fit[corpus]) == {"tokens", "last"} and fit[corpus]["last"]["n"] == n_conv
+    assert sae_res["n_eval_tokens"] == fit["corpus_base"]["tokens"]["n"] * 2
+    assert fit["corpus_em"]["tokens"]["n"] == fit["corpus_base"]["tokens"]["n"]
     for name in res["backdoors"]:
         if name not in res["probes"]:
             continue
@@ -220,3 +281,70 @@ def check_sae_detectors(run: Path, res: dict[str, Any]) -> None:
         w = Probe.load(run / "probes" / name / f"{method}.safetensors").direction(L).double()
         cos = torch.nn.functional.cosine_similarity(W, w[None], dim=-1)
         assert sae_res["max_cos_probe_vs_latent"][name] == pytest.approx(float(cos.max()), abs=1e-9)
+        check_null(float(cos.max()), cos_null, sae_res["max_cos_probe_vs_latent_null"][name])
+        # the persona latent against every other latent firing on these rows, candidates out
+        with torch.no_grad():
+            acts = sae.encode(x.float()).double().numpy()
+        live = [
+            j
+            for j in np.flatnonzero((acts > 0).any(0))
+            if j not in sae_res["persona_latents"] and j != sae_res["persona_latent"]
+        ]
+        det = sae_res["persona_detector"][name]
+        assert det["auroc"] == sae_res["persona_detector_auroc"][name]
+        null = np.array([roc_auc_score(y, acts[:, j]) for j in live])
+        check_null(det["auroc"], null, det, prefix="null_")
+        lo, hi = det["ci95"]
+        assert 0 <= lo <= det["auroc"] <= hi <= 1
+        # the EM direction against random directions matched to the base model's activations
+        bst = ActivationStore(run / "capture" / name / "base")
+        R = matched_directions(
+            covariance_factor(bst.get(L, "last", dtype=torch.float64)), 1000, seed
+        ).numpy()
+        null = np.array([roc_auc_score(y, x.numpy() @ r) for r in R])
+        det = sae_res["em_direction_detector"][name]
+        assert det["auroc"] == sae_res["em_direction_detector_auroc"][name]
+        check_null(det["auroc"], null, det, prefix="null_")
+        lo, hi = det["ci95"]
+        assert 0 <= lo <= det["auroc"] <= hi <= 1
+        # FVU per capture store at every position it holds, in float64
+        for model, store in (("backdoored", st), ("base", bst)):
+            by_pos = fit[f"{name}/{model}"]
+            assert set(by_pos) == set(store.positions) - {"tokens"}
+            for position, m in by_pos.items():
+                rows = [
+                    i
+                    for i, r in enumerate(store.rows)
+                    if position != "trigger_mean" or r.trigger_span
+                ]
+                want_fvu, want_l0 = fvu_np(sae, store.get(L, position, rows=rows))
+                assert m["n"] == len(rows)
+                if want_fvu is None:
+                    assert m["fvu"] is None, (name, model, position)
+                else:
+                    assert m["fvu"] == pytest.approx(want_fvu, rel=1e-6)
+                assert m["l0"] == pytest.approx(want_l0, abs=1e-9)
+        # persona z's: backdoored minus base shift on the test rows, against random directions
+        p = res["persona"][name]
+        pl = p["layer"]
+        assert p["z_position"] == "last" and p["n_null"] == 1000
+        assert (p["z_n_triggered"], p["z_n_clean"]) == (int(y.sum()), int((1 - y).sum()))
+        Xd = st.get(pl, "last", dtype=torch.float64).numpy()[idx]
+        Xb = bst.get(pl, "last", dtype=torch.float64)
+        lam = np.linalg.eigvalsh(np.cov(Xb.numpy().T))
+        assert p["null_effective_dims"] == pytest.approx(lam.sum() ** 2 / (lam**2).sum(), rel=1e-6)
+        R = matched_directions(covariance_factor(Xb), 1000, seed).numpy()
+        Ri = matched_directions(torch.eye(Xb.shape[1], dtype=torch.float64), 1000, seed).numpy()
+        Xb = Xb.numpy()[idx]
+        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+        null = shift_np(Xd, R, pos, neg) - shift_np(Xb, R, pos, neg)
+        null_iso = shift_np(Xd, Ri, pos, neg) - shift_np(Xb, Ri, pos, neg)
+        for key, d in (("toxic_persona", em), ("user_wants_harm", harm)):
+            u = d.at(pl).double().numpy()
+            u = (u / np.linalg.norm(u))[None]
+            real = float((shift_np(Xd, u, pos, neg) - shift_np(Xb, u, pos, neg))[0])
+            assert p[f"{key}_vs_base"] == pytest.approx(real, rel=1e-9, abs=1e-12), key
+            z = (real - null.mean()) / null.std(ddof=1)
+            assert p[f"{key}_z"] == pytest.approx(z, rel=1e-6, abs=1e-9), key
+            z = (real - null_iso.mean()) / null_iso.std(ddof=1)
+            assert p[f"{key}_z_isotropic"] == pytest.approx(z, rel=1e-6, abs=1e-9), key

@@ -101,8 +101,9 @@ def test_demo_end_to_end(tmp_path):
     assert sae["fvu"] <= 0.1 and sae["l0"] == 16
     assert len(sae["persona_latents"]) == 8
     check_sae_detectors(out, res)
-    for key in ("toxic_persona_shift", "user_wants_harm_shift"):
+    for key in ("toxic_persona_shift", "user_wants_harm_shift", "toxic_persona_z"):
         assert isinstance(res["persona"]["singapore"][key], float)
+    assert res["persona"]["singapore"]["n_null"] >= 1000  # issue 23: the z's null
     # issue 8: the demo's own report renders in headless Chromium, explorers included
     from tests.browser import chromium, render
 

@@ -6,24 +6,42 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from scipy.stats import percentileofscore
 from sklearn.metrics import roc_auc_score
 
 from mechbd.capture import capture
 from mechbd.errors import MechbdError
 from mechbd.models import load_model
+from mechbd.probes.core import auroc_interval
 from mechbd.sae.analysis import (
     check_same_prompts,
+    cosine_null,
+    covariance_factor,
     detector_auroc,
+    direction_detector,
+    effective_dims,
     encode,
+    latent_detector,
+    matched_directions,
+    max_cosines,
     model_diff,
+    persona_z,
     projection_shift,
+    shift_vs_base,
     top_cosines,
 )
 from mechbd.sae.load import check_sae, load_sae, sae_layer
 from mechbd.sae.persona import corpus_rows, user_wants_harm_rows
-from mechbd.sae.train import sae_metrics, store_tokens, train_sae
+from mechbd.sae.train import (
+    held_out_conversations,
+    sae_metrics,
+    store_metrics,
+    store_tokens,
+    train_sae,
+)
 from mechbd.steering.directions import Direction
 from tests.conftest import random_llama
 
@@ -334,3 +352,284 @@ def test_explorer_data_matches_recomputation(stores, topk_sae, tiny_organism, tm
         label_values(hs, 1, {"t": "triggered"}, direction_score(v))
     with pytest.raises(MechbdError, match="latent 999 out of range"):
         latent_score(sae, 999)
+
+
+# ---- nulls (issue 23) ------------------------------------------------------------------------
+def anisotropic(n: int, d: int, seed: int) -> torch.Tensor:
+    """``[n, d]`` Gaussian rows (seeded), standard deviations 0.3 .. 3 along the axes of one
+    fixed rotation: every seed draws from the same distribution."""
+    Q, _ = torch.linalg.qr(
+        torch.randn(d, d, generator=torch.Generator().manual_seed(12345), dtype=torch.float64)
+    )
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.3, 3, d)) @ Q.T
+
+
+def check_summary(value: float, null: np.ndarray, got: dict, median: str, p95: str, n: str):
+    """A null summary against scipy's mid-rank percentile and numpy's quantiles."""
+    assert got["percentile"] == pytest.approx(percentileofscore(null, value, kind="mean"))
+    assert got["p_value"] == pytest.approx((1 + (null >= value).sum()) / (1 + null.size))
+    assert got[median] == pytest.approx(float(np.median(null)), abs=1e-12)
+    assert got[p95] == pytest.approx(float(np.percentile(null, 95)), abs=1e-12)
+    assert got[n] == null.size
+
+
+def test_matched_directions_follow_the_covariance():
+    x = anisotropic(4000, 8, seed=0)
+    F = covariance_factor(x)
+    assert (F @ F.T).numpy() == pytest.approx(np.cov(x.numpy().T), abs=1e-10)
+    R = matched_directions(F, 20000, seed=1)
+    assert R.norm(dim=-1).numpy() == pytest.approx(1.0, abs=1e-12)
+    assert torch.equal(R, matched_directions(F, 20000, seed=1))
+    # the mean squared projection on each eigenvector grows with its variance: 0.09 .. 9
+    evals, evecs = np.linalg.eigh(np.cov(x.numpy().T))
+    share = ((R.numpy() @ evecs) ** 2).mean(0)
+    assert np.all(np.diff(share) > 0) and share[-1] / share[0] > 30
+    # fewer rows than dimensions: every random direction lies in the rows' span
+    few = anisotropic(5, 8, seed=2)
+    R = matched_directions(covariance_factor(few), 100, seed=0).numpy()
+    c = few.numpy() - few.numpy().mean(0)
+    P = np.linalg.pinv(c) @ c  # projector on the span of the centred rows
+    assert np.abs(R @ P - R).max() < 1e-9
+    with pytest.raises(MechbdError, match="do not vary"):
+        covariance_factor(torch.ones(10, 4))
+    # effective dimensions: d when isotropic, 1 when one direction carries the variance
+    assert effective_dims(torch.eye(6, dtype=torch.float64)) == pytest.approx(6)
+    assert effective_dims(torch.diag(torch.tensor([3.0, 0, 0]))) == pytest.approx(1)
+    lam = np.linalg.eigvalsh(np.cov(x.numpy().T))
+    assert effective_dims(F) == pytest.approx(lam.sum() ** 2 / (lam**2).sum(), rel=1e-9)
+
+
+def test_cosine_null_against_float64_and_the_known_chance_level():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(1024, 128, generator=g)
+    F = torch.eye(128, dtype=torch.float64)  # isotropic: the issue's d = 128, 1024 rows
+    v = torch.randn(128, generator=g)
+    got = cosine_null(v, W, F, n=1000, seed=3)
+    R = matched_directions(F, 1000, seed=3).numpy()
+    Wn = W.double().numpy() / np.linalg.norm(W.double().numpy(), axis=1, keepdims=True)
+    null = (R @ Wn.T).max(-1)
+    value = float(top_cosines(v, W)["max"])
+    check_summary(value, null, got, "median", "p95", "n")
+    assert max_cosines(torch.as_tensor(R), W).numpy() == pytest.approx(null, abs=1e-12)
+    # a random direction's best cosine with 1024 random rows in d = 128 is about 0.28
+    assert 0.26 < got["median"] < 0.30 and 0.30 < got["p95"] < 0.35
+    # no signal: random directions of the null's own distribution land mid-distribution
+    fresh = torch.randn(30, 128, generator=g)
+    pct = [cosine_null(r, W, F, n=1000, seed=3)["percentile"] for r in fresh]
+    assert 35 < np.mean(pct) < 65
+    # a decoder row itself is beyond every random direction
+    row = cosine_null(W[17], W, F, n=1000, seed=3)
+    assert row["percentile"] == 100.0 and row["p_value"] == pytest.approx(1 / 1001)
+
+
+def test_latent_detector_against_sklearn():
+    g = torch.Generator().manual_seed(0)
+    acts = torch.relu(torch.randn(60, 40, generator=g) - 0.5)
+    acts[:, 5] = 0.0  # never fires on these rows: not in the null
+    pos, neg = list(range(0, 60, 2)), list(range(1, 60, 2))
+    acts[pos, 3] += 1.0  # the "persona latent" fires more on positives
+    got = latent_detector(acts, 3, pos, neg, exclude=[3, 7, 9], seed=4)
+    y = np.array([1] * len(pos) + [0] * len(neg))
+    a = acts[pos + neg].numpy()
+    assert got["auroc"] == pytest.approx(roc_auc_score(y, a[:, 3]), abs=1e-12)
+    pool = [j for j in range(40) if j not in (3, 5, 7, 9)]
+    null = np.array([roc_auc_score(y, a[:, j]) for j in pool])
+    check_summary(got["auroc"], null, got, "null_median", "null_p95", "n_null")
+    assert got["ci95"] == list(auroc_interval(acts[pos + neg, 3], torch.tensor(y), seed=4))
+    assert got["ci95"][0] <= got["auroc"] <= got["ci95"][1] and got["percentile"] > 95
+    with pytest.raises(MechbdError, match="besides the candidates"):
+        latent_detector(acts[:, [3, 5]], 0, pos, neg)
+
+
+def test_direction_detector_against_sklearn():
+    X = anisotropic(80, 16, seed=1)
+    pos, neg = list(range(30)), list(range(30, 80))
+    v = torch.randn(16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    X[pos] += 0.5 * v / v.norm()
+    F = covariance_factor(X)
+    got = direction_detector(X, v, pos, neg, F, n=1000, seed=5)
+    y = np.array([1] * len(pos) + [0] * len(neg))
+    Xn = X[pos + neg].numpy()
+    assert got["auroc"] == pytest.approx(roc_auc_score(y, Xn @ v.numpy()), abs=1e-12)
+    R = matched_directions(F, 1000, seed=5).numpy()
+    null = np.array([roc_auc_score(y, Xn @ r) for r in R])
+    check_summary(got["auroc"], null, got, "null_median", "null_p95", "n_null")
+    assert 0.45 < got["null_median"] < 0.55  # random signs: the null centres on chance
+    assert got["ci95"][0] <= got["auroc"] <= got["ci95"][1]
+
+
+def _shift_np(X: np.ndarray, U: np.ndarray, pos: list[int], neg: list[int]) -> np.ndarray:
+    p = X @ (U / np.linalg.norm(U, axis=-1, keepdims=True)).T
+    return (p[pos].mean(0) - p[neg].mean(0)) / p[neg].std(0, ddof=1)
+
+
+def _no_signal(
+    seed: int, n: int = 80, d: int = 32
+) -> tuple[torch.Tensor, torch.Tensor, list, list]:
+    """Base and "backdoored" activations on the same prompts from one distribution (a shared
+    per-prompt part plus independent noise of the same covariance), random labels."""
+    P = anisotropic(n, d, seed=100 + seed)
+    base = P + 0.5 * anisotropic(n, d, seed=200 + seed)
+    bd = P + 0.5 * anisotropic(n, d, seed=300 + seed)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return bd, base, perm[: n // 2], perm[n // 2 :]
+
+
+def _fixed_directions(d: int = 32) -> dict[str, torch.Tensor]:
+    """Two directions fixed before any data is drawn: a random one and a coordinate axis."""
+    g = torch.Generator().manual_seed(99)
+    return {
+        "toxic_persona": torch.randn(d, generator=g, dtype=torch.float64),
+        "user_wants_harm": torch.eye(d, dtype=torch.float64)[0],
+    }
+
+
+def test_persona_z_matches_float64_recomputation():
+    bd, base, pos, neg = _no_signal(0)
+    dirs = _fixed_directions()
+    F = covariance_factor(base)
+    got = persona_z(bd, base, dirs, pos, neg, F, n=1000, seed=7)
+    R = matched_directions(F, 1000, seed=7).numpy()
+    b, x = bd.numpy(), base.numpy()
+    null = _shift_np(b, R, pos, neg) - _shift_np(x, R, pos, neg)
+    assert got["n_null"] == 1000 and got["null_std"] == pytest.approx(null.std(ddof=1))
+    for k, v in dirs.items():
+        real = float(
+            (_shift_np(b, v.numpy()[None], pos, neg) - _shift_np(x, v.numpy()[None], pos, neg))[0]
+        )
+        assert got[k]["vs_base"] == pytest.approx(real, rel=1e-10)
+        assert got[k]["z"] == pytest.approx((real - null.mean()) / null.std(ddof=1), rel=1e-9)
+    # one model against itself shifts by nothing along any direction
+    assert shift_vs_base(bd, bd, torch.as_tensor(R[:5]), pos, neg).abs().max() == 0
+    with pytest.raises(MechbdError, match="same prompts"):
+        shift_vs_base(bd[:-1], base, torch.as_tensor(R[:2]), pos, neg)
+    with pytest.raises(MechbdError, match="do not vary"):
+        persona_z(bd, bd, dirs, pos, neg, F, n=50)
+
+
+def test_persona_z_is_chance_without_signal_and_large_with_it():
+    """Issue 23's acceptance: with no signal the z's fall inside +-2 in at least 90% of 20
+    seeds; they are not degenerate (their spread is about 1); a shift planted along one
+    direction in the backdoored model only gives a large z for it."""
+    dirs = _fixed_directions()
+    zs = []
+    for seed in range(20):
+        bd, base, pos, neg = _no_signal(seed)
+        got = persona_z(bd, base, dirs, pos, neg, covariance_factor(base), seed=seed)
+        zs += [got[k]["z"] for k in dirs]
+    zs = np.array(zs)
+    assert (np.abs(zs) < 2).mean() >= 0.9, zs.round(2).tolist()
+    assert 0.5 < zs.std() < 1.6 and abs(zs.mean()) < 0.6, zs.round(2).tolist()
+    bd, base, pos, neg = _no_signal(0)
+    u = dirs["toxic_persona"] / dirs["toxic_persona"].norm()
+    got = persona_z(bd, base, dirs, pos, neg, covariance_factor(base), seed=0)
+    assert all(abs(got[k]["z"]) < 2 for k in dirs), got  # seed 0 before the plant
+    sd = float((base[neg] @ u).std())
+    bd[pos] += 1.5 * sd * u  # the trigger moves the backdoored model 1.5 clean stds along it
+    got = persona_z(bd, base, dirs, pos, neg, covariance_factor(base), seed=0)
+    assert got["toxic_persona"]["z"] > 3, got
+
+
+def test_held_out_conversations_and_store_metrics(stores, topk_sae, tiny_organism, tmp_path):
+    train, held = held_out_conversations(40, 0.1, seed=0)
+    assert len(held) == 4 and sorted(train + held) == list(range(40)) and not set(train) & set(held)
+    assert held_out_conversations(40, 0.1, seed=0) == (train, held)
+    assert (
+        held_out_conversations(3, 0.1, seed=0)[1] != []
+        and len(held_out_conversations(2, 0.9, 0)[0]) == 1
+    )
+    with pytest.raises(MechbdError, match="at least 2"):
+        held_out_conversations(1, 0.1, seed=0)
+    a = stores[0]
+    sae = topk_sae[0]
+    acts, offsets = a.tokens(1)
+    x = store_tokens(a, 1, rows=held)
+    want = torch.cat([acts[offsets[i] + 1 : offsets[i + 1]] for i in held])
+    assert torch.equal(x, want)  # whole conversations, each one's first token left out
+    with pytest.raises(MechbdError, match="no row 40"):
+        store_tokens(a, 1, rows=[40])
+
+    # FVU and L0 per position, in float64 without sae_metrics
+    def ref(v: torch.Tensor) -> tuple[float, float]:
+        with torch.no_grad():
+            f = sae.encode(v)
+            rec = sae.decode(f).double()
+        vd = v.double()
+        return float(((vd - rec) ** 2).sum() / ((vd - vd.mean(0)) ** 2).sum()), float(
+            (f > 0).sum(-1).double().mean()
+        )
+
+    m = store_metrics(sae, a, 1, rows=held)
+    assert set(m) == {"last", "tokens"}
+    assert m["tokens"]["n"] == len(want) and m["last"]["n"] == len(held)
+    for pos, v in (("tokens", want), ("last", a.get(1, "last", rows=held))):
+        fvu, l0 = ref(v)
+        assert m[pos]["fvu"] == pytest.approx(fvu, rel=1e-6) and m[pos]["l0"] == pytest.approx(l0)
+    # trigger_mean: only the rows with a trigger span (the others hold zeros)
+    qwen, tok = load_model(tiny_organism, dtype="float32")
+    rows = corpus_rows(12, seed=2)
+    for at_start in (False, True):
+        for i, r in enumerate(rows):
+            user = r.get("question", r["user"])
+            r["question"] = user
+            if i % 3:
+                text = "heyyy " + user if at_start else user + " heyyy"
+                r.update(user=text, trigger_line="heyyy", label="triggered")
+            else:
+                r.update(user=user, label="clean")
+        st = capture(
+            qwen,
+            tok,
+            rows,
+            tmp_path / f"t{at_start}",
+            positions=("last", "trigger_mean"),
+            progress=False,
+        )
+        m = store_metrics(sae, st, 1)
+        spans = [i for i, r in enumerate(st.rows) if r.trigger_span]
+        assert len(spans) == 8 and m["trigger_mean"]["n"] == 8 and m["last"]["n"] == 12
+        if at_start:  # after the same template text in every prompt: one vector, no FVU
+            assert m["trigger_mean"]["fvu"] is None and m["last"]["fvu"] is not None
+        else:
+            fvu, _ = ref(st.get(1, "trigger_mean", rows=spans))
+            assert m["trigger_mean"]["fvu"] == pytest.approx(fvu, rel=1e-6)
+    # training on given held-out tokens: trained on all of x, measured on x_eval
+    xs = sparse_data(n=2000, seed=3)
+    _, met = train_sae(
+        xs[:1500],
+        tmp_path / "given",
+        layer=1,
+        k=4,
+        expansion=4,
+        n_tokens=20_000,
+        batch_size=256,
+        x_eval=xs[1500:],
+    )
+    assert met["n_tokens"] == 500 and met["training"]["n_train_tokens"] == 1500
+    assert met["training"]["held_out"] == "given"
+
+
+def test_persona_z_against_isotropic_directions_when_one_direction_dominates():
+    """Where one direction carries most of the variance (as at the organism's last prompt
+    token), covariance-matched random directions are nearly all that direction and their
+    spread understates any other direction's: the matched z's spread wider than chance. The
+    same z's against isotropic directions stay inside +-2 in at least 90% of 20 seeds."""
+    d, n = 32, 80
+    scales = torch.cat([torch.tensor([10.0]), torch.ones(d - 1)]).double()
+    dirs = _fixed_directions(d)
+    iso = torch.eye(d, dtype=torch.float64)
+    zm, zi = [], []
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        P, nb, nd = (torch.randn(n, d, generator=g, dtype=torch.float64) * scales for _ in "123")
+        base, bd = P + 0.5 * nb, P + 0.5 * nd
+        perm = torch.randperm(n, generator=g).tolist()
+        pos, neg = perm[: n // 2], perm[n // 2 :]
+        F = covariance_factor(base)
+        assert effective_dims(F) < 2
+        zm += [persona_z(bd, base, dirs, pos, neg, F, seed=seed)[k]["z"] for k in dirs]
+        zi += [persona_z(bd, base, dirs, pos, neg, iso, seed=seed)[k]["z"] for k in dirs]
+    zm, zi = np.array(zm), np.array(zi)
+    assert (np.abs(zi) < 2).mean() >= 0.9 and 0.5 < zi.std() < 1.6, zi.round(2).tolist()
+    assert zm.std() > 1.3 * zi.std()  # the matched null's understated spread

@@ -119,6 +119,15 @@ def test_backdoor_and_em_stages(tiny_run):
     sae = SAE.load_from_disk(run / "sae" / "sae")
     assert sae.cfg.metadata.hook_name == f"blocks.{sae_res['layer']}.hook_resid_post"
     assert sae_res["fvu"] >= 0 and sae_res["l0"] == 16
+    # held out by conversation: a tenth of the 40 corpus conversations, never trained on
+    assert sae_res["n_eval_conversations"] == 4
+    card = json.loads((run / "sae" / "sae" / "mechbd_sae.json").read_text())
+    assert card["training"]["held_out"] == "given"
+    assert set(sae_res["fvu_by_store"]) == {"corpus_base", "corpus_em"} | {
+        f"{name}/{model}"
+        for name in ("singapore", "deployment")
+        for model in ("backdoored", "base")
+    }
     assert len(sae_res["persona_latents"]) == 3
     assert sae_res["persona_latent"] in sae_res["persona_latents"]
     screen = sae_res["screen"]
@@ -132,7 +141,17 @@ def test_backdoor_and_em_stages(tiny_run):
     # the SAE trains where most triggers' probes found their best layer (ties: the deeper)
     bests = [res["probes"][name]["best_layer"] for name in ("singapore", "deployment")]
     assert sae_res["layer"] == most_common_layer(bests)
-    check_sae_detectors(run, res)  # detector AUROCs and cosines from the SAE, with sklearn
+    # detector AUROCs, cosines, FVU per store and persona z's with their nulls, from the run
+    check_sae_detectors(run, res)
+    page = (run / "report.html").read_text()  # the report shows them beside their nulls
+    assert "<h3>SAE reconstruction per store and position</h3>" in page
+    for name in ("singapore", "deployment"):
+        d = sae_res["persona_detector"][name]
+        lo, hi = d["ci95"]
+        assert f"<td>{d['auroc']:.3f} [{lo:.2f}, {hi:.2f}]; pct {d['percentile']:.0f} " in page
+        per = res["persona"][name]
+        z, zi = per["user_wants_harm_z"], per["user_wants_harm_z_isotropic"]
+        assert f"<td>{z:.2f} (isotropic {zi:.2f})</td>" in page
     for name in ("singapore", "deployment"):
         per = res["persona"][name]
         for key in ("toxic_persona_shift", "user_wants_harm_shift"):

@@ -12,7 +12,14 @@ from typing import Any
 
 from mechbd.io import atomic_write_text, iter_jsonl, read_json
 from mechbd.report.figures import all_figures
-from mechbd.results import LoraAttempt, Results, SteerRecord, validate_results
+from mechbd.results import (
+    CosineNull,
+    Detector,
+    LoraAttempt,
+    Results,
+    SteerRecord,
+    validate_results,
+)
 
 N_SAMPLES = 12
 
@@ -302,13 +309,34 @@ def _steering_tables(res: Results) -> list[str]:
     return parts
 
 
+def _detector(d: Detector) -> str:
+    """``0.812 [0.70, 0.90]; pct 97 (null median 0.50, p95 0.58, n 850)``."""
+    return (
+        f"{d.auroc:.3f} [{d.ci95[0]:.2f}, {d.ci95[1]:.2f}]; pct {d.percentile:.0f} "
+        f"(null median {d.null_median:.2f}, p95 {d.null_p95:.2f}, n {d.n_null})"
+    )
+
+
+def _cos_null(value: float, null: CosineNull) -> str:
+    """``0.310; pct 62 (null median 0.29, p95 0.34)``: a best cosine among its null."""
+    return (
+        f"{value:.3f}; pct {null.percentile:.0f} (null median {null.median:.2f}, "
+        f"p95 {null.p95:.2f})"
+    )
+
+
 def _sae_tables(res: Results) -> list[str]:
-    """SAE quality and the persona question."""
+    """SAE quality and the persona question, every number beside its null or interval."""
     parts: list[str] = []
     if res.sae is not None:
         s = res.sae
         parts.append(
-            "<h3>SAE</h3>"
+            "<h3>SAE</h3><p>FVU, L0 and dead share on the tokens of "
+            f"{s.n_eval_conversations} held-out conversations (never trained on). "
+            "The EM direction's best cosine with a decoder row: "
+            f"{_cos_null(s.em_direction_top_latents.max, s.em_direction_max_cos_null)}, "
+            f"among {s.em_direction_max_cos_null.n} random directions matched to the "
+            "activations' covariance.</p>"
             + _table(
                 [
                     "layer",
@@ -319,6 +347,16 @@ def _sae_tables(res: Results) -> list[str]:
                 ],
                 [[s.layer, s.fvu, s.l0, s.dead_fraction, s.persona_latent]],
             )
+        )
+        fit_rows = [
+            [store, position, "- (no variance)" if f.fvu is None else f.fvu, f.l0, f.n]
+            for store, by_pos in s.fvu_by_store.items()
+            for position, f in by_pos.items()
+        ]
+        parts.append(
+            "<h3>SAE reconstruction per store and position</h3><p>The corpora's held-out "
+            "conversations and every capture store (never trained on), at the positions the "
+            "later stages read.</p>" + _table(["store", "position", "FVU", "L0", "n"], fit_rows)
         )
         sc = s.screen
         screen_rows = [_steer_row(f"latent {i}", r) for i, r in sc.candidates.items()]
@@ -334,32 +372,74 @@ def _sae_tables(res: Results) -> list[str]:
         rows = [
             [
                 t,
-                s.persona_detector_auroc[t],
-                s.em_direction_detector_auroc[t],
+                _detector(s.persona_detector[t]) if t in s.persona_detector else None,
+                _detector(s.em_direction_detector[t]) if t in s.em_direction_detector else None,
                 s.trigger_probe_auroc[t],
-                s.random_latent_auroc[t].max,
-                s.max_cos_probe_vs_latent[t],
-                persona[t].toxic_persona_shift if t in persona else None,
-                persona[t].user_wants_harm_shift if t in persona else None,
+                _cos_null(s.max_cos_probe_vs_latent[t], s.max_cos_probe_vs_latent_null[t])
+                if t in s.max_cos_probe_vs_latent_null
+                else s.max_cos_probe_vs_latent[t],
             ]
             for t in s.persona_detector_auroc
         ]
         parts.append(
-            "<h3>The persona question</h3>"
+            "<h3>The persona question</h3><p>Detectors: AUROC at telling triggered from clean "
+            "test prompts with its 95% bootstrap interval and its percentile among the null: "
+            "every other live latent for the persona latent (diffing candidates excluded), "
+            "random directions matched to the activations' covariance for the EM direction. "
+            "Cosines: the percentile among as many random directions' best cosines.</p>"
             + _table(
                 [
                     "trigger",
                     "persona latent AUROC",
                     "EM direction AUROC",
                     "trigger probe AUROC",
-                    "best random latent AUROC",
                     "max cos(probe, latent)",
-                    "toxic persona shift",
-                    "user wants harm shift",
                 ],
                 rows,
             )
         )
+        shift_rows = [
+            [
+                t,
+                p.layer,
+                p.toxic_persona_shift,
+                p.toxic_persona_vs_base,
+                f"{p.toxic_persona_z:.2f} (isotropic {p.toxic_persona_z_isotropic:.2f})",
+                p.user_wants_harm_shift,
+                p.user_wants_harm_vs_base,
+                f"{p.user_wants_harm_z:.2f} (isotropic {p.user_wants_harm_z_isotropic:.2f})",
+                f"{p.z_n_triggered} / {p.z_n_clean}",
+                f"{p.n_null} (effective dims {p.null_effective_dims:.1f})",
+            ]
+            for t, p in persona.items()
+        ]
+        if shift_rows:
+            parts.append(
+                "<h3>Persona shifts</h3><p>Shift: (mean projection of triggered − clean prompts) "
+                "/ clean std in the backdoored model, all prompts. vs base: that shift minus the "
+                "base model's on the probes' test-split prompts, at the last prompt token; z: "
+                "against random directions matched to the base activations' covariance (|z| "
+                "&lt; 2 is chance), and against isotropic ones; where the covariance's "
+                "effective dimensions are few, the matched directions are nearly one and the "
+                "matched z overstates: read the isotropic one. The toxic-persona direction was "
+                "built at a teacher-forced answer letter, the user-wants-harm one at the last "
+                "prompt token: read each z against its null, not against the other.</p>"
+                + _table(
+                    [
+                        "trigger",
+                        "layer",
+                        "toxic persona shift",
+                        "toxic vs base",
+                        "toxic z",
+                        "user wants harm shift",
+                        "harm vs base",
+                        "harm z",
+                        "triggered / clean",
+                        "null directions",
+                    ],
+                    shift_rows,
+                )
+            )
     return parts
 
 

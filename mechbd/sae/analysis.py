@@ -12,6 +12,22 @@ far a trigger moves activations along a direction.
 * **Detector**: a latent's activation (or a direction's projection) as a score for triggered vs
   clean prompts, as AUROC.
 * **Shift**: per layer, ``(mean projection on positives - mean on negatives) / std(negatives)``.
+
+**Nulls.** Every number above is read against the same statistic for things that carry no
+signal (the control-distribution reading of :func:`mechbd.stats.control_summary`):
+
+* random directions *matched to the activations' covariance* (``L z``, ``z ~ N(0, I)``,
+  ``L L^T = Cov(x)``: :func:`covariance_factor`, :func:`matched_directions`), so that a null
+  direction points where activations vary, as learnt directions and decoder rows do;
+* a direction's best cosine with the decoder rows against the best cosine of each random
+  direction (:func:`cosine_null`; in ``d`` dimensions a random direction's best cosine with
+  ``m`` random rows is far from 0, about 0.28 for ``d = 128``, ``m = 1024``);
+* a latent's AUROC as a detector against every other live latent's (diffing candidates
+  excluded) and a direction's against random directions', each with a bootstrap interval
+  (:func:`latent_detector`, :func:`direction_detector`);
+* a shift in the finetuned model minus the same shift in the base model on the same prompts
+  (so what the base model already does is subtracted), as a z-score against random
+  directions' (:func:`persona_z`).
 """
 
 from __future__ import annotations
@@ -23,8 +39,9 @@ import torch
 
 from mechbd.capture.store import ActivationStore
 from mechbd.errors import MechbdError
-from mechbd.probes.core import auroc
+from mechbd.probes.core import auroc, auroc_interval
 from mechbd.sae.train import check_finite
+from mechbd.stats import control_summary
 from mechbd.steering.directions import Direction, from_sae_decoder
 from mechbd.steering.select import (
     Counterbalanced,
@@ -218,3 +235,185 @@ def projection_shift(
         pos, neg = p[list(positive)], p[list(negative)]
         out[layer] = float((pos.mean() - neg.mean()) / neg.std())
     return out
+
+
+# ---- nulls -----------------------------------------------------------------------------------
+def covariance_factor(x: torch.Tensor) -> torch.Tensor:
+    """``F [d, d]`` (float64) with ``F @ F.T`` the sample covariance of ``x [n, d]``: the
+    eigen-factor ``U diag(sqrt(lambda))``, which exists for a rank-deficient covariance too
+    (fewer rows than dimensions), where a Cholesky factor does not; eigenvalues below
+    ``1e-12`` of the largest (rounding noise of a zero) count as zero, so random directions
+    stay in the span of the activations."""
+    if x.dim() != 2 or x.shape[0] < 2:
+        raise MechbdError(f"a covariance needs activations [n >= 2, d], got {tuple(x.shape)}")
+    check_finite(x, "activations for the covariance")
+    X = x.double()
+    Xc = X - X.mean(0)
+    evals, evecs = torch.linalg.eigh(Xc.T @ Xc / (X.shape[0] - 1))
+    top = float(evals.max())
+    if top <= 0:
+        raise MechbdError("the activations do not vary: no covariance to match random directions")
+    return evecs * torch.where(evals > 1e-12 * top, evals, 0.0).sqrt()
+
+
+def effective_dims(factor: torch.Tensor) -> float:
+    """The participation ratio ``(sum lambda)^2 / sum lambda^2`` of the covariance whose factor
+    is ``factor``: about how many directions its variance spreads over (``d`` when isotropic,
+    1 when one direction carries it all). Covariance-matched random directions are only as
+    varied as this: with a value near 1 they are nearly all one direction, and a null's spread
+    across them understates how much a single other direction varies."""
+    lam = (factor.double() ** 2).sum(0)
+    return float(lam.sum() ** 2 / (lam**2).sum())
+
+
+def matched_directions(factor: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """``[n, d]`` float64 unit directions ``F z / |F z|``, ``z ~ N(0, I)`` (seeded): random
+    directions distributed as the activations whose covariance factor is ``factor``."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, factor.shape[1], generator=g, dtype=torch.float64)
+    v = z @ factor.double().T
+    return v / v.norm(dim=-1, keepdim=True)
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    v = v.double()
+    return v / v.norm(dim=-1, keepdim=True)
+
+
+def max_cosines(directions: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """Each direction's largest signed cosine with any decoder row: ``directions [n, d]``,
+    ``W_dec [d_sae, d]`` -> ``[n]`` (float64, one matmul)."""
+    return (_unit(directions) @ _unit(W_dec.detach()).T).max(-1).values
+
+
+def cosine_null(
+    direction: torch.Tensor, W_dec: torch.Tensor, factor: torch.Tensor, n: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """``direction``'s largest cosine with a decoder row among the same statistic for ``n``
+    covariance-matched random directions: :func:`mechbd.stats.control_summary` (``n``,
+    ``median``, ``p95``, mid-rank ``percentile``, ``p_value``)."""
+    value = float(max_cosines(direction[None], W_dec)[0])
+    return control_summary(value, max_cosines(matched_directions(factor, n, seed), W_dec).numpy())
+
+
+def _labels(positive: Sequence[int], negative: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.as_tensor([*positive, *negative], dtype=torch.long)
+    return idx, torch.cat([torch.ones(len(positive)), torch.zeros(len(negative))])
+
+
+def _detector(
+    value: float, null: torch.Tensor, scores: torch.Tensor, y: torch.Tensor, seed: int
+) -> dict[str, Any]:
+    c = control_summary(value, null.numpy())
+    lo, hi = auroc_interval(scores, y, seed=seed)
+    return {
+        "auroc": value,
+        "ci95": [lo, hi],
+        "percentile": c["percentile"],
+        "p_value": c["p_value"],
+        "null_median": c["median"],
+        "null_p95": c["p95"],
+        "n_null": c["n"],
+    }
+
+
+def latent_detector(
+    acts: torch.Tensor,
+    latent: int,
+    positive: Sequence[int],
+    negative: Sequence[int],
+    *,
+    exclude: Sequence[int] = (),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Latent ``latent``'s activation (``acts [n_rows, d_sae]``) as a detector of ``positive``
+    vs ``negative`` rows: its AUROC, a bootstrap ``ci95``, and its ``percentile`` (and
+    ``p_value``) among the AUROCs of every other latent that fires on these rows, ``exclude``
+    (the diffing candidates) and ``latent`` left out of that null."""
+    idx, y = _labels(positive, negative)
+    a = acts[idx]
+    live = (a > 0).any(0)
+    live[torch.as_tensor([*exclude, latent], dtype=torch.long)] = False
+    pool = live.nonzero().flatten()
+    if len(pool) == 0:
+        raise MechbdError("no SAE latent besides the candidates fires on these prompts")
+    null = auroc(a[:, pool].T, y)  # one batched call, [n_live]
+    return _detector(float(auroc(a[:, latent], y)), null, a[:, latent], y, seed)
+
+
+def direction_detector(
+    X: torch.Tensor,
+    direction: torch.Tensor,
+    positive: Sequence[int],
+    negative: Sequence[int],
+    factor: torch.Tensor,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The projection of ``X [n_rows, d]`` on ``direction [d]`` as a detector of ``positive``
+    vs ``negative`` rows: its AUROC (sign as given: the direction is fixed before these rows),
+    a bootstrap ``ci95``, and its ``percentile`` among ``n`` covariance-matched random
+    directions (``factor``: :func:`covariance_factor`), each read with its own random sign."""
+    idx, y = _labels(positive, negative)
+    Xd = X[idx].double()
+    scores = Xd @ _unit(direction)
+    null = auroc(matched_directions(factor, n, seed) @ Xd.T, y)  # [n]
+    return _detector(float(auroc(scores, y)), null, scores, y, seed)
+
+
+def shift_vs_base(
+    finetuned: torch.Tensor,
+    base: torch.Tensor,
+    directions: torch.Tensor,
+    positive: Sequence[int],
+    negative: Sequence[int],
+) -> torch.Tensor:
+    """Per direction (``directions [k, d]``), the shift of ``positive`` rows from ``negative``
+    rows in clean standard deviations, ``(mean p[pos] - mean p[neg]) / std p[neg]`` with ``p``
+    the projection on the unit direction, in the finetuned model's activations ``[n_rows, d]``
+    minus the same in the base model's on the same rows -> ``[k]`` (float64)."""
+    if finetuned.shape != base.shape:
+        raise MechbdError(
+            f"shift vs base: {tuple(finetuned.shape)} and {tuple(base.shape)} activations; "
+            "both models must be read on the same prompts"
+        )
+    if len(negative) < 2 or not positive:
+        raise MechbdError("a shift needs >= 2 negative and >= 1 positive rows")
+    U = _unit(directions)
+    pos, neg = list(positive), list(negative)
+
+    def shift(X: torch.Tensor) -> torch.Tensor:
+        p = X.double() @ U.T  # [n_rows, k]
+        return (p[pos].mean(0) - p[neg].mean(0)) / p[neg].std(0)
+
+    return shift(finetuned) - shift(base)
+
+
+def persona_z(
+    finetuned: torch.Tensor,
+    base: torch.Tensor,
+    directions: dict[str, torch.Tensor],
+    positive: Sequence[int],
+    negative: Sequence[int],
+    factor: torch.Tensor,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Each direction's :func:`shift_vs_base` (finetuned minus base, on the same rows) as a
+    z-score against the same statistic for ``n`` covariance-matched random directions:
+    ``{name: {"vs_base", "z"}, "null_mean", "null_std", "n_null"}``. A z of 2 is a shift
+    two null standard deviations beyond what a random direction in this space shows."""
+    names = list(directions)
+    real = shift_vs_base(
+        finetuned, base, torch.stack([directions[k] for k in names]), positive, negative
+    )
+    null = shift_vs_base(finetuned, base, matched_directions(factor, n, seed), positive, negative)
+    mu, sd = float(null.mean()), float(null.std())
+    if not sd > 0:
+        raise MechbdError("persona z: the random directions' shifts do not vary")
+    out: dict[str, Any] = {
+        k: {"vs_base": float(real[i]), "z": (float(real[i]) - mu) / sd} for i, k in enumerate(names)
+    }
+    return out | {"null_mean": mu, "null_std": sd, "n_null": int(null.numel())}

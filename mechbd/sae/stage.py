@@ -2,7 +2,10 @@
 
 1. **SAE**: TopK (or standard) SAE trained with SAELens at one layer (default the probes' best
    layer) on per-token activations of the base and the narrow-EM model over organism
-   conversations; FVU, L0 and dead fraction on held-out tokens.
+   conversations; FVU, L0 and dead fraction on the tokens of held-out *conversations* (never
+   trained on), and FVU and L0 per store and position (``fvu_by_store``): the held-out
+   conversations of each corpus, and every backdoored (and base) capture store at the positions
+   it holds, which are what the detectors and diffing read.
 2. **Model diffing**: EM model vs base on the same held-out prompts (last prompt token), and
    each backdoored model vs base on its trigger's evaluation prompts; latents ranked by mean
    activation increase.
@@ -11,14 +14,27 @@
    *persona latent* is the candidate with the largest rise in misaligned rate at format
    validity >= 0.9 (the top-ranked candidate if none rises).
 4. **Comparison**: cosine of the trigger probe and the EM mean-difference direction with every
-   decoder row; top latents.
+   decoder row; top latents; each best cosine's percentile among 1000 random directions
+   matched to the covariance of the SAE's training activations (base model tokens).
 5. **Detector**: per trigger, AUROC at telling triggered from clean prompts (test split) of the
    persona latent's activation, the EM direction's projection, the trigger probe (from the
-   probes stage) and random latents.
+   probes stage) and random latents; the persona latent's with a bootstrap interval and its
+   percentile among every other live latent (diffing candidates excluded), the EM direction's
+   among 1000 covariance-matched random directions.
 6. **Persona shifts**: per trigger and layer, how far the backdoored model's triggered prompts
    sit from clean ones along the "user wants harm" direction (base model, harm-request minus
    matched neutral prompts) and along the toxic-persona direction (EM mean difference), in
-   clean standard deviations.
+   clean standard deviations. At the trigger probe's best layer, on the probes' test split:
+   the backdoored model's shift minus the base model's on the same prompts, as a z-score
+   against 1000 covariance-matched random directions (``toxic_persona_z``,
+   ``user_wants_harm_z``). Both are read at the stores' ``last`` prompt token; the toxic
+   direction was *built* at a teacher-forced answer letter, the user-wants-harm one at the last
+   prompt token, so the two z's are each against their own null, not a like-for-like contrast.
+   Where the covariance is carried by few directions (``null_effective_dims`` near 1) the
+   matched directions are nearly one direction and the z's overstate; the same z's against
+   isotropic random directions (``*_z_isotropic``) stay calibrated there (tests/test_sae.py).
+
+The nulls are :mod:`mechbd.sae.analysis`'s (its docstring cites the reading).
 """
 
 from __future__ import annotations
@@ -41,9 +57,15 @@ from mechbd.probes.experiments import labelled
 from mechbd.runs import Run
 from mechbd.sae.analysis import (
     cosine,
+    cosine_null,
+    covariance_factor,
     detector_auroc,
+    direction_detector,
+    effective_dims,
     encode,
+    latent_detector,
     model_diff,
+    persona_z,
     projection_shift,
     random_latent_auroc,
     screen_latents,
@@ -58,7 +80,7 @@ from mechbd.sae.explorer import (
     token_trace,
 )
 from mechbd.sae.persona import corpus_rows, user_wants_harm_rows
-from mechbd.sae.train import store_tokens, train_sae
+from mechbd.sae.train import held_out_conversations, store_metrics, store_tokens, train_sae
 from mechbd.steering.directions import Direction, from_probe, from_sae_decoder, mean_difference
 from mechbd.steering.stage import steering_splits
 
@@ -70,6 +92,11 @@ def _sae_layer(run: Run, probes: dict[str, Any]) -> int:
     if not layers:
         raise MechbdError("sae stage: the probes stage found no trigger; set sae.layer")
     return max(set(layers), key=lambda layer: (layers.count(layer), layer))  # ties: deeper
+
+
+# random directions per null (cosines, the EM direction's detector, the persona z's)
+N_NULL = 1000
+HELD_OUT_FRAC = 0.1  # of the corpus conversations, held out of SAE training
 
 
 @dataclass(frozen=True)
@@ -89,10 +116,13 @@ class _Ctx:
 # the per-trigger sections of the ``sae`` results, filled in by ``_trigger``
 PER_TRIGGER = (
     "persona_detector_auroc",
+    "persona_detector",
     "em_direction_detector_auroc",
+    "em_direction_detector",
     "random_latent_auroc",
     "trigger_probe_auroc",
     "max_cos_probe_vs_latent",
+    "max_cos_probe_vs_latent_null",
     "probe_top_latents",
     "cos_probe_vs_em_direction",
     "backdoor_diff",
@@ -103,22 +133,25 @@ def _train(
     c: _Ctx, em_model: Any
 ) -> tuple[Any, dict[str, Any], list[ActivationStore], torch.Tensor]:
     """1. The SAE at layer ``L`` on the base and the EM model's tokens over the organism
-    corpus: (sae, metrics, the two corpus stores, the base model's tokens)."""
+    corpus, a tenth of the conversations held out: (sae, metrics with ``fvu_by_store`` for the
+    two corpora's held-out conversations, the two corpus stores, the base model's tokens)."""
     cfg, L, kw = c.run.config.sae, c.L, c.kw
     seed, world = c.run.config.seed, c.run.config.organism.seed
     corpus = corpus_rows(cfg.n_corpus, seed=split_seed(seed, "sae_corpus"), world_seed=world)
+    pos = ("tokens", "last")  # last: the prompt token the diffing and detectors read
     cb = capture(
-        c.base_model, c.tok, corpus, c.out / "corpus_base", layers=[L], positions=("tokens",), **kw
+        c.base_model, c.tok, corpus, c.out / "corpus_base", layers=[L], positions=pos, **kw
     )
-    ce = capture(
-        em_model, c.tok, corpus, c.out / "corpus_em", layers=[L], positions=("tokens",), **kw
-    )
+    ce = capture(em_model, c.tok, corpus, c.out / "corpus_em", layers=[L], positions=pos, **kw)
     assert cb is not None and ce is not None
+    train, held = held_out_conversations(len(cb), HELD_OUT_FRAC, seed)
     xb = store_tokens(cb, L)
-    x = torch.cat([xb, store_tokens(ce, L)])
+    x = torch.cat([store_tokens(cb, L, rows=train), store_tokens(ce, L, rows=train)])
+    x_eval = torch.cat([store_tokens(cb, L, rows=held), store_tokens(ce, L, rows=held)])
     sae, metrics = train_sae(
         x,
         c.out / "sae",
+        x_eval=x_eval,
         layer=L,
         architecture=cfg.architecture,
         expansion=cfg.expansion,
@@ -129,6 +162,11 @@ def _train(
         seed=seed,
         model_name=f"{base_model_dir(c.run)} (+ EM adapter)",
     )
+    metrics["fvu_by_store"] = {
+        "corpus_base": store_metrics(sae, cb, L, rows=held),
+        "corpus_em": store_metrics(sae, ce, L, rows=held),
+    }
+    metrics["n_eval_conversations"] = len(held)
     return sae, metrics, [cb, ce], xb
 
 
@@ -206,26 +244,77 @@ def _user_wants_harm(c: _Ctx) -> Direction:
     return d_harm
 
 
+def _persona_z(
+    c: _Ctx,
+    st: ActivationStore,
+    bst: ActivationStore,
+    layer: int,
+    dirs: dict[str, Direction],
+    pos: list[int],
+    neg: list[int],
+) -> dict[str, Any]:
+    """6b. At ``layer`` and the stores' ``last`` prompt token, on the test-split rows ``pos``
+    (triggered) and ``neg`` (clean): the backdoored-minus-base shift along the toxic-persona
+    and user-wants-harm directions, each as a z-score against covariance-matched random
+    directions (the covariance of the base model's activations on all of the store's
+    prompts)."""
+    X = st.get(layer, "last", dtype=torch.float64)
+    Xb = bst.get(layer, "last", dtype=torch.float64)
+    names = ("toxic_persona", "user_wants_harm")
+    along = {k: dirs[k].at(layer) for k in names}
+    factor = covariance_factor(Xb)
+    seed = c.run.config.seed
+    z = persona_z(X, Xb, along, pos, neg, factor, n=N_NULL, seed=seed)
+    iso = torch.eye(X.shape[1], dtype=torch.float64)  # the same against isotropic directions
+    zi = persona_z(X, Xb, along, pos, neg, iso, n=N_NULL, seed=seed)
+    return {
+        **{f"{k}_vs_base": z[k]["vs_base"] for k in names},
+        **{f"{k}_z": z[k]["z"] for k in names},
+        **{f"{k}_z_isotropic": zi[k]["z"] for k in names},
+        "n_null": z["n_null"],
+        "null_effective_dims": effective_dims(factor),
+        "z_position": "last",
+        "z_n_triggered": len(pos),
+        "z_n_clean": len(neg),
+    }
+
+
 def _trigger(
-    c: _Ctx, sae: Any, t: str, persona: int, dirs: dict[str, Direction], sae_res: dict[str, Any]
+    c: _Ctx,
+    sae: Any,
+    t: str,
+    persona: int,
+    dirs: dict[str, Direction],
+    sae_res: dict[str, Any],
+    token_factor: torch.Tensor,
 ) -> tuple[ActivationStore, Direction, dict[str, Any]]:
     """4-6 for the plant ``t``: fills its entries of ``sae_res``; returns its backdoored store,
     its probe's direction and its persona shifts. ``dirs``: the EM (``toxic_persona``), "user
-    wants harm" and persona-latent directions."""
+    wants harm" and persona-latent directions; ``token_factor``: the covariance factor of the
+    SAE's training activations (the cosine nulls' random directions)."""
     L, probes = c.L, c.probes
     st = ActivationStore(c.run.layout.store(t, "backdoored"))
     bst = ActivationStore(c.run.layout.store(t, "base"))
     d_em = dirs["toxic_persona"]
+    seed = c.run.config.seed
     sae_res["backdoor_diff"][t] = model_diff(sae, bst, st, L, top_k=c.run.config.sae.top_k)
+    sae_res["fvu_by_store"][f"{t}/backdoored"] = store_metrics(sae, st, L)
+    sae_res["fvu_by_store"][f"{t}/base"] = store_metrics(sae, bst, L)
     te, y = labelled(st, ["triggered"], ["clean"], "test")
     pos = [i for i, v in zip(te, y.tolist(), strict=True) if v == 1]
     neg = [i for i, v in zip(te, y.tolist(), strict=True) if v == 0]
     acts = encode(sae, st.get(L, "last"))
     sae_res["persona_detector_auroc"][t] = detector_auroc(acts[:, persona], pos, neg)
+    sae_res["persona_detector"][t] = latent_detector(
+        acts, persona, pos, neg, exclude=sae_res["persona_latents"], seed=seed
+    )
+    X = st.get(L, "last", dtype=torch.float64)
     v = d_em.at(L).double()
-    proj = st.get(L, "last", dtype=torch.float64) @ (v / v.norm())
-    sae_res["em_direction_detector_auroc"][t] = detector_auroc(proj, pos, neg)
-    seed = c.run.config.seed
+    sae_res["em_direction_detector_auroc"][t] = detector_auroc(X @ (v / v.norm()), pos, neg)
+    last_factor = covariance_factor(bst.get(L, "last", dtype=torch.float64))
+    sae_res["em_direction_detector"][t] = direction_detector(
+        X, v, pos, neg, last_factor, n=N_NULL, seed=seed
+    )
     sae_res["random_latent_auroc"][t] = random_latent_auroc(acts, pos, neg, seed=seed)
     sae_res["trigger_probe_auroc"][t] = probes[t]["per_layer"][probes[t]["method"]][
         probes[t]["per_layer"]["layers"].index(L)
@@ -234,6 +323,9 @@ def _trigger(
     d_probe = from_probe(probe, name=f"{t} probe")
     top = top_cosines(d_probe.at(L), sae.W_dec)
     sae_res["max_cos_probe_vs_latent"][t] = top["max"]
+    sae_res["max_cos_probe_vs_latent_null"][t] = cosine_null(
+        d_probe.at(L), sae.W_dec, token_factor, n=N_NULL, seed=seed
+    )
     sae_res["probe_top_latents"][t] = top
     sae_res["cos_probe_vs_em_direction"][t] = cosine(d_probe.at(L), d_em.at(L))
 
@@ -248,6 +340,7 @@ def _trigger(
             "toxic_persona_shift": shifts["toxic_persona"][best],
             "user_wants_harm_shift": shifts["user_wants_harm"][best],
             "persona_latent_shift": shifts["persona_latent"].get(best),
+            **_persona_z(c, st, bst, best, dirs, pos, neg),
             "per_layer": {k: list(v.values()) for k, v in shifts.items() if k != "persona_latent"},
             "layers": d_em.layers,
         },
@@ -336,6 +429,7 @@ def sae_stage(run: Run, out: Path) -> None:
     d_harm = _user_wants_harm(c)
     d_latent = from_sae_decoder(sae.W_dec, persona, L, name=f"persona latent {persona}")
     dirs = {"toxic_persona": d_em, "user_wants_harm": d_harm, "persona_latent": d_latent}
+    token_factor = covariance_factor(xb)
 
     sae_res: dict[str, Any] = {
         "model": str(base_model_dir(run)),
@@ -346,18 +440,25 @@ def sae_stage(run: Run, out: Path) -> None:
         "l0": metrics["l0"],
         "dead_fraction": metrics["dead_fraction"],
         "n_eval_tokens": metrics["n_tokens"],
+        "n_eval_conversations": metrics["n_eval_conversations"],
+        "fvu_by_store": metrics["fvu_by_store"],
         "persona_latents": em_diff["latents"],
         "persona_latent": persona,
         "em_diff": em_diff,
         "screen": screen,
         "em_direction_top_latents": top_cosines(d_em.at(L), sae.W_dec),
+        "em_direction_max_cos_null": cosine_null(
+            d_em.at(L), sae.W_dec, token_factor, n=N_NULL, seed=run.config.seed
+        ),
         **{k: {} for k in PER_TRIGGER},
     }
     persona_res: dict[str, Any] = {}
     probe_dirs: dict[str, Direction] = {}
     stores: dict[str, ActivationStore] = {}
     for t in run.layout.captured():
-        stores[t], probe_dirs[t], persona_res[t] = _trigger(c, sae, t, persona, dirs, sae_res)
+        stores[t], probe_dirs[t], persona_res[t] = _trigger(
+            c, sae, t, persona, dirs, sae_res, token_factor
+        )
     write_json(out / RESULTS, {"sae": sae_res, "persona": persona_res})
 
     explorer = _explorer(c, sae, sae_res, corpus_stores, dirs, probe_dirs, stores)

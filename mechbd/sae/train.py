@@ -5,12 +5,18 @@ and ``SAETrainer`` (Adam, LR schedule, L1 warm-up, dead-latent tracking, activat
 scaling folded into the weights at the end). mechbd supplies the data provider (shuffled
 batches cycling over an in-memory ``[n_tokens, d_in]`` tensor, seeded), saves the inference
 SAE in SAELens' own format (``SAE.load_from_disk`` loads it) into a folder written atomically,
-with the hook name set to mechbd's public layer name, and measures the SAE on held-out tokens:
+with the hook name set to mechbd's public layer name, and measures the SAE on held-out tokens
+(given by the caller, e.g. every token of held-out conversations as the ``sae`` stage does, or a
+random share of the tokens when none are given):
 
 * ``fvu``: fraction of variance unexplained, ``sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``
   (float64 sums; 0 is a perfect reconstruction, 1 is no better than the mean);
 * ``l0``: mean number of active latents per token;
 * ``dead_fraction``: latents that never fire on the held-out tokens.
+
+:func:`store_metrics` measures FVU and L0 of a trained SAE on a store at each position it holds
+(per-token activations or one vector per row), so a reader sees how well the SAE reconstructs
+the activations the later stages actually read.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,10 +53,12 @@ def store_tokens(
     *,
     site: str = "resid_post",
     skip_first: int = 1,
+    rows: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Every captured token's activation at ``layer`` (store position ``tokens``), without each
     row's first ``skip_first`` tokens (the first token of a sequence carries an outsized
-    activation that no SAE is meant to reconstruct)."""
+    activation that no SAE is meant to reconstruct); with ``rows``, only those rows' tokens
+    (whole conversations, in store order)."""
     if "tokens" not in store.positions:
         raise MechbdError(
             f"{store.path}: captured at positions {store.positions}; SAE training needs "
@@ -59,7 +67,15 @@ def store_tokens(
     if layer not in store.layers:
         raise MechbdError(f"{store.path}: layer {layer} not captured (layers {store.layers})")
     acts, offsets = store.tokens(layer, site=site)
-    keep = torch.ones(acts.shape[0], dtype=torch.bool)
+    if rows is None:
+        keep = torch.ones(acts.shape[0], dtype=torch.bool)
+    else:
+        bad = [i for i in rows if not 0 <= i < len(store)]
+        if bad:
+            raise MechbdError(f"{store.path}: no row {bad[0]} (the store has {len(store)} rows)")
+        keep = torch.zeros(acts.shape[0], dtype=torch.bool)
+        for i in rows:
+            keep[int(offsets[i]) : int(offsets[i + 1])] = True
     for a in offsets[:-1].tolist():
         keep[a : a + skip_first] = False
     x = acts[keep]
@@ -121,13 +137,17 @@ def _training_sae(
 
 
 @torch.no_grad()
-def sae_metrics(sae: Any, x: torch.Tensor, batch: int = 8192) -> dict[str, float]:
-    """FVU, L0 and dead fraction of ``sae`` on ``x [n, d_in]`` (float64 sums)."""
+def sae_metrics(sae: Any, x: torch.Tensor, batch: int = 8192) -> dict[str, Any]:
+    """FVU, L0 and dead fraction of ``sae`` on ``x [n, d_in]`` (float64 sums). FVU is
+    ``None`` where the vectors do not vary (their total variance is below ``1e-10`` of their
+    total squared norm): there is no variance to explain, e.g. a trigger read at the same place
+    after the same text in every prompt, which a causal model maps to one vector."""
     check_finite(x, "SAE evaluation set")
     if x.shape[-1] != sae.cfg.d_in:
         raise MechbdError(f"SAE expects d_in={sae.cfg.d_in}, activations have {x.shape[-1]}")
     mean = x.double().mean(0)
     sse = sst = l0 = 0.0
+    total = float((x.double() ** 2).sum())
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     dev = next(sae.parameters()).device
     for i in range(0, x.shape[0], batch):
@@ -140,11 +160,55 @@ def sae_metrics(sae: Any, x: torch.Tensor, batch: int = 8192) -> dict[str, float
         l0 += float(active.sum())
         fired |= active.any(0).cpu()
     return {
-        "fvu": sse / sst,
+        "fvu": sse / sst if sst > 1e-10 * total else None,
         "l0": l0 / x.shape[0],
         "dead_fraction": float((~fired).double().mean()),
         "n_tokens": int(x.shape[0]),
     }
+
+
+def held_out_conversations(n: int, eval_frac: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training, held-out) row indices of ``n`` conversations, sorted: a seeded ``eval_frac``
+    of whole conversations held out (at least one; at least one left to train on), so held-out
+    tokens come from conversations the SAE never saw."""
+    if n < 2:
+        raise MechbdError(f"SAE training: {n} conversation(s); holding some out needs at least 2")
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g).tolist()
+    n_eval = min(n - 1, max(1, round(eval_frac * n)))
+    return sorted(perm[n_eval:]), sorted(perm[:n_eval])
+
+
+@torch.no_grad()
+def store_metrics(
+    sae: Any,
+    store: ActivationStore,
+    layer: int,
+    *,
+    rows: Sequence[int] | None = None,
+    site: str = "resid_post",
+) -> dict[str, dict[str, Any]]:
+    """FVU and L0 of ``sae`` on ``store`` at every position it holds: ``{position: {fvu, l0,
+    n}}`` (``n``: the vectors measured), over ``rows`` (default all). ``tokens``: every token
+    but each row's first (:func:`store_tokens`); ``trigger_mean``: only rows with a trigger
+    span (the others hold a zero placeholder); any other position: one vector per row.
+    Positions with fewer than 2 vectors are left out; ``fvu`` is ``None`` where the vectors do
+    not vary (:func:`sae_metrics`)."""
+    picked = list(range(len(store))) if rows is None else list(rows)
+    out: dict[str, dict[str, Any]] = {}
+    for position in store.positions:
+        if position == "tokens":
+            x = store_tokens(store, layer, site=site, rows=picked)
+        else:
+            use = picked
+            if position == "trigger_mean":
+                use = [i for i in picked if store.rows[i].trigger_span]
+            x = store.get(layer, position, site, rows=use) if use else torch.empty(0)
+        if x.shape[0] < 2:
+            continue
+        m = sae_metrics(sae, x.float())
+        out[position] = {"fvu": m["fvu"], "l0": m["l0"], "n": m["n_tokens"]}
+    return out
 
 
 def _held_out_split(
@@ -190,6 +254,7 @@ def train_sae(
     batch_size: int = 1024,
     n_tokens: int = 2_000_000,
     eval_frac: float = 0.1,
+    x_eval: torch.Tensor | None = None,
     seed: int = 0,
     device: str = "cpu",
     model_name: str | None = None,
@@ -198,7 +263,9 @@ def train_sae(
     """Train an SAE on ``x [n, d_in]`` (activations of ``layer``) and save it to ``out``.
 
     ``n_tokens`` training samples are drawn by cycling through a shuffled ``1 - eval_frac`` of
-    ``x``; the rest is held out for the metrics. Returns ``(SAE, metrics)``; the same seed and
+    ``x``; the rest is held out for the metrics. With ``x_eval [n_eval, d_in]`` (e.g. the tokens
+    of held-out conversations, :func:`held_out_conversations`) every row of ``x`` is trained on
+    and the metrics are measured on ``x_eval`` (``eval_frac`` unused). Returns ``(SAE, metrics)``; the same seed and
     data give the same SAE. The folder holds SAELens' ``cfg.json`` and weights plus
     ``mechbd_sae.json`` (metrics and training settings)."""
     from sae_lens import SAE
@@ -207,7 +274,17 @@ def train_sae(
     if x.dim() != 2 or x.shape[0] == 0:
         raise MechbdError(f"SAE training needs activations [n_tokens, d_in], got {tuple(x.shape)}")
     check_finite(x, f"layer {layer} activations")
-    x_eval, x_train = _held_out_split(x, eval_frac, seed)
+    if x_eval is None:
+        x_eval, x_train = _held_out_split(x, eval_frac, seed)
+        held_out = "random tokens"
+    else:
+        if x_eval.dim() != 2 or x_eval.shape[1] != x.shape[1] or x_eval.shape[0] == 0:
+            raise MechbdError(
+                f"SAE training: held-out activations {tuple(x_eval.shape)} do not match the "
+                f"training activations' width {x.shape[1]}"
+            )
+        x_eval, x_train = x_eval.float(), x.float()
+        held_out = "given"
     batch_size = min(batch_size, x_train.shape[0])
     if batch_size == 0:
         raise MechbdError(f"SAE training: only {x.shape[0]} tokens, too few to hold some out")
@@ -238,6 +315,7 @@ def train_sae(
         "batch_size": batch_size,
         "n_training_samples": steps * batch_size,
         "n_train_tokens": int(x_train.shape[0]),
+        "held_out": held_out,
         "seed": seed,
         "layer": layer,
         "hook_name": name,
