@@ -805,12 +805,14 @@ class PersonaShift(Section):
     )
     toxic_persona_vs_base: float = Field(
         description="at `layer`, on the probes' test-split triggered and clean prompts: the "
-        "backdoored model's toxic-persona shift minus the base model's on the same prompts, "
-        "both read at the `last` prompt token (the direction itself was built at a "
-        "teacher-forced answer letter)"
+        "backdoored model's shift (triggered minus clean) minus the base model's on the same "
+        "prompts, along the toxic-persona direction built at the `last` prompt token (EM model "
+        "minus base model on the sae stage's diffing prompts, "
+        "`sae/directions/toxic_persona_last.safetensors`)"
     )
     user_wants_harm_vs_base: float = Field(
-        description="the same along the user-wants-harm direction (built at the last prompt token)"
+        description="the same along the user-wants-harm direction (base model, harm-request "
+        "minus matched neutral prompts, also at the last prompt token)"
     )
     toxic_persona_z: float = Field(
         description="`toxic_persona_vs_base` as a z-score, (value − mean) / std of the same "
@@ -819,9 +821,9 @@ class PersonaShift(Section):
         + "; |z| < 2 is what a direction without a trigger-specific shift gives"
     )
     user_wants_harm_z: float = Field(
-        description="`user_wants_harm_vs_base` as a z-score against the same null; the two z's "
-        "share one position (`z_position`) but not the position their directions were built "
-        "at, so compare each with its null rather than with the other"
+        description="`user_wants_harm_vs_base` as a z-score against the same null; both "
+        "directions are built and read at the last prompt token, but from different contrasts "
+        "(a model contrast, a prompt contrast): compare each with its null first"
     )
     toxic_persona_z_isotropic: float = Field(
         description="`toxic_persona_vs_base` as a z-score against `n_null` isotropic random "

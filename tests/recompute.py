@@ -339,7 +339,15 @@ def check_sae_detectors(run: Path, res: dict[str, Any]) -> None:
         pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
         null = shift_np(Xd, R, pos, neg) - shift_np(Xb, R, pos, neg)
         null_iso = shift_np(Xd, Ri, pos, neg) - shift_np(Xb, Ri, pos, neg)
-        for key, d in (("toxic_persona", em), ("user_wants_harm", harm)):
+        # the toxic direction the z's use: EM minus base at the last prompt token of the
+        # diffing prompts, recomputed from the two diffing stores
+        toxic = Direction.load(run / "sae" / "directions" / "toxic_persona_last.safetensors")
+        de, db = (ActivationStore(run / "sae" / f"diff_{m}") for m in ("em", "base"))
+        want = de.get(pl, "last", dtype=torch.float64).mean(0) - db.get(
+            pl, "last", dtype=torch.float64
+        ).mean(0)
+        assert torch.allclose(toxic.at(pl).double(), want, atol=1e-5)
+        for key, d in (("toxic_persona", toxic), ("user_wants_harm", harm)):
             u = d.at(pl).double().numpy()
             u = (u / np.linalg.norm(u))[None]
             real = float((shift_np(Xd, u, pos, neg) - shift_np(Xb, u, pos, neg))[0])

@@ -170,14 +170,32 @@ def _train(
     return sae, metrics, [cb, ce], xb
 
 
-def _em_diff(c: _Ctx, sae: Any, em_model: Any) -> dict[str, Any]:
-    """2. EM model diffing: the latents the EM model raises most on held-out prompts."""
+def _em_diff(c: _Ctx, sae: Any, em_model: Any) -> tuple[dict[str, Any], Direction]:
+    """2. EM model diffing: the latents the EM model raises most on held-out prompts; and the
+    toxic-persona direction at the last prompt token, every captured layer: the EM model's
+    mean activation minus the base model's on the same prompts (model diffing's contrast), the
+    position the persona z's read."""
     diff_items = split_items(c.run, "sae_diff", c.run.config.sae.n_diff)
     diff_rows = [{"id": it.id, "user": it.user()} for it in diff_items]
-    db = capture(c.base_model, c.tok, diff_rows, c.out / "diff_base", layers=[c.L], **c.kw)
-    de = capture(em_model, c.tok, diff_rows, c.out / "diff_em", layers=[c.L], **c.kw)
+    layers = c.run.config.capture.layers
+    db = capture(c.base_model, c.tok, diff_rows, c.out / "diff_base", layers=layers, **c.kw)
+    de = capture(em_model, c.tok, diff_rows, c.out / "diff_em", layers=layers, **c.kw)
     assert db is not None and de is not None
-    return model_diff(sae, db, de, c.L, top_k=c.run.config.sae.top_k)
+    toxic_last = Direction(
+        {
+            layer: de.get(layer, "last", dtype=torch.float64).mean(0).float()
+            - db.get(layer, "last", dtype=torch.float64).mean(0).float()
+            for layer in de.layers
+        },
+        {
+            "name": "toxic persona (last token)",
+            "how": "EM model minus base model, mean activation at the last prompt token on the "
+            f"same {len(diff_rows)} held-out prompts",
+            "model": str(base_model_dir(c.run)),
+        },
+    )
+    toxic_last.save(c.out / DIRECTIONS / "toxic_persona_last.safetensors")
+    return model_diff(sae, db, de, c.L, top_k=c.run.config.sae.top_k), toxic_last
 
 
 def _screen(
@@ -261,7 +279,12 @@ def _persona_z(
     X = st.get(layer, "last", dtype=torch.float64)
     Xb = bst.get(layer, "last", dtype=torch.float64)
     names = ("toxic_persona", "user_wants_harm")
-    along = {k: dirs[k].at(layer) for k in names}
+    # both directions built at the last prompt token, where the z's read: the toxic persona
+    # as EM-minus-base model diffing, "user wants harm" as harm-minus-neutral prompts
+    along = {
+        "toxic_persona": dirs["toxic_persona_last"].at(layer),
+        **{"user_wants_harm": dirs["user_wants_harm"].at(layer)},
+    }
     factor = covariance_factor(Xb)
     seed = c.run.config.seed
     z = persona_z(X, Xb, along, pos, neg, factor, n=N_NULL, seed=seed)
@@ -330,7 +353,11 @@ def _trigger(
     sae_res["cos_probe_vs_em_direction"][t] = cosine(d_probe.at(L), d_em.at(L))
 
     all_pos, all_neg = st.indices("triggered"), st.indices("clean")
-    shifts = {k: projection_shift(st, d, all_pos, all_neg) for k, d in dirs.items()}
+    shifts = {
+        k: projection_shift(st, d, all_pos, all_neg)
+        for k, d in dirs.items()
+        if k != "toxic_persona_last"
+    }
     best = probes[t]["best_layer"]
     return (
         st,
@@ -421,14 +448,19 @@ def sae_stage(run: Run, out: Path) -> None:
     em_model, _ = load_finetuned(run, run.layout.em_adapter)
     c = _Ctx(run, out, L, base_model, tok, probes, kw)
     sae, metrics, corpus_stores, xb = _train(c, em_model)
-    em_diff = _em_diff(c, sae, em_model)
+    em_diff, toxic_last = _em_diff(c, sae, em_model)
     del em_model
     screen, persona = _screen(c, sae, xb, em_diff)
 
     d_em = Direction.load(run.layout.em_direction)
     d_harm = _user_wants_harm(c)
     d_latent = from_sae_decoder(sae.W_dec, persona, L, name=f"persona latent {persona}")
-    dirs = {"toxic_persona": d_em, "user_wants_harm": d_harm, "persona_latent": d_latent}
+    dirs = {
+        "toxic_persona": d_em,
+        "user_wants_harm": d_harm,
+        "persona_latent": d_latent,
+        "toxic_persona_last": toxic_last,
+    }
     token_factor = covariance_factor(xb)
 
     sae_res: dict[str, Any] = {
