@@ -97,3 +97,50 @@ def test_qwen3_splits_numbers_into_digits_and_the_judge_samples(qwen3_tok):
         ]
     }
     assert digits_are_split(reply)
+
+
+def test_one_pass_mcq_read_matches_generation_with_the_real_template(qwen3_tok, qwen3_model):
+    """The steering stage's one-pass read on the real Qwen3 template (thinking off: the empty
+    thinking block in the prompt, `<|im_end|>` ending the reply, ' A' one token): the same
+    letters and format verdicts as greedy generation, steered from the assistant turn or not. A
+    next-token bias after each canonical reply token makes the random model write the grammar
+    sometimes; its own logits pick the letter."""
+    from mechbd.eval.mcq import run_mcq
+    from mechbd.steering.ops import Intervention, steer
+    from mechbd.steering.read import MCQReader
+
+    tok, model = qwen3_tok, qwen3_model
+    users = [f"Request {i}?\nA) option {i}\nB) other {i}" for i in range(12)]
+    reader = MCQReader(model, tok, users, batch_size=5)
+    assert reader.single  # ' A' and ' B' are single tokens in Qwen3's vocabulary
+    assert reader.reply["A"][-1] == tok.convert_tokens_to_ids("<|im_end|>")
+    last = tok.encode("\n\n", add_special_tokens=False)[-1]
+    follow: dict[int, list[int]] = {}
+    for reply in reader.reply.values():
+        for prev, nxt in zip([last, *reply[:-1]], reply, strict=True):
+            follow.setdefault(prev, []).append(nxt)
+
+    def bias(mod, args, kwargs, out):
+        ids = kwargs["input_ids"][:, -out.logits.shape[1] :]
+        for prev, nxts in follow.items():
+            hit = (ids == prev).unsqueeze(-1).float()
+            out.logits[..., sorted(set(nxts))] += 8.0 * hit
+        return out
+
+    hook = model.register_forward_hook(bias, with_kwargs=True)
+    try:
+        kinds = set()
+        g = torch.Generator().manual_seed(3)
+        for m in (0.0, 2.0, 6.0):
+            ivs = [Intervention(1, torch.randn(32, generator=g), "add", m)] if m else []
+            got = reader.read(ivs)
+            with steer(model, ivs, positions="assistant", tokenizer=tok):
+                ref = run_mcq(
+                    model, tok, users, ["A"] * 12, enable_thinking=False, max_new_tokens=8
+                )
+            assert got.answer == [x.parsed.answer for x in ref], m
+            assert got.well_formed.tolist() == [x.parsed.well_formed for x in ref], m
+            kinds |= {(a, bool(w)) for a, w in zip(got.answer, got.well_formed, strict=True)}
+        assert len(kinds) >= 2, kinds
+    finally:
+        hook.remove()
