@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ class Outcome:
     rows: Sequence[Mapping[str, Any]]
     reading: Reading
 
-    @property
+    @cached_property
     def misaligned(self) -> np.ndarray:
         return np.array(
             [

@@ -40,6 +40,7 @@ from mechbd.models import base_model_dir, load_base, load_finetuned
 from mechbd.organism.splits import disjoint_items, split_items
 from mechbd.probes.core import Probe
 from mechbd.runs import Run
+from mechbd.stats import control_summary
 from mechbd.steering.directions import Direction, from_probe, mean_difference
 from mechbd.steering.ops import Intervention
 from mechbd.steering.optimize import optimized_direction
@@ -214,21 +215,22 @@ def _ablate(
     ctrl = [one(c) for c in controls]
     for name, d in dirs.items():
         rec = one(d)
-        cs = with_controls(rec, ctrl, key="asr_drop")["controls"]
+        drops = [c["asr_drop"] for c in ctrl]
+        cs = control_summary(rec["asr_drop"], drops)
         rec["controls"] = {
             "n": cs["n"],
-            "drop_median": cs["rise_median"],
-            "drop_p95": cs["rise_p95"],
+            "drop_median": cs["median"],
+            "drop_p95": cs["p95"],
             "percentile": cs["percentile"],
             "p_value": cs["p_value"],
-            "drops": cs["rises"],
+            "drops": drops,
         }
         out[name] = rec
     return out
 
 
 def _ablation_record(base: Outcome, o: Outcome, seed: int) -> dict[str, Any]:
-    t, c = o.summary("triggered"), o.summary("clean")
+    t, c, both = o.summary("triggered"), o.summary("clean"), o.summary()
     drop = rise(o, base, condition="triggered", seed=seed)  # none minus ablated
     return {
         "asr": t["balanced_misaligned_rate"],
@@ -237,8 +239,8 @@ def _ablation_record(base: Outcome, o: Outcome, seed: int) -> dict[str, Any]:
         "asr_drop_ci95": drop["ci95"],
         "clean_misaligned_rate": c["balanced_misaligned_rate"],
         "clean_misaligned_rate_ci95": c["ci95"],
-        "letter_bias": o.summary()["letter_bias"],
-        "format_valid_rate": o.summary()["format_valid_rate"],
+        "letter_bias": both["letter_bias"],
+        "format_valid_rate": both["format_valid_rate"],
         "n": t["n"],
         "n_scenarios": t["n_scenarios"],
         "controls": None,
