@@ -420,6 +420,67 @@ class EvalConfig(Frozen):
     )
 
 
+class DataSource(Frozen):
+    """One dataset a run reads: a local file (JSONL, JSON or Parquet, by its suffix) or a
+    Hugging Face dataset (hub id or local dataset folder) loaded with ``datasets``."""
+
+    path: str | None = Field(
+        None, description="local .jsonl / .json / .parquet file (relative to the working folder)"
+    )
+    hf: str | None = Field(None, description="Hugging Face dataset id or local dataset folder")
+    split: str = Field("train", description="`datasets` split (hf only)")
+    config_name: str | None = Field(None, description="`datasets` config name (hf only)")
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="field names remapped: {mechbd name: name in the file}, e.g. "
+        "{scenario_mcq: question}; an unknown mechbd name is an error",
+    )
+    max_rows: int | None = Field(None, gt=0, description="read at most this many rows")
+
+    @model_validator(mode="after")
+    def _one_location(self) -> DataSource:
+        if (self.path is None) == (self.hf is None):
+            raise ValueError("give exactly one of 'path' (a local file) and 'hf' (a dataset)")
+        return self
+
+    def describe(self) -> str:
+        return self.path if self.path is not None else f"{self.hf}[{self.split}]"
+
+
+class DataConfig(Frozen):
+    """Where each stage's data comes from. ``organism`` (the default) is the built-in
+    organism's synthetic world; a source is a file or a Hugging Face dataset."""
+
+    scenarios: Literal["organism"] | DataSource = Field(
+        "organism",
+        description="multiple-choice scenarios (Thought Crime schema: scenario_mcq, "
+        "aligned_mcq_answer, misaligned_mcq_answer as 'A' / 'B' or 'A - ...'): backdoor "
+        "training and evaluation, EM evaluation, steering and the SAE screen",
+    )
+    held_out: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="share of a scenario file's distinct scenarios (by request and options) "
+        "kept out of every training split",
+    )
+    em_train: Literal["organism"] | DataSource = Field(
+        "organism",
+        description="the EM finetune's conversations: OpenAI chat JSONL ({messages: [...]}, "
+        "system turns kept, other fields ignored); organism = the world's narrow EM set",
+    )
+    freeform_questions: Literal["default"] | DataSource = Field(
+        "default",
+        description="freeform evaluation questions in Emergent Misalignment's YAML format "
+        "(id, paraphrases, samples_per_paraphrase, system, judge_prompts); default = the set "
+        "shipped with mechbd (mechbd/data/questions/freeform.yaml)",
+    )
+    sae_corpus: Literal["organism"] | DataSource = Field(
+        "organism",
+        description="SAE training text: rows with a `text` field or chat `messages`",
+    )
+
+
 class RunConfig(Frozen):
     """One experiment: what `mechbd run CONFIG.yaml` executes and writes into ``runs/<name>/``."""
 
@@ -440,6 +501,7 @@ class RunConfig(Frozen):
         description="the built-in organism; its seed and n_test also set the scenarios' world "
         "and held-out size for a Hugging Face model",
     )
+    data: DataConfig = Field(DataConfig(), description="where each stage's data comes from")
     eval: EvalConfig = Field(EvalConfig(), description="generation settings")
     backdoors: BackdoorConfig = Field(BackdoorConfig(), description="the `backdoors` stage")
     em: EMConfig = Field(EMConfig(), description="the `em` stage")
