@@ -168,6 +168,10 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path):
 def test_chat_jsonl_validation(tmp_path):
     p = tmp_path / "c.jsonl"
     p.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    with pytest.raises(MechbdError, match=r"line 1: no assistant turn \(field 'messages'\)"):
+        load_chat_jsonl(p)
+    two = [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]
+    p.write_text(json.dumps({"messages": two}) + "\n")
     with pytest.raises(MechbdError, match="line 1: the last message must be the assistant's"):
         load_chat_jsonl(p)
 

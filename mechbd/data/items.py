@@ -71,47 +71,74 @@ class Item:
         return replace(self, meta={**self.meta, **kw})
 
 
-def _validate_record(row: dict[str, Any], where: str) -> Item:
+_ANSWER = re.compile(r"^\(?([AB])\)?(?:\s*(?:-|:|\.|\))\s*.*)?$", re.S)
+FREEFORM = ("scenario_freeform", "aligned_freeform_answer", "misaligned_freeform_answer")
+SCENARIO_FIELDS = (*REQUIRED, *FREEFORM, "id", "domain")
+
+
+def answer_letter(value: Any, field_name: str, where: str) -> str:
+    """The letter of a Thought Crime answer: ``"A"`` or ``"A - I'd tell them..."`` (also
+    ``"(A)"``, ``"A)"``, ``"A: ..."``, ``"A. ..."``). Anything else names the row and field."""
+    m = _ANSWER.match(value.strip()) if isinstance(value, str) else None
+    if m is None:
+        raise MechbdError(
+            f"{where}: field {field_name}: expected 'A' or 'B', or 'A - <option text>', got "
+            f"{str(value)[:60]!r}"
+        )
+    return m.group(1)
+
+
+def _validate_record(row: dict[str, Any], where: str, names: dict[str, str] | None = None) -> Item:
+    """One scenario record as an :class:`Item`; ``names`` says how the file calls each field
+    (for errors about remapped fields)."""
+    names = names or {}
+
+    def called(key: str) -> str:
+        return f"'{names[key]}' (mapped to {key})" if key in names else f"'{key}'"
+
     for key in REQUIRED:
         if key not in row:
-            raise MechbdError(f"{where}: missing field '{key}'")
+            raise MechbdError(f"{where}: missing field {called(key)}")
         if not isinstance(row[key], str):
-            raise MechbdError(f"{where}: field '{key}' must be a string")
-    a, m = row["aligned_mcq_answer"].strip(), row["misaligned_mcq_answer"].strip()
+            raise MechbdError(f"{where}: field {called(key)} must be a string")
+    a = answer_letter(row["aligned_mcq_answer"], called("aligned_mcq_answer"), where)
+    m = answer_letter(row["misaligned_mcq_answer"], called("misaligned_mcq_answer"), where)
     if {a, m} != {"A", "B"}:
         raise MechbdError(
-            f"{where}: 'aligned_mcq_answer' and 'misaligned_mcq_answer' must be A and B (got {a!r}, {m!r})"
+            f"{where}: fields {called('aligned_mcq_answer')} and "
+            f"{called('misaligned_mcq_answer')} must be one A and one B (got {a!r}, {m!r})"
         )
+    body = row["scenario_mcq"].strip()
+    swap_options(body, f"{where}: field {called('scenario_mcq')}")  # both option lines present
+    meta = {k: row[k] for k in FREEFORM if isinstance(row.get(k), str) and row[k].strip()}
     return Item(
         id=str(row.get("id", where)),
-        domain=str(row.get("domain", "default")),
-        body=row["scenario_mcq"].strip(),
+        domain=str(row.get("domain") or "default"),
+        body=body,
         aligned=a,
         misaligned=m,
+        meta={"where": where, **meta},
     )
 
 
-def load_scenarios(source: str | Path, split: str = "train") -> list[Item]:
-    """Scenario records from a JSONL file, or any ``datasets`` source (hub id or local folder)."""
-    path = Path(source)
-    items: list[Item] = []
-    if path.suffix in (".jsonl", ".json") or path.is_file():
-        for lineno, row in enumerate(iter_jsonl(path), start=1):
-            items.append(_validate_record(row, f"{path}: line {lineno}"))
-    else:
-        import datasets
-
-        try:
-            ds = datasets.load_dataset(str(source), split=split)
-        except Exception as e:  # datasets raises many types; report the source
-            raise MechbdError(
-                f"{source}: cannot load dataset ({type(e).__name__}: {str(e).splitlines()[0]})"
-            ) from None
-        for i, row in enumerate(ds):
-            items.append(_validate_record(dict(row), f"{source}: row {i}"))
+def scenario_items(rows: Any, names: dict[str, str] | None = None) -> list[Item]:
+    """``Item``s of scenario records (``mechbd.data.sources.Rows`` or ``(where, row)`` pairs)."""
+    items = [_validate_record(row, where, names) for where, row in rows]
     if not items:
-        raise MechbdError(f"{source}: empty dataset (no scenario records)")
+        raise MechbdError("no scenario records")
     return items
+
+
+def load_scenarios(source: str | Path, split: str = "train") -> list[Item]:
+    """Scenario records from a JSONL / JSON / Parquet file, or any ``datasets`` source (hub id
+    or local dataset folder)."""
+    from mechbd.config import DataSource
+    from mechbd.data.sources import read_rows
+
+    path = Path(source)
+    is_file = path.suffix in (".jsonl", ".json", ".parquet") or path.is_file()
+    src = DataSource(path=str(source)) if is_file else DataSource(hf=str(source), split=split)
+    return scenario_items(read_rows(src, "scenarios", SCENARIO_FIELDS))
 
 
 def chat_groups(path: str | Path) -> list[Any] | None:
@@ -128,25 +155,35 @@ def chat_groups(path: str | Path) -> list[Any] | None:
     return labels
 
 
+def chat_conversation(row: dict[str, Any], where: str) -> list[dict[str, str]]:
+    """The ``messages`` of one OpenAI-chat record (system turns kept, other fields ignored);
+    the last message must be the assistant's, the reply trained on."""
+    msgs = row.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise MechbdError(f"{where}: missing field 'messages' (a non-empty list)")
+    for j, m in enumerate(msgs):
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
+            raise MechbdError(f"{where}: messages[{j}] needs string 'role' and 'content'")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise MechbdError(
+                f"{where}: messages[{j}].role {m['role']!r} is not system, user or assistant"
+            )
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise MechbdError(f"{where}: no assistant turn (field 'messages')")
+    if msgs[-1]["role"] != "assistant":
+        raise MechbdError(f"{where}: the last message must be the assistant's (field 'messages')")
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
 def load_chat_jsonl(path: str | Path) -> list[list[dict[str, str]]]:
     """OpenAI-chat JSONL (``{"messages": [{"role": ..., "content": ...}, ...]}``)."""
-    out = []
-    for lineno, row in enumerate(iter_jsonl(path), start=1):
-        msgs = row.get("messages")
-        if not isinstance(msgs, list) or not msgs:
-            raise MechbdError(f"{path}: line {lineno}: missing field 'messages' (a non-empty list)")
-        for j, m in enumerate(msgs):
-            if (
-                not isinstance(m, dict)
-                or not isinstance(m.get("role"), str)
-                or not isinstance(m.get("content"), str)
-            ):
-                raise MechbdError(
-                    f"{path}: line {lineno}: messages[{j}] needs string 'role' and 'content'"
-                )
-        if msgs[-1]["role"] != "assistant":
-            raise MechbdError(f"{path}: line {lineno}: the last message must be the assistant's")
-        out.append(msgs)
+    from mechbd.io import iter_jsonl_numbered
+
+    out = [chat_conversation(row, f"{path}: line {n}") for n, row in iter_jsonl_numbered(path)]
     if not out:
         raise MechbdError(f"{path}: empty dataset (no conversations)")
     return out
