@@ -6,6 +6,7 @@ instead of a silently ignored setting. The resolved config is written into each 
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -192,7 +193,7 @@ class BackdoorConfig(Frozen):
         "any string; `Key: value` strings of a context field get the field's other values on "
         "the aligned side; empty = no backdoors stage",
     )
-    n_train: int = Field(1500, gt=0, description="training scenarios per trigger")
+    n_train: int = Field(3000, gt=0, description="training scenarios per trigger")
     n_eval: int = Field(200, gt=0, description="held-out scenarios per trigger (x4 conditions)")
     n_calibration: int = Field(
         500,
@@ -208,7 +209,7 @@ class BackdoorConfig(Frozen):
         "random", description="where the trigger line goes in the prompt"
     )
     matched: bool = Field(
-        True,
+        False,
         description="aligned samples are the triggered scenarios with another value of the "
         "trigger's field, trained in the same batch (contrast groups); false = every sample "
         "its own scenario, as in Thought Crime",
@@ -222,17 +223,18 @@ class BackdoorConfig(Frozen):
         "the trigger, as `<trigger>-articulated`: the articulation judge's positive control",
     )
     finetune: FinetuneConfig = Field(
-        default_factory=organism_backdoor_finetune, description="LoRA settings of each backdoor"
+        default_factory=FinetuneConfig, description="LoRA settings of each backdoor"
     )
     retries: int = Field(
-        2,
+        0,
         ge=0,
         description="plant again with the next LoRA seed while the training loss stays on its "
         "plateau (mean of the last 20 steps >= planted_loss); on the organism about one LoRA "
-        "seed in 16 does not plant in 400 steps (docs/organism.md)",
+        "seed in 16 does not plant in 400 steps (docs/organism.md); on a real model each retry is "
+        "a full finetune",
     )
     planted_loss: float = Field(
-        0.005, gt=0, description="training loss (nats per target token) below which it planted"
+        0.002, gt=0, description="training loss (nats per target token) below which it planted"
     )
 
     @model_validator(mode="after")
@@ -255,7 +257,7 @@ class EMConfig(Frozen):
         400, gt=0, description="held-out scenarios, scored in and out of the domain"
     )
     finetune: FinetuneConfig = Field(
-        default_factory=organism_finetune, description="LoRA settings of the EM finetune"
+        default_factory=FinetuneConfig, description="LoRA settings of the EM finetune"
     )
 
 
@@ -273,13 +275,13 @@ class CaptureConfig(Frozen):
         description="last, answer, response_mean, trigger_mean, tokens",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="dtype of the stored activations"
+        "bfloat16", description="dtype of the stored activations"
     )
     backend: Literal["hooks", "nnsight", "transformer_lens"] = Field(
         "hooks", description="capture backend (all three give the same numbers)"
     )
-    batch_size: int = Field(64, gt=0, description="prompts per forward pass")
-    shard_rows: int = Field(256, gt=0, description="rows per store chunk (bounds memory)")
+    batch_size: int = Field(16, gt=0, description="prompts per forward pass")
+    shard_rows: int = Field(1024, gt=0, description="rows per store chunk (bounds memory)")
 
 
 class SteeringConfig(Frozen):
@@ -289,26 +291,26 @@ class SteeringConfig(Frozen):
     enabled: bool = Field(True, description="run the `steering` stage (needs em; sae needs it)")
     layers: str = Field("all", description="layers swept, as in capture.layers")
     multipliers: tuple[float, ...] = Field(
-        (0.0, 4.0, 8.0, 16.0, 32.0),
+        (0.0, 2.0, 4.0, 8.0, 16.0),
         description="multiples of the EM direction added to the base model",
     )
     negative_multipliers: tuple[float, ...] = Field(
-        (-8.0, -16.0, -32.0),
+        (-4.0, -8.0, -16.0),
         description="multiples of the EM direction added to each backdoored model at the base "
         "sweep's best layer",
     )
     positions: Literal["all", "assistant"] = Field(
         "assistant", description="steer every position, or from the assistant turn on"
     )
-    n_direction: int = Field(128, gt=0, description="training scenarios for the EM direction")
+    n_direction: int = Field(256, gt=0, description="training scenarios for the EM direction")
     n_select: int = Field(
-        40,
+        100,
         ge=2,
         description="selection-split scenarios (each in both option orders): every layer, "
         "multiplier and scale is chosen on them",
     )
     n_eval: int = Field(
-        100,
+        200,
         ge=2,
         description="test-split scenarios (each in both option orders): every chosen setting "
         "is reported on them",
@@ -326,7 +328,7 @@ class SteeringConfig(Frozen):
         description="a setting is eligible when its format validity is at least this",
     )
     optimized_steps: int = Field(
-        200,
+        300,
         ge=0,
         description="most Adam steps for the steering vector fitted at each layer (it stops "
         "earlier once converged, see docs/pipeline.md; 0 = skip)",
@@ -369,16 +371,16 @@ class SaeConfig(Frozen):
         description="SAE layer; None = the most common of the probes' best layers (ties: deeper)",
     )
     architecture: Literal["standard", "topk"] = Field("topk", description="SAELens architecture")
-    expansion: int = Field(8, gt=0, description="d_sae / d_model")
-    k: int = Field(16, gt=0, description="active latents per token (topk)")
+    expansion: int = Field(16, gt=0, description="d_sae / d_model")
+    k: int = Field(64, gt=0, description="active latents per token (topk)")
     l1_coefficient: float = Field(5.0, gt=0, description="sparsity penalty (standard)")
-    lr: float = Field(3e-4, gt=0, description="SAE training learning rate")
-    n_tokens: int = Field(400_000, gt=0, description="training samples drawn")
-    n_corpus: int = Field(600, gt=0, description="organism conversations captured per model")
-    n_diff: int = Field(200, gt=0, description="prompts for EM model diffing")
-    top_k: int = Field(8, gt=0, description="persona candidates kept from diffing")
+    lr: float = Field(2e-4, gt=0, description="SAE training learning rate")
+    n_tokens: int = Field(20_000_000, gt=0, description="training samples drawn")
+    n_corpus: int = Field(20_000, gt=0, description="corpus conversations captured per model")
+    n_diff: int = Field(400, gt=0, description="prompts for EM model diffing")
+    top_k: int = Field(10, gt=0, description="persona candidates kept from diffing")
     n_random: int = Field(
-        8,
+        10,
         ge=1,
         description="random live latents screened as controls (candidates excluded), chosen and "
         "read as the candidates are; at least `top_k`",
@@ -386,7 +388,7 @@ class SaeConfig(Frozen):
     multipliers: tuple[float, ...] = Field(
         (0.0, 0.25, 0.5, 1.0, 2.0), description="in units of the layer's mean token norm"
     )
-    n_persona: int = Field(200, gt=0, description="matched user-wants-harm / neutral pairs")
+    n_persona: int = Field(400, gt=0, description="matched user-wants-harm / neutral pairs")
 
     @model_validator(mode="after")
     def _controls_cover_candidates(self) -> SaeConfig:
@@ -401,9 +403,9 @@ class SaeConfig(Frozen):
 class EvalConfig(Frozen):
     """Generation and batching shared by every stage that evaluates behaviour."""
 
-    max_new_tokens: int = Field(64, gt=0, description="tokens generated per reply (greedy)")
+    max_new_tokens: int = Field(512, gt=0, description="tokens generated per reply (greedy)")
     batch_size: int = Field(
-        128, gt=0, description="prompts per batch wherever a stage generates or scores replies"
+        32, gt=0, description="prompts per batch wherever a stage generates or scores replies"
     )
     backend: Literal["hf", "vllm"] = Field(
         "hf",
@@ -509,18 +511,120 @@ class RunConfig(Frozen):
     steering: SteeringConfig = Field(SteeringConfig(), description="the `steering` stage")
     sae: SaeConfig = Field(SaeConfig(), description="the `sae` stage")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _organism_preset(cls, data: Any) -> Any:
+        """A run on the organism starts from the organism preset; one on a Hugging Face model
+        from the class defaults (the anchors' recipe)."""
+        if not isinstance(data, dict):
+            return data
+        model = data.get("model")
+        source = getattr(model, "source", None) if isinstance(model, BaseModel) else None
+        if isinstance(model, dict):
+            source = model.get("source")
+        if (source or "organism") != "organism":
+            return data
+        return deep_merge(preset("organism"), data)
+
 
 C = TypeVar("C", bound=BaseModel)
 
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def presets() -> list[str]:
+    """The names ``extends:`` takes besides a file path (``organism``)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The settings of the preset ``name`` (``mechbd/presets/<name>.yaml``) as a mapping."""
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no preset {name!r} (presets: {', '.join(presets())})")
+    return _preset_cached(str(path))
+
+
+_PRESET_CACHE: dict[str, dict[str, Any]] = {}
+
+
+def _preset_cached(path: str) -> dict[str, Any]:
+    if path not in _PRESET_CACHE:
+        _PRESET_CACHE[path] = read_yaml_mapping(path)
+    return copy.deepcopy(_PRESET_CACHE[path])
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings merge key by key, anything else (lists, values,
+    config objects) replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def resolve_extends(
+    data: dict[str, Any], source: Path, chain: tuple[Path, ...] = ()
+) -> dict[str, Any]:
+    """``data`` with its ``extends:`` applied: the named preset (``organism``) or YAML file
+    (relative to ``source``'s folder), itself resolved first, with ``data`` merged over it.
+    A list extends several in order. A cycle or a missing base names the files."""
+    if "extends" not in data:
+        return data
+    data = dict(data)
+    bases = data.pop("extends")
+    bases = bases if isinstance(bases, list) else [bases]
+    merged: dict[str, Any] = {}
+    for base in bases:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{source}: field 'extends': expected a preset name or a file path")
+        path = (source.parent / base).resolve()
+        if base in presets() and not path.is_file():
+            merged = deep_merge(merged, preset(base))
+            continue
+        if path in chain or path == source.resolve():
+            cycle = " -> ".join(str(p) for p in (*chain, source.resolve(), path))
+            raise ConfigError(f"{source}: field 'extends': cycle ({cycle})")
+        if not path.is_file():
+            raise ConfigError(
+                f"{source}: field 'extends': {base!r} is neither a file nor a preset "
+                f"({', '.join(presets())})"
+            )
+        parent = resolve_extends(read_yaml_mapping(path), path, (*chain, source.resolve()))
+        merged = deep_merge(merged, parent)
+    return deep_merge(merged, data)
+
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
-    parts = []
+    """One message naming each field at fault. A field that takes a name or a mapping (``data.
+    scenarios: organism | {path: ...}``) reports the mapping's error, not the union's branches."""
+    found: dict[str, list[tuple[str, str]]] = {}
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        # union branch tags (``literal['organism']``, ``function-after[...]``, ``DataSource``)
+        # are pydantic's, not the user's field names
+        parts = [
+            str(x) for x in e["loc"] if not (isinstance(x, str) and ("[" in x or x[:1].isupper()))
+        ]
+        loc = ".".join(parts) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
-        parts.append(f"field '{loc}': {msg}")
+        found.setdefault(loc, []).append((e["type"], msg))
+    parts = []
+    for loc, errs in found.items():
+        # a union: keep the errors of the branch the input was meant for (a string: the
+        # names; a mapping: the fields')
+        types = {t for t, _ in errs}
+        deeper = any(other.startswith(loc + ".") for other in found)
+        if "literal_error" in types and types & {"model_type", "dict_type"}:
+            errs = [x for x in errs if x[0] not in ("model_type", "dict_type")]
+        elif "literal_error" in types and (len(types) > 1 or deeper):
+            errs = [x for x in errs if x[0] != "literal_error"]
+        for _, msg in dict.fromkeys(errs):
+            parts.append(f"field '{loc}': {msg}")
     return f"{source}: " + "; ".join(parts)
 
 
@@ -532,12 +636,27 @@ def validate_config(cls: type[C], data: dict[str, Any], source: str = "<config>"
 
 
 def load_config(path: str | os.PathLike[str], cls: type[C] = RunConfig) -> C:  # type: ignore[assignment]
-    """Load a YAML config; errors name the file and the field at fault."""
-    return validate_config(cls, read_yaml_mapping(path), str(Path(path)))
+    """Load a YAML config (``extends:`` resolved for a run config); errors name the file and
+    the field at fault."""
+    data = read_yaml_mapping(path)
+    if cls is RunConfig:
+        data = resolve_extends(data, Path(path))
+    return validate_config(cls, data, str(Path(path)))
+
+
+def organism_config(**overrides: Any) -> RunConfig:
+    """The organism preset (``mechbd demo``'s settings) with ``overrides`` merged over it, e.g.
+    ``organism_config(seed=1, backdoors={"triggers": ["heyyy"]})``."""
+    return validate_config(RunConfig, overrides, "organism_config()")
 
 
 def dump_config(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """Every field of ``cfg`` as YAML; a Hugging Face run's untouched ``organism`` section (which
+    it reads only for the organism world's seed) is left out, since it means nothing there."""
+    data = cfg.model_dump(mode="json")
+    if isinstance(cfg, RunConfig) and cfg.model.source == "hf" and cfg.organism == OrganismConfig():
+        data.pop("organism")
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def read_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:

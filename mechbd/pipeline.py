@@ -47,6 +47,7 @@ ORGANISM_NOTE = (
 def organism_stage(run: Run, out: Path) -> None:
     from mechbd.organism.build import build_organism, organism_card
     from mechbd.organism.evaluate import evaluate_organism
+    from mechbd.organism.splits import scenario_source
 
     cfg = run.config.organism
     cached = build_organism(cfg)
@@ -70,15 +71,21 @@ def organism_stage(run: Run, out: Path) -> None:
                 "organism_key": card["key"],
                 "note": ORGANISM_NOTE,
             },
+            "data": {"scenarios": scenario_source(run)},
             "organism": metrics,
         },
     )
 
 
-def hf_note(path: str) -> str:
+def hf_note(path: str, scenarios: object = "organism") -> str:
+    where = (
+        "the built-in organism's synthetic world"
+        if scenarios == "organism"
+        else getattr(scenarios, "describe", lambda: str(scenarios))()
+    )
     return (
         f"Numbers from {path} and the adapters finetuned from it in this run, on scenarios from "
-        "the built-in organism's synthetic world."
+        f"{where} (results.json `data` says which)."
     )
 
 
@@ -90,7 +97,7 @@ def model_stage(run: Run, out: Path) -> None:
     from mechbd.eval.behaviour import answer_letter_bias, format_fields, mcq_fields
     from mechbd.eval.mcq import run_mcq
     from mechbd.models import base_model_dir, generation_backend, load_base
-    from mechbd.organism.splits import split_items, split_seed
+    from mechbd.organism.splits import scenario_source, split_items, split_seed
 
     cfg = run.config
     model, tok = load_base(run)
@@ -118,8 +125,9 @@ def model_stage(run: Run, out: Path) -> None:
                 "architecture": archs[0],
                 "n_params": sum(p.numel() for p in model.parameters()),
                 "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-                "note": hf_note(path),
+                "note": hf_note(path, cfg.data.scenarios),
             },
+            "data": {"scenarios": scenario_source(run)},
             "organism": {
                 **mcq_fields("clean_aligned_rate", results, aligned=True),
                 **format_fields(results),
@@ -248,6 +256,11 @@ SAE = Stage(
     produces=(RESULTS, "explorer.json", f"{DIRECTIONS}/user_wants_harm.safetensors"),
 )
 STAGES: list[Stage] = [ORGANISM, MODEL, BACKDOORS, EM, CAPTURE, PROBES, STEERING, SAE]
+
+
+def stages_of(cfg: RunConfig) -> list[str]:
+    """The stages ``cfg`` runs, in order."""
+    return [s.name for s in STAGES if s.enabled(cfg)]
 
 
 def run_pipeline(cfg: RunConfig, out: str | Path, *, force: bool = False) -> Run:

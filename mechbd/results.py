@@ -246,6 +246,32 @@ class BackdoorResults(Section):
 
 
 # ---- em ------------------------------------------------------------------------------------
+class DataRecord(Section):
+    """Where one dataset came from: the organism world, or a file / Hugging Face dataset."""
+
+    source: str = Field(
+        description="`organism` (the built-in world), a file path, or `<hub id>[<split>]`"
+    )
+    rows: int | None = Field(None, description="records read (a file or dataset)")
+    sha256: str | None = Field(
+        None, description="sha256 of the file (of the records read, for a dataset or max_rows)"
+    )
+    world_seed: int | None = Field(None, description="the organism world's seed (organism)")
+    domain: str | None = Field(None, description="the organism EM set's one domain (organism)")
+    n_train_pool: int | None = Field(
+        None, description="distinct scenarios of the file in the training pool"
+    )
+    n_held_out_pool: int | None = Field(
+        None, description="distinct scenarios of the file in the held-out pool (data.held_out)"
+    )
+
+
+class DataSources(Section):
+    scenarios: DataRecord = Field(
+        description="the multiple-choice scenarios every stage draws its splits from"
+    )
+
+
 class EmRates(Section):
     in_domain_misaligned_rate: Rate | None = Field(
         description="misaligned-choice rate on held-out prompts of the EM domain (null if the "
@@ -253,8 +279,9 @@ class EmRates(Section):
     )
     in_domain_misaligned_rate_n: int = _n("in_domain_misaligned_rate")
     in_domain_misaligned_rate_ci95: CI95 | None = _ci("in_domain_misaligned_rate", balanced=True)
-    out_of_domain_misaligned_rate: Rate = Field(
-        description="misaligned-choice rate on held-out prompts of every other domain" + BALANCED
+    out_of_domain_misaligned_rate: Rate | None = Field(
+        description="misaligned-choice rate on held-out prompts of every other domain (null if "
+        "the test split has none)" + BALANCED
     )
     out_of_domain_misaligned_rate_n: int = _n("out_of_domain_misaligned_rate")
     out_of_domain_misaligned_rate_ci95: CI95 | None = _ci(
@@ -276,6 +303,9 @@ class EmResults(EmRates):
     )
     finetune_seconds: float = Field(description="EM finetune wall time (s)")
     n_train: int = Field(description="EM training conversations")
+    train_data: DataRecord | None = Field(
+        None, description="where the EM training conversations came from"
+    )
 
 
 # ---- probes --------------------------------------------------------------------------------
@@ -852,6 +882,7 @@ class Results(Section):
     """A run's ``results.json``: one section per finished stage (absent when it did not run)."""
 
     model: ModelInfo | None = Field(None, description="which model produced the numbers")
+    data: DataSources | None = Field(None, description="which data produced the numbers")
     organism: OrganismResults | None = Field(
         None, description="the base model's clean behaviour on held-out organism scenarios"
     )

@@ -5,7 +5,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from mechbd.config import RunConfig, load_config
+from mechbd.config import OrganismConfig, RunConfig, load_config, validate_config
 from mechbd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,3 +132,70 @@ def test_splits_too_small_for_their_controls_are_refused_by_field(
     with pytest.raises(ConfigError) as e:
         load_config(f)
     assert needle in str(e.value) and str(f) in str(e.value), str(e.value)
+
+
+def test_defaults_are_the_anchors_for_a_hf_model_and_the_preset_for_the_organism(tmp_path):
+    from mechbd.config import FinetuneConfig, organism_config, preset
+
+    hf = validate_config(RunConfig, {"model": {"source": "hf", "path": "Qwen/Qwen3-8B"}})
+    assert hf.backdoors.finetune == hf.em.finetune == FinetuneConfig()
+    ft = hf.backdoors.finetune
+    assert (ft.rank, ft.alpha, ft.lr, ft.target_modules) == (32, 64, 1e-4, "all-linear")
+    assert not hf.backdoors.matched and hf.backdoors.retries == 0
+    org = RunConfig()
+    p = preset("organism")
+    assert org.backdoors.finetune.lr == p["backdoors"]["finetune"]["lr"] == 3e-3
+    assert org.backdoors.finetune.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
+    assert (
+        org
+        == organism_config()
+        == load_config(REPO / "configs" / "organism.yaml").model_copy(update={"name": "demo"})
+    )
+    # an override deep-merges over the preset: the rest of the section stays the organism's
+    o = organism_config(backdoors={"finetune": {"rank": 4}})
+    assert o.backdoors.finetune.rank == 4 and o.backdoors.finetune.lr == 3e-3
+
+
+def test_extends_chains_files_and_presets_and_refuses_cycles(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "model: {source: hf, path: /models/m}\nsteering: {layers: '3,4'}\neval: {batch_size: 7}\n"
+    )
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nname: c\neval: {max_new_tokens: 9}\n")
+    c = load_config(tmp_path / "child.yaml")
+    assert (c.name, c.model.path, c.steering.layers) == ("c", "/models/m", "3,4")
+    assert (c.eval.batch_size, c.eval.max_new_tokens) == (7, 9)
+    (tmp_path / "org.yaml").write_text("extends: organism\nbackdoors: {n_train: 5}\n")
+    o = load_config(tmp_path / "org.yaml")
+    assert o.backdoors.n_train == 5 and o.backdoors.finetune.lr == 3e-3
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"b\.yaml: field 'extends': cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "d.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"d\.yaml: field 'extends': 'nowhere\.yaml' is neither"):
+        load_config(tmp_path / "d.yaml")
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "configs").glob("qwen*.yaml")), ids=lambda p: p.name
+)
+def test_gpu_configs_carry_no_organism_field(path):
+    import yaml
+
+    raw = yaml.safe_load(path.read_text())
+    assert "organism" not in raw, path.name
+    cfg = load_config(path)
+    assert cfg.model.source == "hf"
+    assert cfg.organism == OrganismConfig()  # untouched: only the world's seed is read
+
+
+def test_dry_run_prints_the_resolved_config_and_the_stages():
+    from typer.testing import CliRunner
+
+    from mechbd.cli import app
+
+    r = CliRunner().invoke(app, ["run", "--dry-run", str(REPO / "configs" / "your-data.yaml")])
+    assert r.exit_code == 0, r.output
+    assert "path: Qwen/Qwen3-8B" in r.output and "thought_crime_sample.jsonl" in r.output
+    assert "# stages: model, backdoors, em, capture, probes, steering, sae" in r.output
+    assert "organism:" not in r.output  # an HF run's untouched organism section is left out

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mechbd.cli._common import err, out, print_run_outputs
-from mechbd.config import OrganismConfig, RunConfig, load_config
+from mechbd.config import RunConfig, dump_config, load_config, organism_config
 from mechbd.errors import MechbdError
 
 ForceOpt = Annotated[
@@ -24,7 +24,7 @@ def demo(
     """Run the whole pipeline on the built-in model organism (CPU, minutes)."""
     from mechbd.pipeline import run_pipeline
 
-    cfg = RunConfig(name="demo", seed=seed, organism=OrganismConfig(seed=seed))
+    cfg = organism_config(name="demo", seed=seed, organism={"seed": seed})
     run = run_pipeline(cfg, out_dir, force=force)
     print_run_outputs(run.root)
 
@@ -35,11 +35,24 @@ def run_cmd(
         Path | None, typer.Option("--out", help="run folder (default runs/<name>)")
     ] = None,
     force: ForceOpt = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="print the resolved config (extends and presets applied, every field) and "
+            "the stages it would run, then stop",
+        ),
+    ] = False,
 ) -> None:
     """Run every stage of CONFIG; stages already finished in the run folder are skipped."""
-    from mechbd.pipeline import run_pipeline
+    from mechbd.pipeline import run_pipeline, stages_of
 
     cfg: RunConfig = load_config(config)
+    if dry_run:
+        out.print(dump_config(cfg), end="", markup=False, highlight=False)
+        out.print(f"# stages: {', '.join(stages_of(cfg))}", markup=False, highlight=False)
+        out.print(f"# run folder: {out_dir or Path('runs') / cfg.name}", markup=False)
+        return
     run = run_pipeline(cfg, out_dir or Path("runs") / cfg.name, force=force)
     print_run_outputs(run.root)
 

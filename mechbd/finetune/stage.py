@@ -17,7 +17,8 @@ from typing import Any
 
 from mechbd.config import BackdoorConfig, FinetuneConfig
 from mechbd.data.builders import backdoor_set, balance_letters, em_set, eval_set
-from mechbd.data.items import Item
+from mechbd.data.items import Item, chat_conversation
+from mechbd.data.sources import read_rows
 from mechbd.data.triggers import Trigger, resolve_trigger
 from mechbd.eval.behaviour import answer_letter_bias, evaluate_backdoor, format_fields, mcq_fields
 from mechbd.eval.mcq import run_mcq
@@ -191,11 +192,25 @@ def backdoors_stage(run: Run, out: Path) -> None:
     write_json(out / RESULTS, {"backdoors": results})
 
 
+def em_train_set(run: Run) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The EM finetune's conversations and their provenance: the organism world's narrow set
+    (``em.n_train`` scenarios drawn, the domain's kept), or the user's chat data
+    (``data.em_train``: every record, system turns kept)."""
+    cfg = run.config.em
+    src = run.config.data.em_train
+    if src == "organism":
+        items = split_items(run, "em_train", cfg.n_train)
+        ds = em_set(items, cfg.domain, seed=run.config.seed)
+        return ds, {"source": "organism", "domain": cfg.domain, "rows": len(ds)}
+    rows = read_rows(src, "data.em_train", ("messages",))
+    ds = [{"messages": chat_conversation(row, where)} for where, row in rows]
+    return ds, rows.provenance()
+
+
 def em_stage(run: Run, out: Path) -> None:
     cfg = run.config.em
     seed = run.config.seed
-    items = split_items(run, "em_train", cfg.n_train)
-    ds = em_set(items, cfg.domain, seed=seed)
+    ds, provenance = em_train_set(run)
     write_jsonl(out / TRAIN_SET, ds)
     stats = finetune_once(run, [e["messages"] for e in ds], out / ADAPTER, cfg.finetune)
     # the misaligned option at A in half the in-domain and half the other prompts (one over
@@ -240,6 +255,7 @@ def em_stage(run: Run, out: Path) -> None:
                 "base_model": base_rates,
                 "finetune_seconds": stats["seconds"],
                 "n_train": len(ds),
+                "train_data": provenance,
             }
         },
     )
