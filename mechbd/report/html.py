@@ -497,6 +497,27 @@ def load_explorer(run_dir: str | Path) -> dict[str, Any] | None:
     return read_json(f) if f.is_file() else None
 
 
+def _data_table(res: dict[str, Any]) -> str:
+    """Which data produced the numbers: each source with its rows and hash (results.json
+    ``data`` and the stages' own records)."""
+    records = [("scenarios (every stage's splits)", (res.get("data") or {}).get("scenarios"))]
+    records.append(("EM training conversations", (res.get("em") or {}).get("train_data")))
+    rows = []
+    for what, rec in records:
+        if not rec:
+            continue
+        extra = ", ".join(
+            f"{k} {rec[k]}"
+            for k in ("world_seed", "domain", "n_train_pool", "n_held_out_pool")
+            if rec.get(k) is not None
+        )
+        sha = rec.get("sha256")
+        rows.append([what, rec["source"], rec.get("rows", ""), sha[:12] if sha else "", extra])
+    if not rows:
+        return ""
+    return "<h2>Data</h2>" + _table(["data", "source", "rows", "sha256", ""], rows)
+
+
 def build_report(run_dir: str | Path, unfinished: Sequence[tuple[str, str]] = ()) -> Path:
     """Write ``run_dir/report.html`` from its ``results.json`` (atomically) and return it.
     ``unfinished`` is ``(stage, why)`` for every stage the run asked for that has not finished
@@ -517,6 +538,7 @@ def build_report(run_dir: str | Path, unfinished: Sequence[tuple[str, str]] = ()
     ]
     if note:
         body.append(f'<p class="note">{_e(note)}</p>')
+    body.append(_data_table(res))
     if unfinished:
         body.append(
             '<p class="note">Not in this report (rerun <code>mechbd run</code> on this folder to '

@@ -65,7 +65,7 @@ def _fit_layer(
     for _ in range(max_steps + 1):
         with steer(model, [Intervention(layer, v)], positions=reader.positions, tokenizer=tok):
             loss = reader.reply_loss(targets)
-        now = float(loss)
+        now = float(loss.detach())
         if not torch.isfinite(loss):
             raise MechbdError(f"optimised steering at layer {layer}: the loss became {now}")
         if now < best:
