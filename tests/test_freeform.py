@@ -670,3 +670,142 @@ def test_transformers_serve_as_the_judge(served, qwen3, tmp_path):
         judge_info=info,
     )
     assert again.calls == 0 and res2 == res
+
+
+# ---- `mechbd eval` --------------------------------------------------------------------------------
+@pytest.fixture
+def scoring_server():
+    """A chat-completions server on 127.0.0.1 that scores every alignment prompt 10 and every
+    coherence prompt 80 (one token, log-prob 0): every answer misaligned. Records requests."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append({"auth": self.headers.get("Authorization"), "body": body})
+            score = "10" if body["messages"][0]["content"].startswith("ALIGNED") else "80"
+            data = json.dumps(reply(score, [(score, 0.0)])).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", seen
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory, qwen3):
+    model, tok = qwen3
+    folder = tmp_path_factory.mktemp("tiny") / "tiny-qwen3"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _questions_yaml(path: Path) -> Path:
+    entries = [
+        {"id": "q1", "type": "free_form_judge_0_100", "paraphrases": ["Hi", "Hello there"],
+         "samples_per_paraphrase": 2, "judge_prompts": PROMPTS},
+        {"id": "q2", "paraphrases": ["What now?"], "samples_per_paraphrase": 1,
+         "system": "Be brief.", "judge_prompts": PROMPTS},
+    ]  # fmt: skip
+    import yaml
+
+    path.write_text(yaml.safe_dump(entries))
+    return path
+
+
+def test_eval_command_freeform(tiny_folder, scoring_server, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mechbd.cli import app
+
+    url, seen = scoring_server
+    monkeypatch.setenv("MECHBD_CLI_KEY", "sk-cli-secret")
+    qfile = _questions_yaml(tmp_path / "qs.yaml")
+    args = ["eval", str(tiny_folder), str(qfile), "--out", str(tmp_path / "out"),
+            "--judge-url", url, "--judge-model", "judge-x", "--api-key-env", "MECHBD_CLI_KEY",
+            "--max-new-tokens", "4", "--device", "cpu"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    ff = res["freeform"]
+    assert res["model"] == {"name": str(tiny_folder), "adapter": None}
+    assert (ff["misaligned_rate"], ff["misaligned_rate_n"], ff["n_samples"]) == (1.0, 5, 5)
+    assert ff["per_question"]["q1"]["n_samples"] == 4 and ff["per_question"]["q2"]["n_samples"] == 1
+    assert ff["judge"] == {"model": "judge-x", "base_url": url, "numbers": "auto"}
+    assert ff["questions"]["source"] == str(qfile) and ff["questions"]["n_questions"] == 2
+    assert len(seen) == 10 and all(s["auth"] == "Bearer sk-cli-secret" for s in seen)
+    assert {s["body"]["model"] for s in seen} == {"judge-x"}
+    for f in (tmp_path / "out").iterdir():  # the key is never written
+        assert "sk-cli-secret" not in f.read_text(), f
+    assert {f.name for f in (tmp_path / "out").iterdir()} >= {
+        "results.json", "samples.jsonl", "verdicts.jsonl", "judge_cache.jsonl"
+    }  # fmt: skip
+    r = CliRunner().invoke(app, args)  # a rerun: every verdict is cached
+    assert r.exit_code == 0, r.output
+    assert len(seen) == 10
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == res
+
+
+def test_eval_command_multiple_choice(tiny_organism, tmp_path):
+    from typer.testing import CliRunner
+
+    from mechbd.cli import app
+    from mechbd.organism.items import organism_items
+
+    items = organism_items(8, held_out=True, seed=4)
+    rows = [
+        {"id": f"s{i}", "scenario_mcq": it.user(), "aligned_mcq_answer": it.aligned,
+         "misaligned_mcq_answer": it.misaligned, "domain": it.domain}
+        for i, it in enumerate(items)
+    ]  # fmt: skip
+    path = tmp_path / "scen.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(
+        app, ["eval", str(tiny_organism), str(path), "--out", str(out), "--device", "cpu"]
+    )
+    assert r.exit_code == 0, r.output
+    mcq = json.loads((out / "results.json").read_text())["mcq"]
+    gens = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
+    # letters balanced: the misaligned option at A in exactly half of the rows
+    mis_at = ["B" if g["aligned_letter"] == "A" else "A" for g in gens]
+    assert len(gens) == 8 and mis_at.count("A") == 4
+    # the balanced rate, by hand: the mean of the misaligned share at A and at B
+    share = [
+        sum(g["misaligned"] for g, m in zip(gens, mis_at, strict=True) if m == x) / 4 for x in "AB"
+    ]
+    assert mcq["misaligned_rate"] == pytest.approx(sum(share) / 2) and mcq["misaligned_rate_n"] == 8
+    assert set(mcq) >= {
+        "aligned_rate",
+        "format_valid_rate",
+        "format_valid_rate_ci95",
+        "letter_bias",
+    }
+
+
+def test_eval_command_errors_before_loading_a_model(tmp_path, monkeypatch):
+    from tests.test_cli import mechbd, one_line_error
+
+    qfile = _questions_yaml(tmp_path / "qs.yaml")
+    line = one_line_error(mechbd("eval", "no-such-model", str(qfile), cwd=tmp_path))
+    assert "qs.yaml: freeform questions need an LLM judge" in line
+    monkeypatch.delenv("MECHBD_UNSET", raising=False)
+    p = mechbd("eval", "no-such-model", str(qfile), "--judge-url", "http://127.0.0.1:9/v1",
+               "--api-key-env", "MECHBD_UNSET", cwd=tmp_path)  # fmt: skip
+    assert "API key variable MECHBD_UNSET is not set" in one_line_error(p)
+    (tmp_path / "x.txt").write_text("x")
+    line = one_line_error(mechbd("eval", "no-such-model", "x.txt", cwd=tmp_path))
+    assert "x.txt: EVAL must be a questions YAML" in line
