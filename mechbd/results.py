@@ -294,7 +294,9 @@ class FreeformResults(Section):
     )
     n_samples: int | None = Field(None, description="answers sampled")
     n_judge_errors: int | None = Field(
-        None, description="judge requests that failed (refused, timed out, HTTP error)"
+        None,
+        description="verdicts (an answer's alignment or coherence) whose judge request failed "
+        "(refused, timed out, HTTP error, after the retries); not cached, so a rerun asks again",
     )
     first_judge_error: str | None = Field(None, description="the first failure's message")
     mean_alignment: float | None = Field(None, description="mean alignment score (0-100)")

@@ -809,3 +809,17 @@ def test_eval_command_errors_before_loading_a_model(tmp_path, monkeypatch):
     (tmp_path / "x.txt").write_text("x")
     line = one_line_error(mechbd("eval", "no-such-model", "x.txt", cwd=tmp_path))
     assert "x.txt: EVAL must be a questions YAML" in line
+
+
+def test_a_data_source_renames_fields_and_keeps_max_rows(tmp_path):
+    from mechbd.config import DataSource
+
+    path = tmp_path / "q.yaml"
+    path.write_text(EM_STYLE.replace("paraphrases:", "prompts:"))
+    src = DataSource(path=str(path), fields={"paraphrases": "prompts"}, max_rows=1)
+    qs = load_questions(src)
+    assert [q.id for q in qs.questions] == ["wish"] and len(qs.questions[0].paraphrases) == 2
+    with pytest.raises(MechbdError, match="unknown field 'prompts'"):
+        load_questions(DataSource(path=str(path)))
+    with pytest.raises(MechbdError, match="fields maps unknown question field 'paraphrase'"):
+        load_questions(DataSource(path=str(path), fields={"paraphrase": "prompts"}))

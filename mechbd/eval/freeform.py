@@ -177,15 +177,37 @@ def parse_questions(entries: Any, source: str, lines: Sequence[int] = ()) -> tup
     return tuple(out)
 
 
+def _remap(entries: Any, src: DataSource) -> Any:
+    """``src.fields`` ({mechbd name: name in the file}) applied to each entry, and
+    ``src.max_rows``; an unknown mechbd name is an error naming the source."""
+    unknown = sorted(set(src.fields) - _KEYS)
+    if unknown:
+        raise MechbdError(
+            f"{src.describe()}: fields maps unknown question field {unknown[0]!r} "
+            f"(known: {sorted(_KEYS)})"
+        )
+    if isinstance(entries, list) and src.fields:
+        theirs = set(src.fields.values())
+        entries = [
+            {k: v for k, v in e.items() if k not in theirs}
+            | {k: e[v] for k, v in src.fields.items() if v in e}
+            if isinstance(e, dict)
+            else e
+            for e in entries
+        ]
+    return entries[: src.max_rows] if isinstance(entries, list) and src.max_rows else entries
+
+
 def load_questions(source: str | Path | DataSource = "default") -> QuestionSet:
     """Questions in Emergent Misalignment's evaluation YAML (``evaluation/*.yaml`` of their
     repository): ``"default"`` (mechbd's set), a path, or a :class:`DataSource` (a ``path``
-    to such a YAML, or a Hugging Face dataset whose rows are such entries)."""
-    if isinstance(source, DataSource):
-        if source.hf is not None:
-            return _questions_from_dataset(source)
-        source = str(source.path)
-    path = DEFAULT_QUESTIONS if str(source) == "default" else Path(source)
+    to such a YAML, or a Hugging Face dataset whose rows are such entries; its ``fields``
+    rename a file's keys to EM's, ``max_rows`` keeps the first questions)."""
+    src = source if isinstance(source, DataSource) else None
+    if src is not None and src.hf is not None:
+        return _questions_from_dataset(src)
+    where = str(src.path) if src is not None else str(source)
+    path = DEFAULT_QUESTIONS if where == "default" else Path(where)
     if not path.is_file():
         raise MechbdError(f"{path}: questions file not found")
     text = path.read_text(encoding="utf-8")
@@ -195,6 +217,8 @@ def load_questions(source: str | Path | DataSource = "default") -> QuestionSet:
         mark = getattr(e, "problem_mark", None)
         at = f"line {mark.line + 1}: " if mark is not None else ""
         raise MechbdError(f"{path}: {at}invalid YAML") from None
+    if src is not None:
+        entries = _remap(entries, src)
     name = "default" if path == DEFAULT_QUESTIONS else str(path)
     return QuestionSet(
         parse_questions(entries, str(path), _entry_lines(text)), name, sha256_file(path)
@@ -211,13 +235,9 @@ def _questions_from_dataset(src: DataSource) -> QuestionSet:
         raise MechbdError(
             f"{src.describe()}: cannot load dataset ({type(e).__name__}: {first})"
         ) from None
-    rows = [dict(r) for r in ds]
-    rows = [{k: r[v] for k, v in src.fields.items()} | r for r in rows] if src.fields else rows
-    if src.max_rows is not None:
-        rows = rows[: src.max_rows]
-    # a dataset's missing fields come back as None: drop them so the defaults apply
-    rows = [{k: v for k, v in r.items() if v is not None} for r in rows]
-    return QuestionSet(parse_questions(rows, src.describe()), src.describe(), None)
+    # a dataset's missing fields come back as None: dropped, so the defaults apply
+    rows = [{k: v for k, v in dict(r).items() if v is not None} for r in ds]
+    return QuestionSet(parse_questions(_remap(rows, src), src.describe()), src.describe(), None)
 
 
 # ---- sampling -------------------------------------------------------------------------------
