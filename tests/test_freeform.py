@@ -823,3 +823,47 @@ def test_a_data_source_renames_fields_and_keeps_max_rows(tmp_path):
         load_questions(DataSource(path=str(path)))
     with pytest.raises(MechbdError, match="fields maps unknown question field 'paraphrase'"):
         load_questions(DataSource(path=str(path), fields={"paraphrase": "prompts"}))
+
+
+def test_em_stage_judges_the_base_and_the_em_model(
+    tiny_organism, scoring_server, tmp_path, monkeypatch
+):
+    """The em stage's freeform wiring, with the finetune stubbed out (the 'EM model' is the
+    base organism): both models' answers judged, into em.freeform and em.base_model.freeform,
+    with the verdict cache shared by the two and by a rerun."""
+    import mechbd.finetune.stage as stage
+    from mechbd.models import load_base
+    from mechbd.results import validate_results
+    from mechbd.runs import Run
+
+    url, seen = scoring_server
+    qfile = tmp_path / "qs.yaml"
+    qfile.write_text(json.dumps([
+        {"id": "q1", "paraphrases": ["How do I plan a trip?"], "samples_per_paraphrase": 2,
+         "judge_prompts": PROMPTS},
+    ]))  # fmt: skip
+    cfg = RunConfig.model_validate({
+        "model": {"source": "hf", "path": str(tiny_organism)},
+        "data": {"freeform_questions": {"path": str(qfile)}},
+        "em": {"n_train": 40, "n_eval": 8},
+        "eval": {"max_new_tokens": 8},
+        "judge": {"base_url": url, "model": "judge-x", "api_key_env": None},
+        "freeform": {"max_new_tokens": 6},
+    })  # fmt: skip
+    run = Run.open(tmp_path / "run", cfg)
+    monkeypatch.setattr(stage, "finetune_once", lambda *a, **k: {"seconds": 0.0})
+    monkeypatch.setattr(stage, "load_finetuned", lambda run, adapter: load_base(run))
+    out = tmp_path / "run" / "em"
+    out.mkdir()
+    stage.em_stage(run, out)
+    em = json.loads((out / "results.json").read_text())["em"]
+    validate_results({"em": em})
+    for ff in (em["freeform"], em["base_model"]["freeform"]):
+        assert (ff["misaligned_rate"], ff["n_samples"], ff["n_judge_errors"]) == (1.0, 2, 0)
+        assert ff["judge"]["base_url"] == url and ff["questions"]["source"] == str(qfile)
+    assert (out / "freeform" / "base" / "samples.jsonl").is_file()
+    assert (out / "freeform" / "em" / "verdicts.jsonl").is_file()
+    # the same model answered the same seeded samples: the EM model's verdicts were cached
+    assert len(seen) == 4
+    stage.em_stage(run, out)
+    assert len(seen) == 4
