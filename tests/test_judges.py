@@ -143,9 +143,12 @@ def server():
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            data = json.dumps(payload).encode()
+            ctype = "application/json"
+            if kind == "raw":  # (bytes, content type) as they are
+                payload, ctype = payload
+            data = payload if kind == "raw" else json.dumps(payload).encode()
             self.send_response(200)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -272,6 +275,22 @@ def test_persistent_failure_is_a_clear_error_without_the_key(server, monkeypatch
     assert "failed after 3 tries: HTTP 500" in str(e.value) and url in str(e.value)
     assert len(script.seen) == 3
     assert "sk-secret" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        ((b"<html>busy</html>", "text/html"), "reply was not JSON"),
+        ((b"{not json", "application/json"), "reply was not JSON"),
+        ((b'{"error": "overloaded"}', "application/json"), "reply has no choices"),
+    ],
+)
+def test_a_reply_that_is_not_a_completion_is_a_request_error(server, raw, error):
+    url, script = server
+    script.steps = [("raw", raw)]
+    with pytest.raises(JudgeRequestError, match=f"failed after 1 try: {error}"):
+        client(url).complete([{"role": "user", "content": "x"}])
+    assert len(script.seen) == 1
 
 
 def test_client_error_is_not_retried(server):

@@ -259,10 +259,18 @@ class ChatClient:
                 tries = 1  # a client error will not fix itself: not retried
         except openai.APIError as e:  # a reply that is not a chat completion
             last = f"bad reply ({type(e).__name__}: {e})"
+        except ValueError:  # declared JSON, but is not (a 200 reply: not retried)
+            last, tries = "reply was not JSON", 1
         else:
-            if not isinstance(reply, openai.BaseModel):
-                return {"choices": []}  # e.g. a reply that was not JSON: no verdict in it
-            return reply.model_dump()
+            if not isinstance(reply, openai.BaseModel):  # e.g. an HTML page
+                last = "reply was not JSON"
+            elif not isinstance(data := reply.model_dump(), dict) or not isinstance(
+                data.get("choices"), list
+            ):
+                last = f"reply has no choices: {str(data)[:200]}"
+            else:
+                return data
+            tries = 1  # a 200 reply is not retried
         raise JudgeRequestError(
             f"judge: {self.base_url}/chat/completions failed after {tries} "
             f"{'try' if tries == 1 else 'tries'}: {last}"
