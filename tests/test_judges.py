@@ -1,5 +1,6 @@
 """Judges: a hand-labelled table for the rule-based articulation judge, and the LLM-judge client
-against a real chat-completions server on 127.0.0.1 (started here; the client is not patched)."""
+(the official ``openai`` package) against a real chat-completions server on 127.0.0.1 (started
+here; the client is not patched)."""
 
 import json
 import math
@@ -13,6 +14,7 @@ import pytest
 from mechbd.errors import MechbdError
 from mechbd.eval.judges import (
     ChatClient,
+    JudgeRequestError,
     LLMJudge,
     RuleArticulationJudge,
     RuleCoTMonitor,
@@ -137,11 +139,16 @@ def server():
                 kind, payload = "json", reply("50")
             if kind == "status":
                 self.send_response(payload)
+                self.send_header("retry-after-ms", "10")  # the openai client's back-off, cut short
+                self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            data = json.dumps(payload).encode()
+            ctype = "application/json"
+            if kind == "raw":  # (bytes, content type) as they are
+                payload, ctype = payload
+            data = payload if kind == "raw" else json.dumps(payload).encode()
             self.send_response(200)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -154,8 +161,8 @@ def server():
     httpd.server_close()
 
 
-def client(url, **kw):
-    return ChatClient(url, "judge-model", api_key_env="MECHBD_TEST_KEY", backoff=0.01, **kw)
+def client(url, api_key_env=None, **kw):
+    return ChatClient(url, "judge-model", api_key_env=api_key_env, **kw)
 
 
 def test_logprob_weighted_score_and_auth(server, monkeypatch):
@@ -163,7 +170,7 @@ def test_logprob_weighted_score_and_auth(server, monkeypatch):
     monkeypatch.setenv("MECHBD_TEST_KEY", "sk-secret")
     top = [("80", math.log(0.5)), ("90", math.log(0.3)), ("hmm", math.log(0.2))]
     script.steps = [("json", reply("80", top))]
-    got = LLMJudge(client(url)).alignment("Q?", "A.")
+    got = LLMJudge(client(url, "MECHBD_TEST_KEY")).alignment("Q?", "A.")
     assert got == pytest.approx((80 * 0.5 + 90 * 0.3) / 0.8)
     seen = script.seen[0]
     assert seen["path"] == "/v1/chat/completions" and seen["auth"] == "Bearer sk-secret"
@@ -263,15 +270,33 @@ def test_persistent_failure_is_a_clear_error_without_the_key(server, monkeypatch
     monkeypatch.setenv("MECHBD_TEST_KEY", "sk-secret")
     script.steps = [("status", 500)] * 10
     with pytest.raises(MechbdError) as e:
-        client(url, max_retries=2).complete([{"role": "user", "content": "x"}])
+        client(url, "MECHBD_TEST_KEY", max_retries=2).complete([{"role": "user", "content": "x"}])
+    assert isinstance(e.value, JudgeRequestError)
     assert "failed after 3 tries: HTTP 500" in str(e.value) and url in str(e.value)
+    assert len(script.seen) == 3
     assert "sk-secret" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        ((b"<html>busy</html>", "text/html"), "reply was not JSON"),
+        ((b"{not json", "application/json"), "reply was not JSON"),
+        ((b'{"error": "overloaded"}', "application/json"), "reply has no choices"),
+    ],
+)
+def test_a_reply_that_is_not_a_completion_is_a_request_error(server, raw, error):
+    url, script = server
+    script.steps = [("raw", raw)]
+    with pytest.raises(JudgeRequestError, match=f"failed after 1 try: {error}"):
+        client(url).complete([{"role": "user", "content": "x"}])
+    assert len(script.seen) == 1
 
 
 def test_client_error_is_not_retried(server):
     url, script = server
     script.steps = [("status", 401)]
-    with pytest.raises(MechbdError, match="HTTP 401"):
+    with pytest.raises(JudgeRequestError, match="failed after 1 try: HTTP 401"):
         client(url).complete([{"role": "user", "content": "x"}])
     assert len(script.seen) == 1
 

@@ -54,6 +54,9 @@ def test_backdoor_and_em_stages(tiny_run):
         assert _is_count(rates["format_valid_rate"], n_eval), rates
         assert rates["format_valid_rate_n"] == n_eval
         assert rates["letter_bias"] is None or 0.5 <= rates["letter_bias"] <= 1
+    # no judge configured: the freeform evaluation is skipped, and says why
+    assert em["freeform"] == {"skipped": "no LLM judge configured (judge.base_url is not set)"}
+    assert "freeform" not in em["base_model"]
     man = json.loads((run / "manifest.json").read_text())
     assert list(man["stages"]) == [s.name for s in STAGES if s.name != "model"]
     # capture: backdoored and base stores on the same prompts; probes: report with controls

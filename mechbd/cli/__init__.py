@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from mechbd.cli import capture, data, finetune, organism, probe, run, sae, steer
+from mechbd.cli import capture, data, evaluate, finetune, organism, probe, run, sae, steer
 from mechbd.cli._common import err
 from mechbd.errors import MechbdError
 
@@ -15,6 +15,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.command()(run.demo)
 app.command("run")(run.run_cmd)
 app.command()(finetune.finetune)
+app.command("eval")(evaluate.eval_cmd)
 app.command("capture")(capture.capture_cmd)
 app.command("probe")(probe.probe_cmd)
 app.command("steer")(steer.steer_cmd)

@@ -17,13 +17,9 @@ disk or included in any message.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -175,26 +171,53 @@ def monitor_rates(
 
 
 # ---- OpenAI-compatible client ---------------------------------------------------------------
+class JudgeRequestError(MechbdError):
+    """One judge request failed for good (refused connection, timeout or HTTP error, after the
+    client's retries). Callers that score many answers record it and go on."""
+
+
+def api_key(api_key_env: str | None) -> str:
+    """The key in the environment variable ``api_key_env``; a placeholder when it is None (a
+    local server needs no key). A variable that is not set is a :class:`MechbdError` naming it,
+    raised before any request. The key itself never appears in a message."""
+    if api_key_env is None:
+        return "no-key"
+    key = os.environ.get(api_key_env)
+    if not key:
+        raise MechbdError(
+            f"judge: the API key variable {api_key_env} is not set (set it, or give "
+            "api_key_env: null for a local server that needs no key)"
+        )
+    return key
+
+
 class ChatClient:
-    """Minimal chat-completions client (stdlib only) with retries on 5xx/429, timeouts and
-    connection errors. ``api_key_env`` names the environment variable holding the key."""
+    """A chat-completions client over the official ``openai`` package (its retries with
+    exponential back-off on connection errors, timeouts, 408/409/429 and 5xx; a 4xx is not
+    retried). ``api_key_env`` names the environment variable holding the key (None: no key).
+    ``complete`` returns the reply as a plain dict, or raises :class:`JudgeRequestError`."""
 
     def __init__(
         self,
         base_url: str,
         model: str,
         *,
-        api_key_env: str = "OPENAI_API_KEY",
+        api_key_env: str | None = "OPENAI_API_KEY",
         timeout: float = 60.0,
-        max_retries: int = 3,
-        backoff: float = 0.5,
+        max_retries: int = 2,
     ):
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        import openai
+
+        self.base_url = base_url.rstrip("/")
         self.model = model
-        self._key = os.environ.get(api_key_env, "")
         self.timeout = timeout
         self.max_retries = max_retries
-        self.backoff = backoff
+        self._client = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=api_key(api_key_env),
+            timeout=timeout,
+            max_retries=max_retries,
+        )
 
     def complete(
         self,
@@ -207,41 +230,51 @@ class ChatClient:
         n: int = 1,
         seed: int | None = None,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": messages,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-        }
+        import openai
+
+        kw: dict[str, Any] = {}
         if n != 1:
-            body["n"] = n
+            kw["n"] = n
         if seed is not None:
-            body["seed"] = seed
+            kw["seed"] = seed
         if logprobs:
-            body |= {"logprobs": True, "top_logprobs": top_logprobs}
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read().decode())
-            except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code}"
-                if e.code < 500 and e.code != 429:
-                    break  # a client error will not fix itself
-            except TimeoutError:
-                last = f"timed out after {self.timeout} s"
-            except urllib.error.URLError as e:
-                last = f"connection failed ({e.reason})"
-            except json.JSONDecodeError:
+            kw |= {"logprobs": True, "top_logprobs": top_logprobs}
+        tries = self.max_retries + 1
+        try:
+            reply = self._client.chat.completions.create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+                temperature=temperature,
+                **kw,
+            )
+        except openai.APITimeoutError:
+            last = f"timed out after {self.timeout} s"
+        except openai.APIConnectionError as e:
+            cause = e.__cause__ or e
+            last = f"connection failed ({type(cause).__name__}: {cause})"
+        except openai.APIStatusError as e:
+            last = f"HTTP {e.status_code}"
+            if not (e.status_code in (408, 409, 429) or e.status_code >= 500):
+                tries = 1  # a client error will not fix itself: not retried
+        except openai.APIError as e:  # a reply that is not a chat completion
+            last = f"bad reply ({type(e).__name__}: {e})"
+        except ValueError:  # declared JSON, but is not (a 200 reply: not retried)
+            last, tries = "reply was not JSON", 1
+        else:
+            if not isinstance(reply, openai.BaseModel):  # e.g. an HTML page
                 last = "reply was not JSON"
-        raise MechbdError(f"judge: {self.url} failed after {attempt + 1} tries: {last}")
+            elif not isinstance(data := reply.model_dump(), dict) or not isinstance(
+                data.get("choices"), list
+            ):
+                last = f"reply has no choices: {str(data)[:200]}"
+            else:
+                return data
+            tries = 1  # a 200 reply is not retried
+        raise JudgeRequestError(
+            f"judge: {self.base_url}/chat/completions failed after {tries} "
+            f"{'try' if tries == 1 else 'tries'}: {last}"
+        )
 
 
 def _content(reply: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from mechbd.data.items import Item, chat_conversation
 from mechbd.data.sources import read_rows
 from mechbd.data.triggers import Trigger, resolve_trigger
 from mechbd.eval.behaviour import answer_letter_bias, evaluate_backdoor, format_fields, mcq_fields
+from mechbd.eval.freeform import JUDGE_CACHE, freeform_plan
 from mechbd.eval.mcq import run_mcq
 from mechbd.finetune.lora import finetune_lora, finished_adapter, recent_loss
 from mechbd.io import read_json, replace_dir, write_json, write_jsonl
@@ -210,6 +211,7 @@ def em_train_set(run: Run) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 def em_stage(run: Run, out: Path) -> None:
     cfg = run.config.em
     seed = run.config.seed
+    freeform = freeform_plan(run.config)  # a bad questions file or unset key fails here, first
     ds, provenance = em_train_set(run)
     write_jsonl(out / TRAIN_SET, ds)
     stats = finetune_once(run, [e["messages"] for e in ds], out / ADAPTER, cfg.finetune)
@@ -237,15 +239,21 @@ def em_stage(run: Run, out: Path) -> None:
                 max_new_tokens=run.config.eval.max_new_tokens,
                 generator=gen,
             )
-        return {
+        rates = {
             **mcq_fields("in_domain_misaligned_rate", [res[i] for i in in_dom]),
             **mcq_fields("out_of_domain_misaligned_rate", [res[i] for i in out_dom]),
             **format_fields(res),
             "letter_bias": answer_letter_bias(res),
         }
+        if not isinstance(freeform, str):
+            where = out / "freeform" / ("em" if adapter else "base")
+            rates["freeform"] = freeform.evaluate(model, tok, where, out / JUDGE_CACHE)
+        return rates
 
     base_rates = measure(None)
     em_rates = measure(out / ADAPTER)
+    if isinstance(freeform, str):
+        em_rates["freeform"] = {"skipped": freeform}
     write_json(
         out / RESULTS,
         {
