@@ -408,3 +408,22 @@ def test_the_organism_corpus_is_unchanged(tmp_path):
     assert rows == corpus_rows(12, seed=split_seed(3, "sae_corpus"), world_seed=0)
     assert prov == {"source": "organism", "rows": 12, "sha256": digest_of(rows)}
     SaeCorpus.model_validate(prov)
+
+
+def test_encode_selected_latents_batch_by_batch(tmp_path, monkeypatch):
+    """``encode(..., latents=...)`` gives the chosen columns of the full encoding, in their
+    order, when the 1 GiB budget splits the rows into many batches."""
+    from mechbd.sae import analysis
+
+    w = write_local(tmp_path / "sae")
+    sae = load_configured(SaeConfig(source="local", path=str(tmp_path / "sae")), d_model=32).sae
+    x = torch.randn(37, 32, generator=torch.Generator().manual_seed(7))
+    full = jumprelu64(w, x)[0]
+    monkeypatch.setattr(analysis, "_ENCODE_FLOATS", 64 * 5)  # 5 rows of 64 latents a batch
+    calls = []
+    inner = sae.encode
+    monkeypatch.setattr(sae, "encode", lambda t: calls.append(len(t)) or inner(t))
+    got = analysis.encode(sae, x, latents=[5, 1, 5])
+    assert calls == [5] * 7 + [2]
+    torch.testing.assert_close(got.double(), full[:, [5, 1, 5]], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(analysis.encode(sae, x).double(), full, rtol=1e-5, atol=1e-6)

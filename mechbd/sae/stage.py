@@ -238,7 +238,9 @@ def _screen(
     balanced rate)."""
     cfg, token_norm = c.run.config.sae, float(xb.norm(dim=-1).mean())
     select, test = steering_splits(c.run, c.base_model, c.tok)
-    alive = (encode(sae, xb[:20000]) > 0).any(0)
+    alive = torch.zeros(int(sae.cfg.d_sae), dtype=torch.bool)
+    for i in range(0, min(len(xb), 20000), 2048):  # a published SAE: ~1e5 latents per token
+        alive |= (encode(sae, xb[i : min(i + 2048, 20000)]) > 0).any(0)
     for i in em_diff["latents"]:
         alive[i] = False
     g = torch.Generator().manual_seed(c.run.config.seed)
