@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from importlib.metadata import version
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mechbd.config import ConfigError, RunConfig, SaeConfig, validate_config
+from mechbd.config import ConfigError, RunConfig, SaeConfig, load_config, validate_config
 from mechbd.errors import MechbdError
 from mechbd.io import sha256_file
 from mechbd.models import load_model
@@ -427,3 +428,43 @@ def test_encode_selected_latents_batch_by_batch(tmp_path, monkeypatch):
     assert calls == [5] * 7 + [2]
     torch.testing.assert_close(got.double(), full[:, [5, 1, 5]], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(analysis.encode(sae, x).double(), full, rtol=1e-5, atol=1e-6)
+
+
+REPO = Path(__file__).resolve().parents[1]
+# (layers, d_model) of the models the release configs name (their config.json on the hub)
+MODELS = {
+    "Qwen/Qwen2.5-7B-Instruct": (28, 3584),
+    "Qwen/Qwen3-1.7B": (28, 2048),
+    "Qwen/Qwen3-8B": (36, 4096),
+}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in sorted((REPO / "configs").glob("*.yaml")) if "release" in p.read_text()],
+    ids=lambda p: p.stem,
+)
+def test_release_configs_name_a_published_sae_of_their_model_at_their_layer(path):
+    """Each config that loads a SAELens release names one in SAELens' pretrained_saes.yaml, for
+    its model (Qwen-Scope: the model's base checkpoint), at ``sae.layer``, which capture and
+    steering cover; Qwen-Scope's width table agrees with the model's d_model."""
+    from sae_lens.loading.pretrained_sae_loaders import QWEN_SCOPE_MODEL_INFO
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    from mechbd.capture.names import parse_layers
+
+    cfg = load_config(path)
+    assert cfg.sae.source == "release"
+    release = get_pretrained_saes_directory()[cfg.sae.release]
+    n_layers, d_model = MODELS[str(cfg.model.path)]
+    folder = release.saes_map[cfg.sae.sae_id]
+    assert int(re.search(r"layer_?(\d+)", folder).group(1)) == cfg.sae.layer
+    if release.conversion_func == "qwen_scope":
+        assert release.model == f"{cfg.model.path}-Base"
+        assert "trained on the *base*" in path.read_text()  # the comment says so
+        key = re.search(r"SAE-Res-(.+)-W\d+K", release.repo_id).group(1)
+        assert QWEN_SCOPE_MODEL_INFO[key] == (release.model, d_model)
+    else:
+        assert release.model == cfg.model.path
+    assert cfg.sae.layer in parse_layers(cfg.capture.layers, n_layers)
+    assert cfg.sae.layer in parse_layers(cfg.steering.layers, n_layers)
