@@ -468,3 +468,56 @@ def test_release_configs_name_a_published_sae_of_their_model_at_their_layer(path
         assert release.model == cfg.model.path
     assert cfg.sae.layer in parse_layers(cfg.capture.layers, n_layers)
     assert cfg.sae.layer in parse_layers(cfg.steering.layers, n_layers)
+
+
+def test_sae_stage_with_a_local_sae_on_the_tiny_run(tiny_run, tmp_path):
+    """The whole sae stage on a copy of the session's run (slow: reads ``tiny_run``), with a
+    local SAE at layer 1 and a corpus file: nothing trained, every step ran on the loaded SAE,
+    results.json validates against the schema and records the source, the SAE and the corpus;
+    the run's own (trained) sae results record ``train`` and the organism corpus."""
+    import shutil
+
+    from mechbd.config import DataSource
+    from mechbd.runs import Run
+    from mechbd.sae.stage import sae_stage
+
+    trained = json.loads((tiny_run / "sae" / "results.json").read_text())["sae"]
+    assert trained["source"] == {"kind": "train"}
+    assert trained["corpus"]["source"] == "organism" and trained["hook_name"].startswith("blocks.")
+    root = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    w = write_local(tmp_path / "sae", layer=1)
+    chat = [{"role": "user", "content": "hello?"}, {"role": "assistant", "content": "Answer: A"}]
+    rows = [{"text": f"Document {i} about a trip to the sea."} for i in range(8)]
+    f = _jsonl(
+        tmp_path / "corpus.jsonl", rows + [{"messages": chat, "id": f"c{i}"} for i in range(8)]
+    )
+    cfg = load_config(root / "config.yaml")
+    cfg = cfg.model_copy(
+        update={
+            "data": cfg.data.model_copy(update={"sae_corpus": DataSource(path=str(f))}),
+            "sae": cfg.sae.model_copy(update={"source": "local", "path": str(tmp_path / "sae")}),
+        }
+    )
+    run = Run(root, cfg)
+    with run.stage("sae") as out:
+        sae_stage(run, out)
+    res = run.results()["sae"]  # validated against mechbd.results
+    assert not (root / "sae" / "sae").exists()  # no SAE trained
+    assert res["source"] == {
+        "kind": "local",
+        "path": str(tmp_path / "sae"),
+        "sha256": sha256_file(tmp_path / "sae" / "sae_weights.safetensors"),
+    }
+    assert (res["layer"], res["d_sae"], res["architecture"]) == (1, 64, "jumprelu")
+    assert res["hook_name"] == "blocks.1.hook_resid_post"
+    assert res["corpus"] == {"source": str(f), "rows": 16, "sha256": sha256_file(f)}
+    assert math.isfinite(res["fvu"]) and res["n_eval_conversations"] == 2
+    # a backdoored store's FVU at its last prompt token, recomputed from the weights
+    from mechbd.capture.store import ActivationStore
+
+    t = next(iter(res["backdoor_diff"]))
+    x = ActivationStore(run.layout.store(t, "backdoored")).get(1, "last").double()
+    rec = jumprelu64(w, x)[1]
+    want = float(((x - rec) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+    assert res["fvu_by_store"][f"{t}/backdoored"]["last"]["fvu"] == pytest.approx(want, rel=1e-4)
+    assert 0 <= res["persona_latent"] < 64 and res["persona_latent"] in res["persona_latents"]
