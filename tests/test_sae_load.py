@@ -521,3 +521,26 @@ def test_sae_stage_with_a_local_sae_on_the_tiny_run(tiny_run, tmp_path):
     want = float(((x - rec) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
     assert res["fvu_by_store"][f"{t}/backdoored"]["last"]["fvu"] == pytest.approx(want, rel=1e-4)
     assert 0 <= res["persona_latent"] < 64 and res["persona_latent"] in res["persona_latents"]
+
+
+def test_a_loaded_sae_must_read_a_layer_the_model_has_and_the_capture_stored(
+    tiny_organism, tmp_path
+):
+    from mechbd.capture import capture
+    from mechbd.sae import stage
+
+    _, tok = load_model(tiny_organism, dtype="float32")
+    model = random_qwen3(tok, seed=1)  # 2 layers
+    write_local(tmp_path / "deep", layer=5)
+    cfg = RunConfig(sae=SaeConfig(source="local", path=str(tmp_path / "deep")))
+    with pytest.raises(MechbdError, match=r"deep: reads layer 5, but the model has 2 layers"):
+        stage._load(SimpleNamespace(config=cfg, layout=None), model)
+    rows = [{"id": "a", "user": "hi"}, {"id": "b", "user": "hey"}]
+    st = capture(model, tok, rows, tmp_path / "store", layers=[0], progress=False)
+    layout = SimpleNamespace(captured=lambda: ["heyyy"], store=lambda t, kind: st.path)
+    write_local(tmp_path / "one", layer=1)
+    cfg = RunConfig(sae=SaeConfig(source="local", path=str(tmp_path / "one")))
+    with pytest.raises(
+        MechbdError, match=r"reads layer 1, which the capture stage did not store .*\[0\]"
+    ):
+        stage._load(SimpleNamespace(config=cfg, layout=layout), model)
