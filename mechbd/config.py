@@ -361,22 +361,54 @@ class SteeringConfig(Frozen):
 
 
 class SaeConfig(Frozen):
-    """The ``sae`` stage: an SAE trained with SAELens at one layer on base + EM activations,
-    model diffing (EM and each backdoor vs base), the causal screen of persona candidates,
-    direction comparison, persona latents as backdoor detectors, and the persona shifts."""
+    """The ``sae`` stage: an SAE at one layer (trained with SAELens on base + EM activations, or
+    a published SAELens release, or a local SAELens folder), model diffing (EM and each
+    backdoor vs base), the causal screen of persona candidates, direction comparison, persona
+    latents as backdoor detectors, and the persona shifts."""
 
     enabled: bool = Field(True, description="run the `sae` stage (needs capture, em and steering)")
+    source: Literal["train", "release", "local"] = Field(
+        "train",
+        description="'train': train an SAE with SAELens on the corpus; 'release': load "
+        "`release` / `sae_id` with SAELens' `SAE.from_pretrained`; 'local': load the SAELens "
+        "folder `path` (cfg.json + sae_weights.safetensors) with `SAE.load_from_disk`",
+    )
+    release: str | None = Field(
+        None,
+        description="SAELens release name (its pretrained_saes.yaml), when source is 'release', "
+        "e.g. qwen2.5-7b-instruct-andyrdt",
+    )
+    sae_id: str | None = Field(
+        None,
+        description="the SAE's id within `release`, when source is 'release', e.g. "
+        "resid_post_layer_15_trainer_1",
+    )
+    path: str | None = Field(
+        None, description="local SAELens folder when source is 'local' (relative to the cwd)"
+    )
     layer: int | None = Field(
         None,
-        description="SAE layer; None = the most common of the probes' best layers (ties: deeper)",
+        description="SAE layer; None = the most common of the probes' best layers (ties: "
+        "deeper) when training, the SAE's own hook layer when loading (given, it must agree)",
     )
-    architecture: Literal["standard", "topk"] = Field("topk", description="SAELens architecture")
-    expansion: int = Field(16, gt=0, description="d_sae / d_model")
-    k: int = Field(64, gt=0, description="active latents per token (topk)")
-    l1_coefficient: float = Field(5.0, gt=0, description="sparsity penalty (standard)")
-    lr: float = Field(2e-4, gt=0, description="SAE training learning rate")
-    n_tokens: int = Field(20_000_000, gt=0, description="training samples drawn")
-    n_corpus: int = Field(20_000, gt=0, description="corpus conversations captured per model")
+    architecture: Literal["standard", "topk"] = Field(
+        "topk", description="SAELens architecture (source 'train')"
+    )
+    expansion: int = Field(16, gt=0, description="d_sae / d_model (source 'train')")
+    k: int = Field(64, gt=0, description="active latents per token (topk, source 'train')")
+    l1_coefficient: float = Field(
+        5.0, gt=0, description="sparsity penalty (standard, source 'train')"
+    )
+    lr: float = Field(2e-4, gt=0, description="SAE training learning rate (source 'train')")
+    n_tokens: int = Field(
+        20_000_000, gt=0, description="training samples drawn (source 'train')"
+    )
+    n_corpus: int = Field(
+        20_000,
+        gt=0,
+        description="organism conversations captured per model (a `data.sae_corpus` source: "
+        "every row it reads, bounded by its max_rows)",
+    )
     n_diff: int = Field(400, gt=0, description="prompts for EM model diffing")
     top_k: int = Field(10, gt=0, description="persona candidates kept from diffing")
     n_random: int = Field(
@@ -397,6 +429,23 @@ class SaeConfig(Frozen):
                 f"sae.n_random ({self.n_random}) is below sae.top_k ({self.top_k}): the screen "
                 "needs at least as many random latents as candidates"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> SaeConfig:
+        reads = {"train": (), "release": ("release", "sae_id"), "local": ("path",)}
+        missing = [f for f in reads[self.source] if getattr(self, f) is None]
+        if missing:
+            raise ValueError(
+                f"sae.source is {self.source!r}: set " + " and ".join(f"sae.{f}" for f in missing)
+            )
+        for f in ("release", "sae_id", "path"):
+            if getattr(self, f) is not None and f not in reads[self.source]:
+                owner = "release" if f != "path" else "local"
+                raise ValueError(
+                    f"sae.{f} is set but sae.source is {self.source!r} (sae.{f} is read with "
+                    f"source {owner!r} only)"
+                )
         return self
 
 

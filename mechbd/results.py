@@ -789,21 +789,65 @@ class SaeFit(Section):
     n: int = Field(description="vectors measured (tokens, or rows at a pooled position)")
 
 
+class SaeSource(Section):
+    """Where the sae stage's SAE came from (`sae.source` in the config)."""
+
+    kind: Literal["train", "release", "local"] = Field(
+        description="`train`: trained by this stage with SAELens on the corpus; `release`: a "
+        "SAELens release loaded with `SAE.from_pretrained`; `local`: a SAELens folder"
+    )
+    release: str | None = Field(None, description="SAELens release name (`release` only)")
+    sae_id: str | None = Field(None, description="the SAE's id in the release (`release` only)")
+    repo_id: str | None = Field(
+        None, description="the Hugging Face repository SAELens maps the release to"
+    )
+    path: str | None = Field(None, description="the SAELens folder (`local` only)")
+    sha256: str | None = Field(
+        None, description="sha256 of the folder's `sae_weights.safetensors` (`local` only)"
+    )
+
+
+class SaeCorpus(Section):
+    """The corpus the SAE is measured on (and trained on, with `source.kind` `train`)."""
+
+    source: str = Field(
+        description="`organism` (the organism's conversations) or the `data.sae_corpus` file "
+        "or dataset (`path`, or `hf[split]`)"
+    )
+    rows: int = Field(description="conversations / documents captured per model")
+    sha256: str = Field(
+        description="content hash: the file's sha256 (a whole local file), else the sha256 of "
+        "the records read (a short digest of the rows for the organism)"
+    )
+
+
 class SaeResults(Section):
-    model: str = Field(description="the base model (the SAE trained on it and its EM finetune)")
-    layer: int = Field(description="the SAE layer (default: the probes' most common best layer)")
-    architecture: str = Field(description="SAELens architecture (`topk` or `standard`)")
+    model: str = Field(description="the base model (the corpus and diffing activations' model)")
+    layer: int = Field(
+        description="the SAE layer (trained: the probes' most common best layer by default; "
+        "loaded: the layer of the SAE's hook)"
+    )
+    source: SaeSource = Field(description="where the SAE came from")
+    architecture: str = Field(
+        description="SAELens architecture (`topk`, `standard`, `jumprelu`, ...)"
+    )
     d_sae: int = Field(description="number of latents")
+    hook_name: str = Field(
+        description="the SAE's hook (`cfg.metadata.hook_name`, e.g. `blocks.15.hook_resid_post`)"
+    )
+    corpus: SaeCorpus = Field(description="the SAE corpus (`data.sae_corpus`)")
     fvu: float = Field(
         description="fraction of variance unexplained (≥ 0) on the tokens of held-out "
-        "conversations (base and EM model pooled, each conversation's first token left out)"
+        "conversations (base and EM model pooled, each conversation's first token left out); "
+        "for a loaded SAE the first check that it fits this model's activations"
     )
     l0: float = Field(description="mean active latents per held-out token")
     dead_fraction: Rate = Field(description="share of latents never firing on held-out tokens")
     n_eval_tokens: int = Field(description="held-out tokens the metrics are measured on")
     n_eval_conversations: int = Field(
         description="corpus conversations held out of SAE training (a seeded tenth; the same "
-        "conversations for both models)"
+        "conversations for both models; held out for a loaded SAE too, which is measured on "
+        "them alone)"
     )
     fvu_by_store: dict[str, dict[str, SaeFit]] = _keys(
         "<store>.<position>",

@@ -20,8 +20,8 @@ from mechbd.sae.analysis import (
     shift_vs_base,
     top_cosines,
 )
-from mechbd.sae.load import check_sae, load_sae, sae_layer
-from mechbd.sae.persona import corpus_rows, user_wants_harm_rows
+from mechbd.sae.load import LoadedSae, check_sae, describe_sae, load_configured, load_sae, sae_layer
+from mechbd.sae.persona import corpus_rows, corpus_source_rows, user_wants_harm_rows
 from mechbd.sae.train import (
     held_out_conversations,
     sae_metrics,
@@ -31,18 +31,22 @@ from mechbd.sae.train import (
 )
 
 __all__ = [
+    "LoadedSae",
     "check_same_prompts",
     "check_sae",
     "corpus_rows",
+    "corpus_source_rows",
     "cosine",
     "cosine_null",
     "covariance_factor",
+    "describe_sae",
     "detector_auroc",
     "direction_detector",
     "effective_dims",
     "encode",
     "held_out_conversations",
     "latent_detector",
+    "load_configured",
     "load_sae",
     "matched_directions",
     "model_diff",

@@ -51,17 +51,32 @@ from mechbd.steering.select import (
     with_controls,
 )
 
+# latent activations held at once while encoding (a batch of rows x d_sae): 2^28 floats, 1 GiB
+_ENCODE_FLOATS = 2**28
+
 
 @torch.no_grad()
-def encode(sae: Any, x: torch.Tensor, batch: int = 8192) -> torch.Tensor:
-    """Latent activations ``[n, d_sae]`` of ``x [n, d_in]`` (float32, on the CPU)."""
+def encode(
+    sae: Any, x: torch.Tensor, batch: int = 8192, *, latents: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Latent activations ``[n, d_sae]`` of ``x [n, d_in]`` (float32, on the CPU); with
+    ``latents``, only those columns ``[n, len(latents)]``, selected batch by batch so that a
+    published SAE's hundred thousand latents over every corpus token are never held at once.
+    Batches are at most ``batch`` rows and at most 1 GiB of latent activations."""
     if x.shape[-1] != sae.cfg.d_in:
         raise MechbdError(f"SAE expects d_in={sae.cfg.d_in}, activations have {x.shape[-1]}")
     check_finite(x, "activations to encode")
     dev = next(sae.parameters()).device
-    return torch.cat(
-        [sae.encode(x[i : i + batch].to(dev)).float().cpu() for i in range(0, len(x), batch)]
-    )
+    batch = max(1, min(batch, _ENCODE_FLOATS // int(sae.cfg.d_sae)))
+    cols = None if latents is None else torch.tensor(list(latents), dtype=torch.long)
+    out = []
+    for i in range(0, len(x), batch):
+        f = sae.encode(x[i : i + batch].to(dev))
+        out.append((f if cols is None else f[:, cols.to(f.device)]).float().cpu())
+    if not out:
+        n = sae.cfg.d_sae if cols is None else len(cols)
+        return torch.zeros(0, n)
+    return torch.cat(out)
 
 
 def check_same_prompts(a: ActivationStore, b: ActivationStore) -> None:

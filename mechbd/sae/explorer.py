@@ -36,7 +36,7 @@ def direction_score(direction: torch.Tensor) -> Score:
 def latent_score(sae: Any, latent: int) -> Score:
     if not 0 <= latent < sae.cfg.d_sae:
         raise MechbdError(f"latent {latent} out of range: the SAE has {sae.cfg.d_sae} latents")
-    return lambda acts: encode(sae, acts)[:, latent]
+    return lambda acts: encode(sae, acts, latents=[latent])[:, 0]
 
 
 def _r(x: torch.Tensor) -> list[float]:
@@ -88,7 +88,7 @@ def latent_dashboards(
     zs = []
     for k, st in enumerate(stores):
         acts, offsets = st.tokens(layer)
-        z = encode(sae, acts)[:, list(latents)]
+        z = encode(sae, acts, latents=list(latents))
         z[offsets[:-1]] = 0.0
         zs.append(z)
         for i, r in enumerate(st.rows):

@@ -1,11 +1,15 @@
 """The ``sae`` pipeline stage: the persona question on the organism.
 
 1. **SAE**: TopK (or standard) SAE trained with SAELens at one layer (default the probes' best
-   layer) on per-token activations of the base and the narrow-EM model over organism
-   conversations; FVU, L0 and dead fraction on the tokens of held-out *conversations* (never
-   trained on), and FVU and L0 per store and position (``fvu_by_store``): the held-out
-   conversations of each corpus, and every backdoored (and base) capture store at the positions
-   it holds, which are what the detectors and diffing read.
+   layer) on per-token activations of the base and the narrow-EM model over the corpus (the
+   organism's conversations, or the user's documents and chats, ``data.sae_corpus``); or,
+   with ``sae.source`` ``release`` / ``local``, a published SAELens release (the open-weight
+   persona-feature SAEs, Qwen-Scope) or a local SAELens folder, loaded by SAELens at the layer
+   of its hook, not trained. FVU, L0 and dead fraction on the tokens of held-out
+   *conversations* (never trained on; for a loaded SAE, the check that it reconstructs this
+   model's activations at all), and FVU and L0 per store and position (``fvu_by_store``): the
+   held-out conversations of each corpus, and every backdoored (and base) capture store at the
+   positions it holds, which are what the detectors and diffing read.
 2. **Model diffing**: EM model vs base on the same held-out prompts (last prompt token), and
    each backdoored model vs base on its trigger's evaluation prompts; latents ranked by mean
    activation increase.
@@ -46,9 +50,10 @@ from typing import Any
 import torch
 
 from mechbd.capture.capture import capture
+from mechbd.capture.names import n_layers_of
 from mechbd.capture.store import ActivationStore
 from mechbd.errors import MechbdError
-from mechbd.io import iter_jsonl, read_json, write_json
+from mechbd.io import digest_of, iter_jsonl, read_json, write_json
 from mechbd.layout import DIRECTIONS, RESULTS
 from mechbd.models import base_model_dir, load_base, load_finetuned
 from mechbd.organism.splits import split_items, split_seed
@@ -79,8 +84,15 @@ from mechbd.sae.explorer import (
     latent_score,
     token_trace,
 )
-from mechbd.sae.persona import corpus_rows, user_wants_harm_rows
-from mechbd.sae.train import held_out_conversations, store_metrics, store_tokens, train_sae
+from mechbd.sae.load import LoadedSae, describe_sae, load_configured
+from mechbd.sae.persona import corpus_rows, corpus_source_rows, user_wants_harm_rows
+from mechbd.sae.train import (
+    held_out_conversations,
+    sae_metrics,
+    store_metrics,
+    store_tokens,
+    train_sae,
+)
 from mechbd.steering.directions import Direction, from_probe, from_sae_decoder, mean_difference
 from mechbd.steering.stage import steering_splits
 
@@ -129,44 +141,63 @@ PER_TRIGGER = (
 )
 
 
-def _train(
-    c: _Ctx, em_model: Any
-) -> tuple[Any, dict[str, Any], list[ActivationStore], torch.Tensor]:
-    """1. The SAE at layer ``L`` on the base and the EM model's tokens over the organism
-    corpus, a tenth of the conversations held out: (sae, metrics with ``fvu_by_store`` for the
-    two corpora's held-out conversations, the two corpus stores, the base model's tokens)."""
-    cfg, L, kw = c.run.config.sae, c.L, c.kw
+def _corpus(c: _Ctx) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The SAE corpus rows and their provenance (results.json ``sae.corpus``): ``n_corpus``
+    organism conversations, or the records of ``data.sae_corpus``."""
+    src = c.run.config.data.sae_corpus
+    if src != "organism":
+        return corpus_source_rows(src)
     seed, world = c.run.config.seed, c.run.config.organism.seed
-    corpus = corpus_rows(cfg.n_corpus, seed=split_seed(seed, "sae_corpus"), world_seed=world)
+    n = c.run.config.sae.n_corpus
+    rows = corpus_rows(n, seed=split_seed(seed, "sae_corpus"), world_seed=world)
+    return rows, {"source": "organism", "rows": len(rows), "sha256": digest_of(rows)}
+
+
+def _fit(
+    c: _Ctx, em_model: Any, loaded: LoadedSae | None
+) -> tuple[Any, dict[str, Any], list[ActivationStore], torch.Tensor]:
+    """1. The SAE at layer ``L``, measured on the base and the EM model's tokens over the
+    corpus, a tenth of the conversations held out: trained on the rest with SAELens, or
+    ``loaded`` (a published or local SAE: no training, the same held-out conversations
+    measured). Returns (sae, metrics with ``fvu_by_store`` for the two corpora's held-out
+    conversations and ``corpus`` (its provenance), the two corpus stores, the base model's
+    tokens)."""
+    cfg, L, kw = c.run.config.sae, c.L, c.kw
+    seed = c.run.config.seed
+    corpus, provenance = _corpus(c)
     pos = ("tokens", "last")  # last: the prompt token the diffing and detectors read
-    cb = capture(
-        c.base_model, c.tok, corpus, c.out / "corpus_base", layers=[L], positions=pos, **kw
-    )
-    ce = capture(em_model, c.tok, corpus, c.out / "corpus_em", layers=[L], positions=pos, **kw)
+    ck: dict[str, Any] = dict(layers=[L], positions=pos, enable_thinking=False, **kw)
+    cb = capture(c.base_model, c.tok, corpus, c.out / "corpus_base", **ck)
+    ce = capture(em_model, c.tok, corpus, c.out / "corpus_em", **ck)
     assert cb is not None and ce is not None
     train, held = held_out_conversations(len(cb), HELD_OUT_FRAC, seed)
     xb = store_tokens(cb, L)
-    x = torch.cat([store_tokens(cb, L, rows=train), store_tokens(ce, L, rows=train)])
     x_eval = torch.cat([store_tokens(cb, L, rows=held), store_tokens(ce, L, rows=held)])
-    sae, metrics = train_sae(
-        x,
-        c.out / "sae",
-        x_eval=x_eval,
-        layer=L,
-        architecture=cfg.architecture,
-        expansion=cfg.expansion,
-        k=cfg.k,
-        l1_coefficient=cfg.l1_coefficient,
-        lr=cfg.lr,
-        n_tokens=cfg.n_tokens,
-        seed=seed,
-        model_name=f"{base_model_dir(c.run)} (+ EM adapter)",
-    )
+    if loaded is not None:
+        sae = loaded.sae
+        metrics = sae_metrics(sae, x_eval.float())
+    else:
+        x = torch.cat([store_tokens(cb, L, rows=train), store_tokens(ce, L, rows=train)])
+        sae, metrics = train_sae(
+            x,
+            c.out / "sae",
+            x_eval=x_eval,
+            layer=L,
+            architecture=cfg.architecture,
+            expansion=cfg.expansion,
+            k=cfg.k,
+            l1_coefficient=cfg.l1_coefficient,
+            lr=cfg.lr,
+            n_tokens=cfg.n_tokens,
+            seed=seed,
+            model_name=f"{base_model_dir(c.run)} (+ EM adapter)",
+        )
     metrics["fvu_by_store"] = {
         "corpus_base": store_metrics(sae, cb, L, rows=held),
         "corpus_em": store_metrics(sae, ce, L, rows=held),
     }
     metrics["n_eval_conversations"] = len(held)
+    metrics["corpus"] = provenance
     return sae, metrics, [cb, ce], xb
 
 
@@ -207,7 +238,9 @@ def _screen(
     balanced rate)."""
     cfg, token_norm = c.run.config.sae, float(xb.norm(dim=-1).mean())
     select, test = steering_splits(c.run, c.base_model, c.tok)
-    alive = (encode(sae, xb[:20000]) > 0).any(0)
+    alive = torch.zeros(int(sae.cfg.d_sae), dtype=torch.bool)
+    for i in range(0, min(len(xb), 20000), 2048):  # a published SAE: ~1e5 latents per token
+        alive |= (encode(sae, xb[i : min(i + 2048, 20000)]) > 0).any(0)
     for i in em_diff["latents"]:
         alive[i] = False
     g = torch.Generator().manual_seed(c.run.config.seed)
@@ -439,15 +472,37 @@ def _explorer(
     return explorer
 
 
+def _load(run: Run, base_model: Any) -> LoadedSae:
+    """A published or local SAE (``sae.source`` 'release' / 'local'), checked against the
+    model's width and against the layers the capture stage stored (its diffing, detectors and
+    persona shifts read them)."""
+    d_model = int(base_model.get_input_embeddings().weight.shape[1])
+    loaded = load_configured(run.config.sae, d_model=d_model)
+    n_layers = n_layers_of(base_model)
+    if not 0 <= loaded.layer < n_layers:
+        raise MechbdError(
+            f"{loaded.where}: reads layer {loaded.layer}, but the model has {n_layers} layers"
+        )
+    for t in run.layout.captured():
+        layers = ActivationStore(run.layout.store(t, "backdoored")).layers
+        if loaded.layer not in layers:
+            raise MechbdError(
+                f"{loaded.where}: reads layer {loaded.layer}, which the capture stage did not "
+                f"store (capture.layers gave {layers}): add it to capture.layers"
+            )
+    return loaded
+
+
 def sae_stage(run: Run, out: Path) -> None:
     probes = read_json(run.layout.results("probes"))["probes"]
-    L = _sae_layer(run, probes)
     kw: dict[str, Any] = dict(progress=False, batch_size=run.config.capture.batch_size)
 
     base_model, tok = load_base(run)
+    loaded = _load(run, base_model) if run.config.sae.source != "train" else None
+    L = loaded.layer if loaded is not None else _sae_layer(run, probes)
     em_model, _ = load_finetuned(run, run.layout.em_adapter)
     c = _Ctx(run, out, L, base_model, tok, probes, kw)
-    sae, metrics, corpus_stores, xb = _train(c, em_model)
+    sae, metrics, corpus_stores, xb = _fit(c, em_model, loaded)
     em_diff, toxic_last = _em_diff(c, sae, em_model)
     del em_model
     screen, persona = _screen(c, sae, xb, em_diff)
@@ -466,8 +521,9 @@ def sae_stage(run: Run, out: Path) -> None:
     sae_res: dict[str, Any] = {
         "model": str(base_model_dir(run)),
         "layer": L,
-        "architecture": run.config.sae.architecture,
-        "d_sae": int(sae.cfg.d_sae),
+        "source": loaded.source if loaded is not None else {"kind": "train"},
+        **describe_sae(sae),
+        "corpus": metrics["corpus"],
         "fvu": metrics["fvu"],
         "l0": metrics["l0"],
         "dead_fraction": metrics["dead_fraction"],
