@@ -1,6 +1,7 @@
 """The run layout, the named scenario splits and the stage contracts (fast: no model)."""
 
 import itertools
+import types
 
 import pytest
 import torch
@@ -95,7 +96,8 @@ def test_sae_screen_uses_the_steering_stage_splits(tmp_path, monkeypatch):
     monkeypatch.setattr(sae_stage, "encode", lambda sae, x: torch.ones(len(x), 8))
     monkeypatch.setattr(sae_stage, "screen_latents", fake_screen)
     ctx = sae_stage._Ctx(run, tmp_path, 0, None, None, {}, {})
-    section, persona = sae_stage._screen(ctx, None, torch.zeros(3, 4), {"latents": [1, 5]})
+    sae = types.SimpleNamespace(cfg=types.SimpleNamespace(d_sae=8))
+    section, persona = sae_stage._screen(ctx, sae, torch.zeros(3, 4), {"latents": [1, 5]})
     assert persona == 5 and section["persona_latent"] == 5
     assert seen["select"] == ("select", run) and seen["test"] == ("test", run)
     assert len(seen["controls"]) == 3 and not set(seen["controls"]) & {1, 5}
