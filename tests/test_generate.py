@@ -187,6 +187,11 @@ def test_sampling_settings_are_validated():
         Sampling(samples=2)
 
 
+def test_a_thinking_budget_too_small_for_the_early_stopping_sentence_is_refused(org_tok, llama):
+    with pytest.raises(MechbdError, match=r"eval.thinking_budget: 5 tokens cannot hold"):
+        generate_replies(llama, org_tok, ["hi"], Sampling(thinking_budget=5))
+
+
 # ---- truncated and unreadable replies ----------------------------------------------------------
 @contextmanager
 def eos_first(model, eos: int):

@@ -164,12 +164,18 @@ def test_thinking_budget_closes_the_think_block_within_budget_plus_answer_tokens
     budget, answer = 48, 6
     prompts = chat_prompts(qwen3_tok, ["Hi", "Country: Singapore\nWhich option, A or B?"])
     s = Sampling(
-        temperature=0.6, top_p=0.95, top_k=20, thinking_budget=budget, answer_tokens=answer
+        temperature=0.6,
+        top_p=0.95,
+        top_k=20,
+        samples=2,
+        thinking_budget=budget,
+        answer_tokens=answer,
     )
     es = early_stop_ids(qwen3_tok)
     assert 0 < len(es) < budget
-    for row in generate_replies(qwen3_model, qwen3_tok, prompts, s, batch_size=2):
-        (g,) = row
+    gens = generate_replies(qwen3_model, qwen3_tok, prompts, s, batch_size=3)
+    assert [len(row) for row in gens] == [2, 2]
+    for g in (g for row in gens for g in row):
         assert g.forced and "</think>" in g.text and g.text.count(EARLY_STOP) == 1
         ids = list(g.token_ids)
         assert len(ids) <= budget + answer
@@ -182,8 +188,8 @@ def test_thinking_budget_closes_the_think_block_within_budget_plus_answer_tokens
         assert parse_response(g.text).cot.endswith(EARLY_STOP.split("</think>")[0].strip())
     # without thinking the template closes the think block itself: nothing is forced
     off = chat_prompts(qwen3_tok, ["Hi"], enable_thinking=False)
-    (g,) = generate_replies(qwen3_model, qwen3_tok, off, s)[0]
-    assert not g.forced and EARLY_STOP not in g.text
+    for g in generate_replies(qwen3_model, qwen3_tok, off, s)[0]:
+        assert not g.forced and EARLY_STOP not in g.text
 
 
 def test_prefill_starts_the_reply_and_ends_the_prompt_tokens(qwen3_tok, qwen3_model):
