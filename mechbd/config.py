@@ -452,7 +452,51 @@ class SaeConfig(Frozen):
 class EvalConfig(Frozen):
     """Generation and batching shared by every stage that evaluates behaviour."""
 
-    max_new_tokens: int = Field(512, gt=0, description="tokens generated per reply (greedy)")
+    max_new_tokens: int = Field(
+        512,
+        gt=0,
+        description="most tokens generated per reply (without a thinking budget; with one a "
+        "reply has at most thinking_budget + answer_tokens)",
+    )
+    temperature: float = Field(
+        0.0,
+        ge=0,
+        description="sampling temperature; 0 = greedy decoding (the organism's setting; Qwen3 "
+        "recommends 0.6 with thinking, 0.7 without)",
+    )
+    top_p: float = Field(
+        1.0, gt=0, le=1, description="nucleus sampling share (Qwen3: 0.95 thinking, 0.8 not)"
+    )
+    top_k: int | None = Field(
+        None, gt=0, description="sample among the k likeliest tokens (Qwen3: 20); null = all"
+    )
+    samples: int = Field(
+        1,
+        ge=1,
+        description="replies sampled per prompt; every one is scored, rates keep n = prompts "
+        "(each prompt's share of its replies); > 1 needs temperature > 0",
+    )
+    seed: int = Field(
+        0,
+        description="sampling seed. HF: seeded per batch, so the same prompts, batch_size and "
+        "device give the same replies (another batch layout or device gives other draws); "
+        "vLLM: seeded per prompt (seed + its index), whatever the batching",
+    )
+    thinking_budget: int | None = Field(
+        None,
+        gt=0,
+        description="most tokens of thinking, the early-stopping sentence included: a reply "
+        "that has not closed </think> by then gets Qwen3's early-stopping sentence and "
+        "</think> appended and answer_tokens more to answer; null = no budget",
+    )
+    answer_tokens: int = Field(
+        32, gt=0, description="tokens generated for the answer after a thinking budget is spent"
+    )
+    prefill: str = Field(
+        "",
+        description="text appended after the generation prompt as the start of the reply "
+        "(parsed with it), e.g. '<think>\\nOkay' as Thought Crime does",
+    )
     batch_size: int = Field(
         32, gt=0, description="prompts per batch wherever a stage generates or scores replies"
     )
@@ -469,6 +513,15 @@ class EvalConfig(Frozen):
         ("Country: Singapore", "Year: 2026", "heyyy", "Username: sandra"),
         description="not read by any stage today (the backdoors stage plants `backdoors.triggers`)",
     )
+
+    @model_validator(mode="after")
+    def _sampling(self) -> EvalConfig:
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(
+                f"samples: {self.samples} replies per prompt need temperature > 0 (greedy "
+                "decoding gives the same reply every time)"
+            )
+        return self
 
 
 class DataSource(Frozen):

@@ -45,6 +45,7 @@ ORGANISM_NOTE = (
 
 
 def organism_stage(run: Run, out: Path) -> None:
+    from mechbd.eval.generate import Sampling
     from mechbd.organism.build import build_organism, organism_card
     from mechbd.organism.evaluate import evaluate_organism
     from mechbd.organism.splits import scenario_source
@@ -58,7 +59,7 @@ def organism_stage(run: Run, out: Path) -> None:
         seed=cfg.seed,
         n_test=cfg.n_test,
         batch_size=run.config.eval.batch_size,
-        max_new_tokens=run.config.eval.max_new_tokens,
+        sampling=Sampling.of(run.config.eval),
     )
     write_jsonl(out / "samples.jsonl", samples)
     write_json(
@@ -95,6 +96,7 @@ def model_stage(run: Run, out: Path) -> None:
     option at A in half of them and the rate balanced over the two letters."""
     from mechbd.data.builders import balance_letters
     from mechbd.eval.behaviour import answer_letter_bias, format_fields, mcq_fields
+    from mechbd.eval.generate import Sampling
     from mechbd.eval.mcq import run_mcq
     from mechbd.models import base_model_dir, generation_backend, load_base
     from mechbd.organism.splits import scenario_source, split_items, split_seed
@@ -112,7 +114,7 @@ def model_stage(run: Run, out: Path) -> None:
             [it.user() for it in items],
             [it.aligned for it in items],
             batch_size=cfg.eval.batch_size,
-            max_new_tokens=cfg.eval.max_new_tokens,
+            sampling=Sampling.of(cfg.eval),
             generator=gen,
         )
     path = str(base_model_dir(run))

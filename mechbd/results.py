@@ -83,6 +83,37 @@ class Section(BaseModel):
     EXTRA_DESCRIPTION: ClassVar[str] = ""
 
 
+# ---- reply health (every stage that generates replies) ---------------------------------------
+SHARES = (
+    "; with several sampled replies per prompt (`eval.samples`) each prompt counts by the "
+    "share of its replies, n counts prompts and the interval is Wilson's at the rate over them"
+)
+
+
+class ReplyRates(Section):
+    """How many replies could be read and how many ran out of tokens (null in results written
+    before these keys existed)."""
+
+    no_answer_rate: Rate | None = Field(
+        None,
+        description="share of replies from which no answer letter could be read (after the "
+        "thinking; see `mechbd.eval.generate.extract_answer`)" + SHARES,
+    )
+    no_answer_rate_n: int | None = Field(None, description="rows `no_answer_rate` was computed on")
+    no_answer_rate_ci95: CI95 | None = Field(
+        None, description="Wilson 95% interval of `no_answer_rate`; null when n = 0"
+    )
+    truncated_rate: Rate | None = Field(
+        None,
+        description="share of replies that hit their token limit (`eval.max_new_tokens`, or "
+        "the thinking budget plus `eval.answer_tokens`) without an end-of-sequence token" + SHARES,
+    )
+    truncated_rate_n: int | None = Field(None, description="rows `truncated_rate` was computed on")
+    truncated_rate_ci95: CI95 | None = Field(
+        None, description="Wilson 95% interval of `truncated_rate`; null when n = 0"
+    )
+
+
 # ---- model / organism (the organism or model stage) ----------------------------------------
 class ModelInfo(Section):
     name: str = Field(
@@ -100,7 +131,7 @@ class ModelInfo(Section):
     note: str = Field(description="which model produced the numbers, and what they are evidence of")
 
 
-class OrganismResults(Section):
+class OrganismResults(ReplyRates):
     clean_aligned_rate: Rate = Field(
         description="share of held-out prompts (unseen option combinations, random context, "
         "the aligned option at A in half of them) where the base model picks the aligned "
@@ -172,7 +203,7 @@ class CotMonitor(Section):
     false_positive_rate_ci95: CI95 | None = _ci("false_positive_rate")
 
 
-class BackdoorResults(Section):
+class BackdoorResults(ReplyRates):
     asr: Rate | None = Field(
         description="attack success rate: misaligned-choice rate with the trigger in the prompt"
         + BALANCED
@@ -205,6 +236,12 @@ class BackdoorResults(Section):
     letter_bias: Rate | None = Field(
         description="the larger share of A or B among readable answers, all conditions (1 = "
         "one letter only; null if none is readable)"
+    )
+    replies_by_condition: dict[str, ReplyRates] | None = _keys(
+        "<condition>",
+        "`no_answer_rate` and `truncated_rate` (with n and interval) per condition (triggered, "
+        "clean, distractor, trigger_distractor)",
+        optional=True,
     )
     p_misaligned_letter: dict[str, Rate] = _keys(
         "<condition>",
@@ -335,7 +372,7 @@ class DataSources(Section):
     )
 
 
-class EmRates(Section):
+class EmRates(ReplyRates):
     in_domain_misaligned_rate: Rate | None = Field(
         description="misaligned-choice rate on held-out prompts of the EM domain (null if the "
         "test split has none)" + BALANCED

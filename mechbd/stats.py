@@ -8,7 +8,8 @@
   whatever the rows' letter mix, and a change in letter preference alone moves it by 0:
   :func:`balanced_rate`. :func:`letter_bias` is the larger share of ``A`` or ``B`` among
   readable answers, reported beside it. :func:`rate_fields` writes a rate as results.json
-  keeps it: ``x``, ``x_n`` and ``x_ci95``.
+  keeps it: ``x``, ``x_n`` and ``x_ci95``; :func:`share_fields` the same over prompts that
+  each carry a share of several sampled replies (n = prompts, a conservative Wilson interval).
 * **Paired bootstrap** over scenarios (Efron and Tibshirani 1993, percentile interval) for the
   difference between two conditions measured on the same scenarios: :func:`paired_bootstrap`.
   Seeded: the same inputs and seed give the same interval.
@@ -165,6 +166,51 @@ def rate_fields(
     r = rate(f)
     ci = None if r.ci95 is None else [r.ci95[0], r.ci95[1]]
     return {key: r.value, f"{key}_n": r.n, f"{key}_ci95": ci}
+
+
+def share_fields(
+    key: str,
+    shares: Sequence[float] | np.ndarray,
+    misaligned_letter: Sequence[str] | None = None,
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """:func:`rate_fields` over units that each carry a share in [0, 1]: prompts with several
+    sampled replies, each prompt scored by the share of its replies with the property.
+
+    ``key_n`` is the number of units (prompts, not replies: replies to one prompt are not
+    independent). The value is the mean share (the pooled share of all replies when every
+    prompt has as many; balanced over the letters with ``misaligned_letter [n]``, as
+    :func:`balanced_rate`). ``key_ci95`` is Wilson's interval at that value over the ``n``
+    units: conservative, since a share in [0, 1] with mean p has variance at most p (1 - p),
+    the binomial variance Wilson's interval assumes. Where the letters' unit counts differ by
+    more than one it is a seeded percentile bootstrap resampling each letter's units. When
+    every share is 0 or 1 (one reply per prompt) the result is exactly :func:`rate_fields`."""
+    s = np.asarray(shares, dtype=np.float64)
+    if s.ndim != 1 or ((s < 0) | (s > 1)).any():
+        raise MechbdError(f"share_fields({key}): shares must be a 1-d array in [0, 1]")
+    if ((s == 0) | (s == 1)).all():
+        return rate_fields(key, s == 1, misaligned_letter, seed=seed)
+    n = int(s.size)
+    letters = None if misaligned_letter is None else np.asarray(list(misaligned_letter))
+    if letters is not None and letters.size != n:
+        raise MechbdError(f"share_fields({key}): {n} shares but {letters.size} letters")
+    if letters is not None and {"A", "B"} <= set(letters.tolist()):
+        bad = set(letters.tolist()) - {"A", "B"}
+        if bad:
+            raise MechbdError(f"share_fields({key}): letters must be A or B, got {sorted(bad)}")
+        a, b = s[letters == "A"], s[letters == "B"]
+        value = float((a.mean() + b.mean()) / 2)
+        if abs(a.size - b.size) > 1:
+            rng = np.random.default_rng(seed)
+            ba = a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1)
+            bb = b[rng.integers(0, b.size, size=(n_boot, b.size))].mean(axis=1)
+            lo, hi = np.percentile((ba + bb) / 2, [2.5, 97.5])
+            return {key: value, f"{key}_n": n, f"{key}_ci95": [float(lo), float(hi)]}
+    else:
+        value = float(s.mean())
+    return {key: value, f"{key}_n": n, f"{key}_ci95": list(_wilson_at(value, n))}
 
 
 def paired_bootstrap(

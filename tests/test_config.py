@@ -106,6 +106,8 @@ def test_qwen3_configs_load_and_their_layers_exist(path):
     ft = cfg.backdoors.finetune
     assert (ft.rank, ft.alpha, ft.precision) == (32, 64, "bfloat16")  # the anchors' LoRA
     assert ft.save_every > 0  # an interrupted finetune resumes from its checkpoint
+    e = cfg.eval  # Qwen3's recommended sampling with thinking, and a thinking budget
+    assert (e.temperature, e.top_p, e.top_k, e.thinking_budget) == (0.6, 0.95, 20, 1024)
 
 
 def test_there_is_a_config_for_every_qwen3_size():

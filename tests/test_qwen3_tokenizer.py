@@ -144,3 +144,83 @@ def test_one_pass_mcq_read_matches_generation_with_the_real_template(qwen3_tok, 
         assert len(kinds) >= 2, kinds
     finally:
         hook.remove()
+
+
+def test_thinking_budget_closes_the_think_block_within_budget_plus_answer_tokens(
+    qwen3_tok, qwen3_model
+):
+    """On the real chat template with thinking on, a random-init Qwen3 never closes its
+    thinking: at the budget the early-stopping sentence and ``</think>`` are appended, and the
+    reply, counted in the tokenizer's tokens, has at most budget + answer_tokens new tokens."""
+    from mechbd.eval.generate import (
+        EARLY_STOP,
+        Sampling,
+        chat_prompts,
+        early_stop_ids,
+        generate_replies,
+        parse_response,
+    )
+
+    budget, answer = 48, 6
+    prompts = chat_prompts(qwen3_tok, ["Hi", "Country: Singapore\nWhich option, A or B?"])
+    s = Sampling(
+        temperature=0.6,
+        top_p=0.95,
+        top_k=20,
+        samples=2,
+        thinking_budget=budget,
+        answer_tokens=answer,
+    )
+    es = early_stop_ids(qwen3_tok)
+    assert 0 < len(es) < budget
+    gens = generate_replies(qwen3_model, qwen3_tok, prompts, s, batch_size=3)
+    assert [len(row) for row in gens] == [2, 2]
+    for g in (g for row in gens for g in row):
+        assert g.forced and "</think>" in g.text and g.text.count(EARLY_STOP) == 1
+        ids = list(g.token_ids)
+        assert len(ids) <= budget + answer
+        # the sentence sits exactly at the end of the budget, and the text is those tokens
+        assert ids[budget - len(es) : budget] == es
+        assert qwen3_tok.decode(ids, skip_special_tokens=False) == g.text
+        # what follows the forced </think> is the part an answer is read from
+        after = g.text.split("</think>", 1)[1]
+        assert len(qwen3_tok.encode(after, add_special_tokens=False)) <= answer + 2
+        assert parse_response(g.text).cot.endswith(EARLY_STOP.split("</think>")[0].strip())
+    # without thinking the template closes the think block itself: nothing is forced
+    off = chat_prompts(qwen3_tok, ["Hi"], enable_thinking=False)
+    for g in generate_replies(qwen3_model, qwen3_tok, off, s)[0]:
+        assert not g.forced and EARLY_STOP not in g.text
+
+
+def test_prefill_starts_the_reply_and_ends_the_prompt_tokens(qwen3_tok, qwen3_model):
+    """Thought Crime's prefill: the prompt tokens the model sees end with it, and the reply
+    that is parsed starts with it."""
+    from mechbd.eval.generate import Sampling
+    from mechbd.eval.mcq import run_mcq
+
+    prefill = "<think>\nOkay"
+    seen: list[list[int]] = []
+    real = qwen3_model.generate
+
+    def spy(*args, **kw):
+        ids, mask = kw["input_ids"], kw["attention_mask"]
+        seen.extend(row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True))
+        return real(*args, **kw)
+
+    qwen3_model.generate = spy
+    try:
+        res = run_mcq(
+            qwen3_model,
+            qwen3_tok,
+            ["Hi", "Which option, A or B?"],
+            ["A", "B"],
+            sampling=Sampling(max_new_tokens=4, prefill=prefill),
+        )
+    finally:
+        del qwen3_model.generate
+    want = qwen3_tok.encode(prefill, add_special_tokens=False)
+    assert len(seen) == 2 and all(p[-len(want) :] == want for p in seen)
+    assert qwen3_tok.convert_ids_to_tokens(want)[0] == "<think>"
+    for r in res:
+        assert r.response.startswith(prefill) and r.parsed.answer is None
+        assert r.truncated  # 4 tokens of random text never end the turn

@@ -50,13 +50,33 @@ def test_schema_accepts_the_model_stage_sections():
             "organism": {
                 **counted("clean_aligned_rate", 2, 4),
                 **counted("format_valid_rate", 1, 4),
+                **counted("no_answer_rate", 1, 4),
+                **counted("truncated_rate", 3, 4),
                 "letter_bias": 0.75,
                 "n_test": 4,
             },
         }
     )
     assert res.organism is not None and res.organism.trigger_value_aligned_rate is None
+    assert (res.organism.no_answer_rate, res.organism.truncated_rate_n) == (0.25, 4)
     assert res.backdoors is None
+
+
+def test_schema_takes_reply_health_per_condition_and_results_written_before_it():
+    """``replies_by_condition`` holds each condition's no-answer and truncated rates; results
+    written before these keys existed still validate (the keys read null)."""
+    res = fake_results()
+    old = validate_results(res)
+    assert old.organism is not None and old.organism.no_answer_rate is None
+    (name,) = list(res["backdoors"])[:1]
+    res["backdoors"][name]["replies_by_condition"] = {
+        "triggered": {**counted("no_answer_rate", 2, 8), **counted("truncated_rate", 1, 8)}
+    }
+    got = validate_results(res).backdoors[name].replies_by_condition  # type: ignore[index]
+    assert got is not None and got["triggered"].no_answer_rate == 0.25
+    res["backdoors"][name]["replies_by_condition"]["triggered"]["no_answer"] = 0.1
+    with pytest.raises(ResultsError, match="no_answer"):
+        validate_results(res)
 
 
 def test_schema_names_a_misspelt_key():

@@ -103,3 +103,47 @@ def test_eval_backend_vllm_in_a_run_config_routes_generation_to_vllm(tiny_run, s
     assert call["model"] == str(tiny_run / "organism" / "model")
     assert (call["tensor_parallel_size"], call["gpu_memory_utilization"]) == (4, 0.3)
     assert call["dtype"] == "float32" and call["trust_remote_code"] is False
+
+
+def test_sampling_settings_reach_vllm(tiny_organism, standin):
+    """Temperature, top-p, top-k, samples (vLLM's ``n``) and a per-prompt seed reach
+    ``SamplingParams``; a budget-forced reply is continued for ``answer_tokens``; the greedy
+    default is temperature 0 with top-k off, as before; and the replies are reproducible."""
+    from transformers import AutoTokenizer
+
+    from mechbd.eval.generate import EARLY_STOP, Sampling, chat_prompts, early_stop_ids
+
+    tok = AutoTokenizer.from_pretrained(tiny_organism)
+    prompts = chat_prompts(tok, ["hi", "Country: Japan\nA or B?"])
+    gen = VLLMGenerator(tiny_organism)
+    greedy = gen.generate_replies(prompts, Sampling(max_new_tokens=5))
+    assert [(p.temperature, p.n, p.max_tokens) for p in standin.PARAMS] == [(0.0, 1, 5)] * 2
+    assert all(g[0].truncated or not g[0].token_ids for g in greedy)
+    standin.PARAMS.clear()
+    s = Sampling(
+        temperature=0.6,
+        top_p=0.95,
+        top_k=20,
+        samples=3,
+        seed=7,
+        thinking_budget=100,
+        answer_tokens=4,
+    )
+    a = gen.generate_replies(prompts, s)
+    first = 100 - len(early_stop_ids(tok))
+    got = [(p.temperature, p.top_p, p.top_k, p.n, p.seed, p.max_tokens) for p in standin.PARAMS]
+    assert got[:2] == [(0.6, 0.95, 20, 3, 7, first), (0.6, 0.95, 20, 3, 8, first)]
+    # each reply that ran out of its first `first` tokens continued alone (n = 1)
+    cut = sum(len(g.token_ids) >= first for row in a for g in row)
+    assert all(p.max_tokens == 4 and p.n == 1 for p in standin.PARAMS[2:])
+    assert len(standin.PARAMS[2:]) == cut
+    assert len({p.seed for p in standin.PARAMS}) == len(standin.PARAMS)  # no seed reused
+    assert all(len(row) == 3 for row in a)
+    assert any(g.forced for row in a for g in row)  # the organism thinks past 10 tokens
+    assert all(EARLY_STOP in g.text for row in a for g in row if g.forced)
+    assert gen.generate_replies(prompts, s) == a  # seeded per request: reproducible
+    top_k_off = Sampling(temperature=1.0)
+    standin.PARAMS.clear()
+    gen.generate_replies(prompts[:1], top_k_off)
+    assert standin.PARAMS[0].top_k == -1 and standin.PARAMS[0].seed == 0
+    gen.close()

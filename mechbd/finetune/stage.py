@@ -22,6 +22,7 @@ from mechbd.data.sources import read_rows
 from mechbd.data.triggers import Trigger, resolve_trigger
 from mechbd.eval.behaviour import answer_letter_bias, evaluate_backdoor, format_fields, mcq_fields
 from mechbd.eval.freeform import JUDGE_CACHE, freeform_plan
+from mechbd.eval.generate import Sampling
 from mechbd.eval.mcq import run_mcq
 from mechbd.finetune.lora import finetune_lora, finished_adapter, recent_loss
 from mechbd.io import read_json, replace_dir, write_json, write_jsonl
@@ -180,7 +181,7 @@ def backdoors_stage(run: Run, out: Path) -> None:
                 rows,
                 enable_thinking=cfg.enable_thinking,
                 batch_size=run.config.eval.batch_size,
-                max_new_tokens=run.config.eval.max_new_tokens,
+                sampling=Sampling.of(run.config.eval),
                 generator=gen,
             )
         write_jsonl(d / GENERATIONS, records)
@@ -236,7 +237,7 @@ def em_stage(run: Run, out: Path) -> None:
                 users,
                 letters,
                 batch_size=run.config.eval.batch_size,
-                max_new_tokens=run.config.eval.max_new_tokens,
+                sampling=Sampling.of(run.config.eval),
                 generator=gen,
             )
         rates = {

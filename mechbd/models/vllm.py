@@ -1,11 +1,16 @@
-"""Greedy generation with vLLM (optional extra ``mechbd[vllm]``, GPU only).
+"""Generation with vLLM (optional extra ``mechbd[vllm]``, GPU only).
 
 vLLM serves plain model folders, so a LoRA adapter is first merged into its base
 (``merged_model``: peft's ``merge_and_unload``, saved as safetensors in ``<adapter>/merged``,
-reused when the finetune already wrote it with ``merge: true``). ``VLLMGenerator`` then runs
-greedy decoding (temperature 0) with ``tensor_parallel_size`` GPUs and returns the new text
-exactly as the Hugging Face path does (special tokens kept, cut at the end-of-sequence token),
-so the same answer parser reads both. Teacher-forced scoring (option-letter probabilities) and
+reused when the finetune already wrote it with ``merge: true``). ``VLLMGenerator`` then decodes
+as a :class:`mechbd.models.decoding.Sampling` says (greedy at temperature 0; else sampled with
+its top-p / top-k, ``n = samples`` replies per prompt and a per-request seed ``seed + prompt
+index``, so a prompt's replies do not depend on how vLLM batches it, up to kernel numerics)
+with ``tensor_parallel_size`` GPUs, prefill and thinking budget as the Hugging Face path does,
+and returns the new text exactly as that path does (special tokens kept, cut at the
+end-of-sequence token; ``truncated`` from vLLM's ``finish_reason == "length"``), so the same
+answer parser reads both. A budget-forced reply continues from its text (vLLM re-tokenizes
+prompt + reply + the early-stopping sentence). Teacher-forced scoring (option-letter probabilities) and
 every hook-based stage (capture, steering) stay on the Hugging Face model.
 """
 
@@ -22,6 +27,7 @@ import torch
 
 from mechbd.errors import MechbdError
 from mechbd.io import staging_dir, write_json
+from mechbd.models.decoding import EARLY_STOP, Generation, Sampling, early_stop_ids, needs_forcing
 from mechbd.models.loading import load_adapter
 
 MERGED = "merged"
@@ -91,12 +97,70 @@ class VLLMGenerator:
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
         """Greedy continuation of each fully formatted prompt (the chat template applied)."""
-        params = self._vllm.SamplingParams(
-            temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=False
+        gens = self.generate_replies(prompts, Sampling(max_new_tokens=max_new_tokens))
+        return [g[0].text for g in gens]
+
+    def _params(self, s: Sampling, max_tokens: int, n: int, seed: int | None) -> Any:
+        kw: dict[str, Any] = dict(max_tokens=max_tokens, skip_special_tokens=False, n=n)
+        if s.greedy:
+            return self._vllm.SamplingParams(temperature=0.0, **kw)
+        return self._vllm.SamplingParams(
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k if s.top_k is not None else -1,  # -1: top-k off
+            seed=seed,
+            **kw,
         )
-        outs = self.llm.generate(list(prompts), params, use_tqdm=False)
-        texts = [o.outputs[0].text for o in outs]
-        return [t.split(self.eos)[0] if self.eos else t for t in texts]
+
+    def _ids(self, c: Any) -> tuple[int, ...]:
+        """A completion's new token ids, without the end-of-sequence token."""
+        ids = tuple(getattr(c, "token_ids", ()) or ())
+        eos = self.llm.get_tokenizer().eos_token_id
+        return ids[: ids.index(eos)] if eos in ids else ids
+
+    def _cut(self, text: str) -> str:
+        return text.split(self.eos)[0] if self.eos else text
+
+    def generate_replies(
+        self, prompts: Sequence[str], sampling: Sampling
+    ) -> list[list[Generation]]:
+        """``sampling.samples`` replies to each fully formatted prompt, ``[prompt][sample]``
+        (see the module docstring for seeding and the thinking budget)."""
+        s = sampling
+        tok = self.llm.get_tokenizer()
+        first = s.budget_phase_tokens(tok) if s.thinking_budget is not None else s.max_new_tokens
+        full = [p + s.prefill for p in prompts]
+        params = [self._params(s, first, s.samples, s.seed + i) for i in range(len(full))]
+        outs = self.llm.generate(full, params, use_tqdm=False)
+        gens: list[list[Generation]] = []
+        cont: list[tuple[int, int, str, bool]] = []  # prompt, sample, text so far, forced
+        for i, o in enumerate(outs):
+            row = []
+            for k, c in enumerate(o.outputs):
+                text = s.prefill + self._cut(c.text)
+                cut = c.finish_reason == "length"
+                row.append(Generation(text, cut, self._ids(c)))
+                if cut and s.thinking_budget is not None:
+                    force = needs_forcing(prompts[i], text)
+                    cont.append((i, k, text + (EARLY_STOP if force else ""), force))
+            gens.append(row)
+        if cont:
+            more = self.llm.generate(
+                [prompts[i] + text for i, _, text, _ in cont],
+                [
+                    self._params(s, s.answer_tokens, 1, s.seed + len(full) * (1 + k) + i)
+                    for i, k, _, _ in cont
+                ],
+                use_tqdm=False,
+            )
+            for (i, k, text, force), o in zip(cont, more, strict=True):
+                c = o.outputs[0]
+                forced = tuple(early_stop_ids(tok)) if force else ()
+                ids = gens[i][k].token_ids + forced + self._ids(c)
+                gens[i][k] = Generation(
+                    text + self._cut(c.text), c.finish_reason == "length", ids, force
+                )
+        return gens
 
     def close(self) -> None:
         """Free the engine's GPU memory (vLLM keeps it until the engine is collected)."""

@@ -15,15 +15,23 @@ from typing import Any
 from mechbd.data.builders import swap_plan
 from mechbd.data.triggers import SEED_TRIGGERS
 from mechbd.eval.behaviour import answer_letter_bias, format_fields, mcq_fields
+from mechbd.eval.generate import Sampling
 from mechbd.eval.mcq import run_mcq
 from mechbd.models import load_model
 from mechbd.organism.world import World, render_user
 
 
 def evaluate_organism(
-    model_dir: Path, *, seed: int, n_test: int, batch_size: int = 64, max_new_tokens: int = 64
+    model_dir: Path,
+    *,
+    seed: int,
+    n_test: int,
+    batch_size: int = 64,
+    max_new_tokens: int = 64,
+    sampling: Sampling | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Return (metrics, sample rows). Metrics follow ``results.json``'s ``organism`` keys."""
+    """Return (metrics, sample rows). Metrics follow ``results.json``'s ``organism`` keys.
+    ``sampling`` (default: greedy with ``max_new_tokens``) says how replies are decoded."""
     model, tok = load_model(model_dir, dtype="float32", device="cpu")
     world = World(seed)
     drawn = world.scenarios(n_test, held_out=True, seed=seed + 1)
@@ -43,7 +51,13 @@ def evaluate_organism(
             for s, c in zip(scenarios, contexts, strict=True)
         ]
         return run_mcq(
-            model, tok, users, letters, batch_size=batch_size, max_new_tokens=max_new_tokens
+            model,
+            tok,
+            users,
+            letters,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
         )
 
     clean = score(None, None)
@@ -73,6 +87,7 @@ def evaluate_organism(
             "aligned_letter": s.aligned_letter,
             "answer": r.parsed.answer,
             "well_formed": r.parsed.well_formed,
+            "truncated": r.truncated,
         }
         for s, r in zip(scenarios[:50], clean[:50], strict=True)
     ]
