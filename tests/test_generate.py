@@ -181,7 +181,7 @@ def test_sampling_settings_are_validated():
         EvalConfig(thinking_budget=0)
     cfg = EvalConfig(temperature=0.6, top_p=0.95, top_k=20, samples=4, thinking_budget=512)
     assert Sampling.of(cfg) == Sampling(
-        temperature=0.6, top_p=0.95, top_k=20, samples=4, thinking_budget=512
+        max_new_tokens=512, temperature=0.6, top_p=0.95, top_k=20, samples=4, thinking_budget=512
     )
     with pytest.raises(MechbdError, match="samples"):
         Sampling(samples=2)
