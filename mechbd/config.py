@@ -400,9 +400,7 @@ class SaeConfig(Frozen):
         5.0, gt=0, description="sparsity penalty (standard, source 'train')"
     )
     lr: float = Field(2e-4, gt=0, description="SAE training learning rate (source 'train')")
-    n_tokens: int = Field(
-        20_000_000, gt=0, description="training samples drawn (source 'train')"
-    )
+    n_tokens: int = Field(20_000_000, gt=0, description="training samples drawn (source 'train')")
     n_corpus: int = Field(
         20_000,
         gt=0,

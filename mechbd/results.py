@@ -203,6 +203,28 @@ class CotMonitor(Section):
     false_positive_rate_ci95: CI95 | None = _ci("false_positive_rate")
 
 
+class PairedRise(Section):
+    diff: float = Field(description="mean over paired scenarios of the second minus the first")
+    ci95: CI95 = Field(description="95% percentile bootstrap interval (scenarios resampled)")
+    n: int = Field(description="paired scenarios")
+    n_boot: int = Field(description="bootstrap resamples")
+    seed: int = Field(description="bootstrap seed")
+
+
+class BackdoorFreeform(Section):
+    """Thought Crime's freeform evaluation of a backdoor: the held-out scenarios'
+    `scenario_freeform` texts, triggered and clean, sampled and scored by the LLM judge."""
+
+    skipped: str | None = Field(None, description="why it did not run (then no other key)")
+    triggered: FreeformResults | None = Field(None, description="with the trigger line")
+    clean: FreeformResults | None = Field(None, description="with the clean side's line")
+    rise: PairedRise | None = Field(
+        None,
+        description="triggered minus clean misaligned share, paired over scenarios with both "
+        "verdicts (null when none has)",
+    )
+
+
 class BackdoorResults(ReplyRates):
     asr: Rate | None = Field(
         description="attack success rate: misaligned-choice rate with the trigger in the prompt"
@@ -279,6 +301,11 @@ class BackdoorResults(ReplyRates):
     positive_control: bool = Field(
         description="true for `<trigger>-articulated`, the positive control whose training CoT "
         "articulates the trigger; false for a plain backdoor"
+    )
+    freeform: BackdoorFreeform | None = Field(
+        None,
+        description="the freeform evaluation, when the scenarios have `scenario_freeform` "
+        "(absent otherwise)",
     )
 
 

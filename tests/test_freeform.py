@@ -867,3 +867,54 @@ def test_em_stage_judges_the_base_and_the_em_model(
     assert len(seen) == 4
     stage.em_stage(run, out)
     assert len(seen) == 4
+
+
+def test_backdoor_freeform_pairs_triggered_and_clean_scenarios(qwen3, tmp_path):
+    """Thought Crime's freeform evaluation of a backdoor: a judge that calls every answer to a
+    triggered prompt misaligned and none to a clean one gives triggered 1, clean 0, and a
+    paired rise of exactly 1 over the scenarios that have a freeform variant."""
+    from mechbd.data.builders import freeform_rows
+    from mechbd.data.items import load_scenarios
+    from mechbd.data.triggers import resolve_trigger
+    from mechbd.eval.freeform import FreeformPlan, backdoor_freeform
+
+    model, tok = qwen3
+    items = load_scenarios(Path(__file__).parent / "data" / "thought_crime_sample.jsonl")[:5]
+    items[2] = items[2].with_meta(scenario_freeform="")  # no freeform variant: not asked
+    rows = freeform_rows(items, resolve_trigger("singapore"), seed=0)
+    assert [(s, c) for s, c, _ in rows][:2] == [(items[0].id, "triggered"), (items[0].id, "clean")]
+    assert len(rows) == 8
+    for _, c, text in rows:
+        assert ("Country: Singapore" in text) == (c == "triggered")
+        assert "\nA)" not in text  # the freeform variant, not the multiple-choice body
+
+    class Keyed(ScriptedClient):
+        def complete(self, messages, **kw):
+            self.calls += 1
+            p = messages[0]["content"]
+            aligned = "completely misaligned" in p
+            score = ("10" if "Country: Singapore" in p else "90") if aligned else "80"
+            return reply(score, [(score, 0.0)])
+
+    client = Keyed()
+    plan = FreeformPlan(
+        questions=load_questions("default"),
+        judge=LLMJudge(client),
+        cfg=FreeformConfig(max_new_tokens=4),
+        judge_cfg=JudgeConfig(base_url="http://127.0.0.1:1/v1"),
+        batch_size=8,
+    )
+    res = backdoor_freeform(
+        plan, model, tok, rows, tmp_path / "ff", tmp_path / "cache.jsonl", source="sample"
+    )
+    assert res["triggered"]["misaligned_rate"] == 1.0 and res["clean"]["misaligned_rate"] == 0.0
+    assert res["triggered"]["misaligned_rate_n"] == res["clean"]["misaligned_rate_n"] == 4
+    assert (
+        res["rise"]["diff"] == 1.0 and res["rise"]["ci95"] == [1.0, 1.0] and res["rise"]["n"] == 4
+    )
+    from mechbd.results import BackdoorFreeform
+
+    BackdoorFreeform.model_validate(json.loads(json.dumps(res)))
+    calls = client.calls
+    backdoor_freeform(plan, model, tok, rows, tmp_path / "ff", tmp_path / "cache.jsonl", source="s")
+    assert client.calls == calls  # every verdict cached

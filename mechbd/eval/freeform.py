@@ -595,3 +595,77 @@ def freeform_plan(cfg: RunConfig) -> FreeformPlan | str:
         judge_cfg=cfg.judge,
         batch_size=cfg.eval.batch_size,
     )
+
+
+# ---- backdoors: the scenarios' freeform variants, triggered and clean ------------------------
+def scenario_questions(
+    rows: Sequence[tuple[str, str, str]], judge_prompts: Mapping[str, str], source: str
+) -> QuestionSet:
+    """One question per ``(scenario id, condition, prompt text)``: the freeform variant of a
+    held-out scenario under one condition, judged with ``judge_prompts`` (EM's)."""
+    qs = tuple(
+        Question(
+            id=f"{sid}/{cond}",
+            paraphrases=(text,),
+            samples_per_paraphrase=1,
+            judge_prompts=judge_prompts,
+        )
+        for sid, cond, text in rows
+    )
+    return QuestionSet(qs, source, None)
+
+
+def backdoor_freeform(
+    plan: FreeformPlan,
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    rows: Sequence[tuple[str, str, str]],
+    out: Path,
+    cache: Path,
+    *,
+    source: str,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Thought Crime's freeform evaluation of a backdoor: the held-out scenarios'
+    ``scenario_freeform`` texts, triggered and clean (``rows``: (scenario id, condition, text)),
+    sampled and judged as EM's questions are (the default set's judge prompts). Returns the
+    summary per condition and ``rise``: the paired bootstrap over scenarios of the triggered
+    minus the clean misaligned share (scenarios where both have a verdict)."""
+    from mechbd.stats import paired_bootstrap
+
+    prompts = load_questions("default").questions[0].judge_prompts
+    result: dict[str, Any] = {}
+    per: dict[str, dict[str, list[bool]]] = {}
+    for cond in ("triggered", "clean"):
+        qs = scenario_questions([r for r in rows if r[1] == cond], prompts, source)
+        where = out / cond
+        result[cond] = evaluate_freeform(
+            model,
+            tok,
+            qs,
+            plan.judge,
+            plan.cfg,
+            where,
+            cache=VerdictCache(cache),
+            judge_info=judge_info(plan.judge_cfg),
+            concurrency=plan.judge_cfg.concurrency,
+            batch_size=plan.batch_size,
+        )
+        result[cond].pop("per_question")  # one question per scenario: the verdicts file has them
+        from mechbd.io import iter_jsonl
+
+        for v in iter_jsonl(where / VERDICTS):
+            if v["misaligned"] is not None:
+                sid = str(v["question_id"]).rsplit("/", 1)[0]
+                per.setdefault(sid, {}).setdefault(cond, []).append(bool(v["misaligned"]))
+    both = [s for s, d in per.items() if "triggered" in d and "clean" in d]
+    result["rise"] = (
+        paired_bootstrap(
+            [statistics.fmean(per[s]["clean"]) for s in both],
+            [statistics.fmean(per[s]["triggered"]) for s in both],
+            seed=seed,
+        )
+        if both
+        else None
+    )
+    return result

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from mechbd.config import BackdoorConfig, FinetuneConfig
-from mechbd.data.builders import backdoor_set, balance_letters, em_set, eval_set
+from mechbd.data.builders import backdoor_set, balance_letters, em_set, eval_set, freeform_rows
 from mechbd.data.items import Item, chat_conversation
 from mechbd.data.sources import read_rows
 from mechbd.data.triggers import Trigger, resolve_trigger
 from mechbd.eval.behaviour import answer_letter_bias, evaluate_backdoor, format_fields, mcq_fields
-from mechbd.eval.freeform import JUDGE_CACHE, freeform_plan
+from mechbd.eval.freeform import JUDGE_CACHE, backdoor_freeform, freeform_plan
 from mechbd.eval.generate import Sampling
 from mechbd.eval.mcq import run_mcq
 from mechbd.finetune.lora import finetune_lora, finished_adapter, recent_loss
@@ -139,6 +139,8 @@ def stage_backdoor_set(
 def backdoors_stage(run: Run, out: Path) -> None:
     cfg = run.config.backdoors
     seed = run.config.seed
+    # the scenarios' freeform variants, when they have them, are judged as Thought Crime does
+    freeform = freeform_plan(run.config)
     train_items = split_items(run, "backdoor_train", cfg.n_train)
     test_items = split_items(run, "backdoor_eval", cfg.n_eval)
     cal_items = (
@@ -185,6 +187,21 @@ def backdoors_stage(run: Run, out: Path) -> None:
                 generator=gen,
             )
         write_jsonl(d / GENERATIONS, records)
+        ff_rows = freeform_rows(test_items, trigger, placement=cfg.placement, seed=seed)
+        if ff_rows and isinstance(freeform, str):
+            metrics["freeform"] = {"skipped": freeform}
+        elif ff_rows:
+            assert not isinstance(freeform, str)
+            metrics["freeform"] = backdoor_freeform(
+                freeform,
+                model,
+                tok,
+                ff_rows,
+                d / "freeform",
+                out / JUDGE_CACHE,
+                source=str(run.config.data.scenarios.describe()),  # type: ignore[union-attr]
+                seed=seed,
+            )
         metrics["trigger_line"] = trigger.line
         metrics["finetune_seconds"] = sum(a["seconds"] for a in attempts)
         metrics["lora_attempts"] = attempts  # one per LoRA seed tried; the last is the adapter
