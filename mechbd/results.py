@@ -891,15 +891,20 @@ class SaeResults(Section):
         description="the SAE layer (trained: the probes' most common best layer by default; "
         "loaded: the layer of the SAE's hook)"
     )
-    source: SaeSource = Field(description="where the SAE came from")
+    source: SaeSource | None = Field(
+        None, description="where the SAE came from (absent in runs made before it was recorded)"
+    )
     architecture: str = Field(
         description="SAELens architecture (`topk`, `standard`, `jumprelu`, ...)"
     )
     d_sae: int = Field(description="number of latents")
-    hook_name: str = Field(
-        description="the SAE's hook (`cfg.metadata.hook_name`, e.g. `blocks.15.hook_resid_post`)"
+    hook_name: str | None = Field(
+        None,
+        description="the SAE's hook (`cfg.metadata.hook_name`, e.g. `blocks.15.hook_resid_post`)",
     )
-    corpus: SaeCorpus = Field(description="the SAE corpus (`data.sae_corpus`)")
+    corpus: SaeCorpus | None = Field(
+        None, description="the SAE corpus (`data.sae_corpus`; absent in older runs)"
+    )
     fvu: float = Field(
         description="fraction of variance unexplained (≥ 0) on the tokens of held-out "
         "conversations (base and EM model pooled, each conversation's first token left out); "

@@ -502,6 +502,12 @@ def _data_table(res: dict[str, Any]) -> str:
     ``data`` and the stages' own records)."""
     records = [("scenarios (every stage's splits)", (res.get("data") or {}).get("scenarios"))]
     records.append(("EM training conversations", (res.get("em") or {}).get("train_data")))
+    records.append(("SAE corpus", (res.get("sae") or {}).get("corpus")))
+    ff = ((res.get("em") or {}).get("freeform") or {}).get("questions")
+    if ff:
+        records.append(("freeform questions", {**ff, "rows": ff.get("n_questions")}))
+    if res.get("sae"):
+        records.append(("user-wants-harm pairs (sae)", {"source": "organism"}))
     rows = []
     for what, rec in records:
         if not rec:
