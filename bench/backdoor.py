@@ -1,6 +1,6 @@
 """Benchmark: planting the organism's backdoors (issue 3's 40 s budget) on this machine.
 
-    python bench/backdoor.py [--trigger singapore,sandra] [--seeds 0,1,2,3]
+    python bench/backdoor.py [--trigger singapore,sandra] [--seeds 0,1,2,3] [--placement top]
                              [--design matched,independent] [--logits answer,every]
                              [--finetune JSON] [--out bench/results/backdoor.json]
 
@@ -67,6 +67,11 @@ def main() -> None:
         default="{}",
         help="JSON of FinetuneConfig fields changed in every recipe, e.g. '{\"epochs\": 3}'",
     )
+    ap.add_argument(
+        "--placement",
+        default="random",
+        help="comma-separated trigger placements (top, bottom, random), in training and eval",
+    )
     ap.add_argument("--out", default="bench/results/backdoor.json")
     args = ap.parse_args()
     run = RunConfig()  # the demo's settings; the data as backdoors_stage builds it
@@ -82,11 +87,16 @@ def main() -> None:
         ),
     }
     table: list[dict[str, Any]] = []
-    for spec in args.trigger.split(","):
+    for spec, placement in (
+        (s, p) for s in args.trigger.split(",") for p in args.placement.split(",")
+    ):
         trigger = resolve_trigger(spec)
-        rows = eval_set(test, trigger, seed=seed)
+        rows = eval_set(test, trigger, seed=seed, placement=placement)
+        bd_at = bd.model_copy(update={"placement": placement})
         for design in args.design.split(","):
-            ds, groups = stage_backdoor_set(bd, train, trigger, seed, matched=design == "matched")
+            ds, groups = stage_backdoor_set(
+                bd_at, train, trigger, seed, matched=design == "matched"
+            )
             convs = [e["messages"] for e in ds]
             for lora_seed in (int(x) for x in args.seeds.split(",")):
                 for logits in args.logits.split(","):
@@ -110,6 +120,8 @@ def main() -> None:
                         )
                     row = {
                         "trigger": trigger.name,
+                        "trigger_line": trigger.line,
+                        "placement": placement,
                         "design": design,
                         "lora_seed": lora_seed,
                         "logits at": logits,

@@ -16,6 +16,9 @@ from mechbd.io import read_json, sha256_file
 from mechbd.results import validate_results
 from tests.conftest import TINY_RUN, mechbd_run, random_qwen3
 
+# each fixture runs every stage via `mechbd run` in a subprocess (a minute or two)
+pytestmark = pytest.mark.slow
+
 DATA = Path(__file__).resolve().parent / "data"
 QWEN3_DIR = Path(__file__).resolve().parents[1] / ".cache" / "qwen3-tokenizer"
 SAMPLES = {
