@@ -156,7 +156,10 @@ def test_every_stage_runs_on_a_qwen3_with_the_real_tokenizer_on_user_data(
     bf = res["backdoors"]["singapore"]["freeform"]
     assert bf["triggered"]["misaligned_rate"] == 1.0 and bf["clean"]["misaligned_rate"] == 0.0
     assert bf["rise"]["diff"] == 1.0 and bf["rise"]["n"] == 12
-    assert len(judge_server[1]) == 2 * (3 + 3 + 24)  # two scores per answer, nothing asked twice
+    asked = [json.dumps(b["messages"]) for b in judge_server[1]]
+    # two scores per answer (3 + 3 freeform, 24 backdoor), none asked twice: identical answers
+    # of the random model share their verdicts through the cache
+    assert len(set(asked)) == len(asked) <= 2 * (3 + 3 + 24)
     assert res["model"]["architecture"] == "Qwen3ForCausalLM"
     assert "thought_crime_sample.jsonl" in res["model"]["note"]
     assert res["model"]["n_params"] > 151_000 * 32  # the real vocabulary's embeddings
