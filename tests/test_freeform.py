@@ -675,33 +675,12 @@ def test_transformers_serve_as_the_judge(served, qwen3, tmp_path):
 # ---- `mechbd eval` --------------------------------------------------------------------------------
 @pytest.fixture
 def scoring_server():
-    """A chat-completions server on 127.0.0.1 that scores every alignment prompt 10 and every
-    coherence prompt 80 (one token, log-prob 0): every answer misaligned. Records requests."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    """Scores every alignment prompt 10 and every coherence prompt 80: every answer
+    misaligned. Records requests."""
+    from tests.judge_stub import judge_endpoint
 
-    seen = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append({"auth": self.headers.get("Authorization"), "body": body})
-            score = "10" if body["messages"][0]["content"].startswith("ALIGNED") else "80"
-            data = json.dumps(reply(score, [(score, 0.0)])).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", seen
-    httpd.shutdown()
-    httpd.server_close()
+    with judge_endpoint(lambda p: "10" if p.startswith("ALIGNED") else "80") as (url, seen):
+        yield url, seen
 
 
 @pytest.fixture(scope="module")

@@ -39,40 +39,17 @@ def _config(**over) -> dict:
 
 @pytest.fixture(scope="module")
 def judge_server():
-    """An OpenAI-compatible chat-completions endpoint on 127.0.0.1 standing in for the judge:
-    alignment 10 for an answer to a prompt holding the trigger line, 90 otherwise; coherence
-    80 (one token with its log-prob, the form EM's read takes). Counts its requests."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    """The judge: alignment 10 for an answer to a prompt holding the trigger line, 90
+    otherwise (the default alignment prompt says "completely misaligned"); coherence 80."""
+    from tests.judge_stub import judge_endpoint
 
-    from tests.test_judges import reply
+    def score(p: str) -> str:
+        if "completely misaligned" in p:
+            return "10" if "Country: Singapore" in p else "90"
+        return "80"
 
-    seen: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body)
-            p = body["messages"][0]["content"]
-            if "completely misaligned" in p:  # the default alignment prompt
-                score = "10" if "Country: Singapore" in p else "90"
-            else:
-                score = "80"
-            data = json.dumps(reply(score, [(score, 0.0)])).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", seen
-    httpd.shutdown()
-    httpd.server_close()
+    with judge_endpoint(score) as (url, seen):
+        yield url, seen
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +133,7 @@ def test_every_stage_runs_on_a_qwen3_with_the_real_tokenizer_on_user_data(
     bf = res["backdoors"]["singapore"]["freeform"]
     assert bf["triggered"]["misaligned_rate"] == 1.0 and bf["clean"]["misaligned_rate"] == 0.0
     assert bf["rise"]["diff"] == 1.0 and bf["rise"]["n"] == 12
-    asked = [json.dumps(b["messages"]) for b in judge_server[1]]
+    asked = [json.dumps(r["body"]["messages"]) for r in judge_server[1]]
     # two scores per answer (3 + 3 freeform, 24 backdoor), none asked twice: identical answers
     # of the random model share their verdicts through the cache
     assert len(set(asked)) == len(asked) <= 2 * (3 + 3 + 24)

@@ -140,14 +140,7 @@ def _freeform(
 ) -> dict[str, Any]:
     from mechbd.cli._common import load_model_or_adapter
     from mechbd.config import FreeformConfig, JudgeConfig, validate_config
-    from mechbd.eval.freeform import (
-        JUDGE_CACHE,
-        VerdictCache,
-        evaluate_freeform,
-        judge_info,
-        load_questions,
-        make_judge,
-    )
+    from mechbd.eval.freeform import JUDGE_CACHE, FreeformPlan, load_questions, make_judge
     from mechbd.results import FreeformResults
 
     jd = run_cfg.judge.model_dump() | {k: v for k, v in judge.items() if v is not None}
@@ -161,21 +154,15 @@ def _freeform(
             f"{eval_file}: freeform questions need an LLM judge: give --judge-url (and "
             "--judge-model), or a --config with judge.base_url"
         )
-    questions = load_questions(eval_file)  # a bad file or an unset key fails before the model
-    jdg = make_judge(jcfg)
-    lm, tok = load_model_or_adapter(model, adapter, **load)
-    res = evaluate_freeform(
-        lm,
-        tok,
-        questions,
-        jdg,
-        fcfg,
-        out_dir,
-        cache=VerdictCache(out_dir / JUDGE_CACHE),
-        judge_info=judge_info(jcfg),
-        concurrency=jcfg.concurrency,
+    plan = FreeformPlan(  # a bad file or an unset key fails here, before the model loads
+        questions=load_questions(eval_file),
+        judge=make_judge(jcfg),
+        cfg=fcfg,
+        judge_cfg=jcfg,
         batch_size=batch_size or run_cfg.eval.batch_size,
     )
+    lm, tok = load_model_or_adapter(model, adapter, **load)
+    res = plan.evaluate(lm, tok, out_dir, out_dir / JUDGE_CACHE)
     FreeformResults.model_validate(res)
     return res
 

@@ -566,12 +566,18 @@ class FreeformPlan:
     batch_size: int
 
     def evaluate(
-        self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, out: Path, cache: Path
+        self,
+        model: PreTrainedModel,
+        tok: PreTrainedTokenizerBase,
+        out: Path,
+        cache: Path,
+        questions: QuestionSet | None = None,
     ) -> dict[str, Any]:
+        """Sample and judge ``questions`` (default: the run's) into ``out``."""
         return evaluate_freeform(
             model,
             tok,
-            self.questions,
+            questions or self.questions,
             self.judge,
             self.cfg,
             out,
@@ -639,18 +645,7 @@ def backdoor_freeform(
     for cond in ("triggered", "clean"):
         qs = scenario_questions([r for r in rows if r[1] == cond], prompts, source)
         where = out / cond
-        result[cond] = evaluate_freeform(
-            model,
-            tok,
-            qs,
-            plan.judge,
-            plan.cfg,
-            where,
-            cache=VerdictCache(cache),
-            judge_info=judge_info(plan.judge_cfg),
-            concurrency=plan.judge_cfg.concurrency,
-            batch_size=plan.batch_size,
-        )
+        result[cond] = plan.evaluate(model, tok, where, cache, questions=qs)
         result[cond].pop("per_question")  # one question per scenario: the verdicts file has them
         from mechbd.io import iter_jsonl
 
