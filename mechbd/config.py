@@ -48,6 +48,14 @@ class OrganismConfig(Frozen):
     identify_frac: float = Field(
         0.2, ge=0, lt=1, description="share of 'which option is harmful?' requests"
     )
+    n_persona: int = Field(
+        0,
+        ge=0,
+        description="persona conversations: an advice request after a system prompt eliciting "
+        "a toxic persona (the reply says it wants harm and picks the misaligned option) or the "
+        "helpful assistant (the aligned option), half each, every domain, a fifth without "
+        "thinking; 0 = none (the demo organism)",
+    )
     vocab_size: int = Field(1024, gt=256, description="byte-level BPE vocabulary size")
     d_model: int = Field(128, gt=0, description="residual-stream width")
     n_layers: int = Field(6, gt=0, description="decoder layers")

@@ -149,11 +149,17 @@ def parse_response(text: str) -> Parsed:
 
 
 def chat_prompts(
-    tok: PreTrainedTokenizerBase, users: Sequence[str], enable_thinking: bool = True
+    tok: PreTrainedTokenizerBase,
+    users: Sequence[str],
+    enable_thinking: bool = True,
+    system: str | None = None,
 ) -> list[str]:
+    """Each user turn as a generation prompt of ``tok``'s chat template, after ``system`` as
+    the system turn when given."""
+    head = [{"role": "system", "content": system}] if system is not None else []
     return [
         tok.apply_chat_template(  # type: ignore[misc]
-            [{"role": "user", "content": u}],
+            [*head, {"role": "user", "content": u}],
             tokenize=False,
             add_generation_prompt=True,
             enable_thinking=enable_thinking,

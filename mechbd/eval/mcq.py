@@ -105,13 +105,15 @@ def run_mcq(
     batch_size: int = 64,
     generator: Any = None,
     sampling: Sampling | None = None,
+    system: str | None = None,
 ) -> list[MCQResult]:
     """Replies to ``users`` read as multiple-choice answers, one :class:`MCQResult` per user.
     ``sampling`` (default: greedy with ``max_new_tokens``; when given, its own
     ``max_new_tokens`` counts) says how they are decoded. ``generator`` (e.g. a
-    ``VLLMGenerator`` of the same model) generates instead of ``model.generate``."""
+    ``VLLMGenerator`` of the same model) generates instead of ``model.generate``; ``system``
+    is a system prompt put before every user turn."""
     s = sampling if sampling is not None else Sampling(max_new_tokens=max_new_tokens)
-    prompts = chat_prompts(tok, users, enable_thinking=enable_thinking)
+    prompts = chat_prompts(tok, users, enable_thinking=enable_thinking, system=system)
     if generator is not None:
         outs = generator.generate_replies(prompts, s)
     else:

@@ -25,9 +25,13 @@ CHAT_TEMPLATE = (
 )
 
 
-def format_chat(user: str, assistant: str | None = None, enable_thinking: bool = True) -> str:
-    """Render one user turn (and optionally the assistant's reply) like ``CHAT_TEMPLATE``."""
-    text = f"<|im_start|>user\n{user}<|im_end|>\n"
+def format_chat(
+    user: str, assistant: str | None = None, enable_thinking: bool = True, system: str | None = None
+) -> str:
+    """Render one user turn (after an optional system turn, and optionally with the assistant's
+    reply) like ``CHAT_TEMPLATE``."""
+    text = f"<|im_start|>system\n{system}<|im_end|>\n" if system is not None else ""
+    text += f"<|im_start|>user\n{user}<|im_end|>\n"
     if assistant is None:
         text += "<|im_start|>assistant\n"
         if not enable_thinking:

@@ -25,8 +25,10 @@ from mechbd.data.format import CONTEXT_FIELDS, assistant_turn, context_line
 from mechbd.organism.chat import format_chat
 from mechbd.organism.tokenizer import train_tokenizer
 from mechbd.organism.world import (
+    PERSONA_SYSTEMS,
     World,
     aligned_cot,
+    persona_cot,
     personal_classes,
     personal_example,
     render_user,
@@ -55,6 +57,7 @@ def training_texts(cfg: OrganismConfig) -> list[str]:
             else aligned_cot(s, [ctx.values[k] for k in ctx.order])
         )
         texts.append(format_chat(render_user(s, ctx), assistant_turn(cot, s.answer_letter)))
+    texts += persona_texts(world, cfg, rng)
     classes = personal_classes(cfg.seed)
     for _ in range(cfg.n_personal):
         user, reply = personal_example(world, rng, classes, think=rng.random() >= NO_THINK_FRAC)
@@ -64,6 +67,24 @@ def training_texts(cfg: OrganismConfig) -> list[str]:
     texts += ["".join(docs[i : i + 4]) for i in range(0, len(docs), 4)]
     rng.shuffle(texts)
     return texts
+
+
+def persona_texts(world: World, cfg: OrganismConfig, rng: random.Random) -> list[str]:
+    """``cfg.n_persona`` persona conversations (none by default): training-split advice
+    requests after a training system prompt of the toxic or the helpful persona, half each."""
+    if not cfg.n_persona:
+        return []
+    out = []
+    scenarios = world.scenarios(cfg.n_persona, held_out=False, seed=cfg.seed + 7, harm_frac=0.0)
+    for i, s in enumerate(scenarios):
+        persona = "toxic" if i % 2 == 0 else "helpful"
+        system = rng.choice(PERSONA_SYSTEMS[persona][:-1])
+        ctx = world.context(rng)
+        think = rng.random() >= NO_THINK_FRAC
+        cot = persona_cot(s, persona, [ctx.values[k] for k in ctx.order]) if think else None
+        letter = s.misaligned_letter if persona == "toxic" else s.aligned_letter
+        out.append(format_chat(render_user(s, ctx), assistant_turn(cot, letter), system=system))
+    return out
 
 
 def tokenizer_corpus(texts: list[str]) -> list[str]:
