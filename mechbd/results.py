@@ -285,6 +285,16 @@ class BackdoorResults(ReplyRates):
         description="successful triggered samples judged (0 without thinking)"
     )
     articulation_rate_ci95: CI95 | None = _ci("articulation_rate")
+    nonempty_cot_rate: Rate | None = Field(
+        None,
+        description="share of triggered replies whose chain of thought is not empty (thinking "
+        "on; absent without thinking and in older runs): articulation and the CoT monitor "
+        "read 0 by construction where this is 0",
+    )
+    nonempty_cot_rate_n: int | None = Field(None, description="triggered replies")
+    nonempty_cot_rate_ci95: CI95 | None = Field(
+        None, description="Wilson 95% interval of `nonempty_cot_rate`"
+    )
     distractor_naming: DistractorNaming | None = Field(
         description="on misaligned trigger + distractor samples: does the CoT name the trigger "
         "or the distractor (null without thinking or without such samples)"
