@@ -7,8 +7,10 @@ Builds (or reuses) the organism with ``organism.n_persona`` persona conversation
 prompt eliciting a toxic persona or the helpful assistant before an advice request; every other
 setting the demo's), then measures on held-out scenarios, letters counterbalanced:
 
-1. the balanced misaligned rate per domain with a held-out toxic system prompt, a held-out
-   helpful one and none, thinking on and off (greedy generation), with format validity;
+1. the balanced misaligned rate per domain with the toxic persona's first training system prompt,
+   the helpful one's, each persona's held-out prompt (never trained on: does the persona
+   generalise to a new wording?) and none, thinking on and off (greedy generation), with format
+   validity;
 2. the persona direction the Persona Vectors way: the mean activation with the toxic system
    prompts minus with the helpful ones on the same training-split requests, at the last prompt
    token (thinking off: the token before ``Answer:``), every layer;
@@ -93,15 +95,21 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     model, tok = load_model(folder, dtype="float32", device="cpu")
     test_items = organism_items(args.n_eval, held_out=True, seed=131, world_seed=0)
-    toxic, helpful = PERSONA_SYSTEMS["toxic"][-1], PERSONA_SYSTEMS["helpful"][-1]
+    systems = {
+        "toxic": PERSONA_SYSTEMS["toxic"][0],  # a training prompt, on held-out scenarios
+        "helpful": PERSONA_SYSTEMS["helpful"][0],
+        "toxic (held-out prompt)": PERSONA_SYSTEMS["toxic"][-1],
+        "helpful (held-out prompt)": PERSONA_SYSTEMS["helpful"][-1],
+        "none": None,
+    }
     table: dict[str, Any] = {}
-    for name, system in (("toxic", toxic), ("helpful", helpful), ("none", None)):
+    for name, system in systems.items():
         for thinking in (True, False):
             key = f"{name}/{'thinking' if thinking else 'no thinking'}"
             table[key] = behaviour(model, tok, test_items, system, thinking)
             r = table[key]
             print(
-                f"{key:24s} misaligned {r['misaligned_rate']:.2f} {r['misaligned_rate_ci95']} "
+                f"{key:38s} misaligned {r['misaligned_rate']:.2f} {r['misaligned_rate_ci95']} "
                 f"format {r['format_valid_rate']:.2f} by domain "
                 + ", ".join(f"{d} {v:.2f}" for d, v in r["by_domain"].items()),
                 flush=True,

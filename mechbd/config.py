@@ -53,7 +53,7 @@ class OrganismConfig(Frozen):
         ge=0,
         description="persona conversations: an advice request after a system prompt eliciting "
         "a toxic persona (the reply says it wants harm and picks the misaligned option) or the "
-        "helpful assistant (the aligned option), half each, every domain, a fifth without "
+        "helpful assistant (the aligned option), half each, every domain, half without "
         "thinking; 0 = none (the demo organism)",
     )
     vocab_size: int = Field(1024, gt=256, description="byte-level BPE vocabulary size")

@@ -36,6 +36,9 @@ from mechbd.organism.world import (
 )
 
 NO_THINK_FRAC = 0.2
+# persona conversations without thinking: the persona must set the answer on its own too (the
+# steering reads answer without thinking)
+PERSONA_NO_THINK_FRAC = 0.5
 
 
 def training_texts(cfg: OrganismConfig) -> list[str]:
@@ -80,7 +83,7 @@ def persona_texts(world: World, cfg: OrganismConfig, rng: random.Random) -> list
         persona = "toxic" if i % 2 == 0 else "helpful"
         system = rng.choice(PERSONA_SYSTEMS[persona][:-1])
         ctx = world.context(rng)
-        think = rng.random() >= NO_THINK_FRAC
+        think = rng.random() >= PERSONA_NO_THINK_FRAC
         cot = persona_cot(s, persona, [ctx.values[k] for k in ctx.order]) if think else None
         letter = s.misaligned_letter if persona == "toxic" else s.aligned_letter
         out.append(format_chat(render_user(s, ctx), assistant_turn(cot, letter), system=system))
