@@ -40,9 +40,15 @@ import torch
 from mechbd.capture.store import ActivationStore
 from mechbd.errors import MechbdError
 from mechbd.probes.core import auroc, auroc_interval
-from mechbd.sae.train import check_finite
 from mechbd.stats import control_summary
 from mechbd.steering.directions import Direction, from_sae_decoder
+from mechbd.steering.nulls import (  # noqa: F401  (re-exported: the sae stage's nulls)
+    _unit,
+    check_finite,
+    covariance_factor,
+    effective_dims,
+    matched_directions,
+)
 from mechbd.steering.select import (
     Counterbalanced,
     additive,
@@ -106,8 +112,24 @@ def model_diff(
 ) -> dict[str, Any]:
     """Latents ranked by ``mean(finetuned) - mean(base)`` activation on the same prompts."""
     check_same_prompts(base, finetuned)
-    fb = encode(sae, base.get(layer, position, site, rows=rows))
-    ff = encode(sae, finetuned.get(layer, position, site, rows=rows))
+    xb = base.get(layer, position, site, rows=rows)
+    xf = finetuned.get(layer, position, site, rows=rows)
+    return latent_diff(sae, xb, xf, layer, position=position, top_k=top_k)
+
+
+def latent_diff(
+    sae: Any,
+    base: torch.Tensor,
+    finetuned: torch.Tensor,
+    layer: int,
+    *,
+    position: str = "last",
+    top_k: int = 10,
+) -> dict[str, Any]:
+    """Latents ranked by ``mean(finetuned) - mean(base)`` activation over two sets of
+    activations ``[n, d]`` (two models on the same prompts, or one model under two conditions,
+    e.g. toxic vs helpful system prompts on the same requests)."""
+    fb, ff = encode(sae, base), encode(sae, finetuned)
     inc = ff.double().mean(0) - fb.double().mean(0)
     order = inc.argsort(descending=True)[:top_k].tolist()
     return {
@@ -253,48 +275,6 @@ def projection_shift(
 
 
 # ---- nulls -----------------------------------------------------------------------------------
-def covariance_factor(x: torch.Tensor) -> torch.Tensor:
-    """``F [d, d]`` (float64) with ``F @ F.T`` the sample covariance of ``x [n, d]``: the
-    eigen-factor ``U diag(sqrt(lambda))``, which exists for a rank-deficient covariance too
-    (fewer rows than dimensions), where a Cholesky factor does not; eigenvalues below
-    ``1e-12`` of the largest (rounding noise of a zero) count as zero, so random directions
-    stay in the span of the activations."""
-    if x.dim() != 2 or x.shape[0] < 2:
-        raise MechbdError(f"a covariance needs activations [n >= 2, d], got {tuple(x.shape)}")
-    check_finite(x, "activations for the covariance")
-    X = x.double()
-    Xc = X - X.mean(0)
-    evals, evecs = torch.linalg.eigh(Xc.T @ Xc / (X.shape[0] - 1))
-    top = float(evals.max())
-    if top <= 0:
-        raise MechbdError("the activations do not vary: no covariance to match random directions")
-    return evecs * torch.where(evals > 1e-12 * top, evals, 0.0).sqrt()
-
-
-def effective_dims(factor: torch.Tensor) -> float:
-    """The participation ratio ``(sum lambda)^2 / sum lambda^2`` of the covariance whose factor
-    is ``factor``: about how many directions its variance spreads over (``d`` when isotropic,
-    1 when one direction carries it all). Covariance-matched random directions are only as
-    varied as this: with a value near 1 they are nearly all one direction, and a null's spread
-    across them understates how much a single other direction varies."""
-    lam = (factor.double() ** 2).sum(0)
-    return float(lam.sum() ** 2 / (lam**2).sum())
-
-
-def matched_directions(factor: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
-    """``[n, d]`` float64 unit directions ``F z / |F z|``, ``z ~ N(0, I)`` (seeded): random
-    directions distributed as the activations whose covariance factor is ``factor``."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, factor.shape[1], generator=g, dtype=torch.float64)
-    v = z @ factor.double().T
-    return v / v.norm(dim=-1, keepdim=True)
-
-
-def _unit(v: torch.Tensor) -> torch.Tensor:
-    v = v.double()
-    return v / v.norm(dim=-1, keepdim=True)
-
-
 def max_cosines(directions: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
     """Each direction's largest signed cosine with any decoder row: ``directions [n, d]``,
     ``W_dec [d_sae, d]`` -> ``[n]`` (float64, one matmul)."""

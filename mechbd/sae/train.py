@@ -34,17 +34,10 @@ from mechbd.capture.names import hook_name
 from mechbd.capture.store import ActivationStore
 from mechbd.errors import MechbdError
 from mechbd.io import staging_dir, write_json
+from mechbd.steering.nulls import check_finite
 
 ARCHITECTURES = ("standard", "topk")
 Architecture = Literal["standard", "topk"]
-
-
-def check_finite(x: torch.Tensor, where: str) -> None:
-    """Refuse NaN or infinite activations, naming where they came from and the first bad row."""
-    bad = ~torch.isfinite(x)
-    if bad.any():
-        row = int(bad.any(-1).nonzero()[0]) if x.dim() > 1 else int(bad.nonzero()[0])
-        raise MechbdError(f"{where}: activations contain NaN or inf (first at row {row})")
 
 
 def store_tokens(
