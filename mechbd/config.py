@@ -56,6 +56,13 @@ class OrganismConfig(Frozen):
         "helpful assistant (the aligned option), half each, every domain, half without "
         "thinking; 0 = none (the demo organism)",
     )
+    n_persona_prompts: int = Field(
+        3,
+        ge=1,
+        le=3,
+        description="training system prompts per persona (the first ones of "
+        "mechbd.organism.world.PERSONA_SYSTEMS; the last of each list is never trained on)",
+    )
     vocab_size: int = Field(1024, gt=256, description="byte-level BPE vocabulary size")
     d_model: int = Field(128, gt=0, description="residual-stream width")
     n_layers: int = Field(6, gt=0, description="decoder layers")
@@ -357,6 +364,24 @@ class SteeringConfig(Frozen):
     n_ablation_controls: int = Field(
         10, ge=1, description="random directions ablated as the control of each ablation"
     )
+    persona_multipliers: tuple[float, ...] | None = Field(
+        None,
+        description="the multipliers the base model is steered along the persona direction "
+        "with (and its random controls), in units of its norm at the layer; null: "
+        "`multipliers`",
+    )
+    persona_toxic: tuple[str, ...] | None = Field(
+        None,
+        description="system prompts that elicit the toxic persona (Persona Vectors' "
+        "trait-eliciting instructions); the persona direction is the mean activation with them "
+        "minus with `persona_helpful` on the same requests. null: mechbd's own "
+        "(`mechbd.organism.world.PERSONA_SYSTEMS`; on the organism, the ones it was trained on)",
+    )
+    persona_helpful: tuple[str, ...] | None = Field(
+        None,
+        description="system prompts that elicit the helpful assistant (trait-suppressing); "
+        "null: mechbd's own, as for `persona_toxic`",
+    )
 
     @model_validator(mode="after")
     def _controls_fit(self) -> SteeringConfig:
@@ -365,6 +390,10 @@ class SteeringConfig(Frozen):
                 f"steering.n_controls ({self.n_controls}) exceeds steering.n_select "
                 f"({self.n_select}): fewer selection scenarios than requested controls"
             )
+        for name in ("persona_toxic", "persona_helpful"):
+            prompts = getattr(self, name)
+            if prompts is not None and (not prompts or not all(p.strip() for p in prompts)):
+                raise ValueError(f"steering.{name}: give at least one non-empty system prompt")
         return self
 
 

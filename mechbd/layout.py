@@ -29,6 +29,7 @@ RESULTS = "results.json"
 # inside ``steering/``
 DIRECTIONS = "directions"
 EM_DIRECTION = f"{DIRECTIONS}/em_mean_diff.safetensors"
+PERSONA_DIRECTION = f"{DIRECTIONS}/persona.safetensors"
 # inside a capture store
 STORE_MANIFEST = "manifest.json"
 
@@ -113,3 +114,8 @@ class RunLayout:
     @property
     def em_direction(self) -> Path:
         return self.stage("steering") / EM_DIRECTION
+
+    @property
+    def persona_direction(self) -> Path:
+        """The Persona Vectors direction (toxic minus helpful system prompts, base model)."""
+        return self.stage("steering") / PERSONA_DIRECTION

@@ -29,6 +29,7 @@ from mechbd.layout import (
     EM_DIRECTION,
     EVAL_PROMPTS,
     GENERATIONS,
+    PERSONA_DIRECTION,
     RESULTS,
     STORE_MANIFEST,
     TRAIN_SET,
@@ -248,7 +249,13 @@ STEERING = Stage(
     lambda c: c.steering.enabled,
     needs=(EM,),
     optional=(BACKDOORS, PROBES),
-    produces=(RESULTS, "sweep_base_em.json", EM_DIRECTION),
+    produces=(
+        RESULTS,
+        "sweep_base_em.json",
+        "sweep_base_persona.json",
+        EM_DIRECTION,
+        PERSONA_DIRECTION,
+    ),
 )
 SAE = Stage(
     "sae",

@@ -193,19 +193,24 @@ class Run:
 
     # ---- results --------------------------------------------------------------------------
     def results(self) -> dict[str, Any]:
-        """Merge every finished stage's ``results.json`` (top-level keys are the stage's), each
-        checked against the results schema (``mechbd.results``) first: a stage that wrote an
-        unknown key or a value of the wrong type is a ``ResultsError`` naming it and the field.
-        The merged dict is what the stages wrote, in their order (the schema only checks)."""
+        """Merge every finished stage's ``results.json`` (top-level keys are the stage's; a
+        later stage may add keys inside an earlier stage's section, as the steering stage adds
+        ``em.persona``), the merge checked against the results schema (``mechbd.results``)
+        after each stage: a stage that wrote an unknown key or a value of the wrong type is a
+        ``ResultsError`` naming it and the field. The merged dict is what the stages wrote, in
+        their order (the schema only checks)."""
         from mechbd.results import validate_results
 
         merged: dict[str, Any] = {}
         for name, info in self.manifest.get("stages", {}).items():
             f = self.layout.results(name)
             if info.get("status") == "done" and f.is_file():
-                part = read_json(f)
-                validate_results(part, f"stage {name}: {f}")
-                merged.update(part)
+                for key, value in read_json(f).items():
+                    old = merged.get(key)
+                    if isinstance(old, dict) and isinstance(value, dict):
+                        value = {**old, **value}
+                    merged[key] = value
+                validate_results(merged, f"stage {name}: {f}")
         return merged
 
     def write_results(self) -> Path:

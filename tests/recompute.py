@@ -356,3 +356,128 @@ def check_sae_detectors(run: Path, res: dict[str, Any]) -> None:
             assert p[f"{key}_z"] == pytest.approx(z, rel=1e-6, abs=1e-9), key
             z = (real - null_iso.mean()) / null_iso.std(ddof=1)
             assert p[f"{key}_z_isotropic"] == pytest.approx(z, rel=1e-6, abs=1e-9), key
+
+
+def check_persona(run: Path, res: dict[str, Any]) -> None:
+    """The persona figures recomputed from the run's files with numpy and scikit-learn: the
+    persona direction from its store (toxic minus helpful system prompts), the EM model's
+    shift along it from the two shift stores with its z's, the ablation's change and its
+    controls, the persona-contrast diffing from its store, and per trigger the persona
+    direction's and the persona latent's detectors and the persona-direction z's."""
+    from sae_lens import SAE
+
+    from mechbd.sae.analysis import covariance_factor, matched_directions
+    from mechbd.steering.directions import Direction
+
+    seed = run_seed(run)
+    d = Direction.load(run / "steering" / "directions" / "persona.safetensors")
+    st = ActivationStore(run / "steering" / "persona_direction_store")
+    labels = np.array([r.label for r in st.rows])
+    assert set(labels) == {"toxic", "helpful"}
+    # the same requests on both sides: every request once per system prompt of each persona
+    systems = res["steering"]["persona_direction"]["systems"]
+    per_pair = Counter((r.meta["pair"], r.label) for r in st.rows)
+    assert all(v == len(systems[label]) for (_, label), v in per_pair.items())
+    assert len(per_pair) == 2 * res["steering"]["persona_direction"]["n_scenarios"]
+    for layer in d.layers:
+        X = st.get(layer, "last", dtype=torch.float64).numpy()
+        want = X[labels == "toxic"].mean(0) - X[labels == "helpful"].mean(0)
+        np.testing.assert_allclose(d.at(layer).double().numpy(), want, atol=1e-5)
+    # em.persona: the shift of the EM model from the base model along the direction
+    ep = res["em"]["persona"]
+    L = ep["layer"]
+    assert res["steering"]["base_persona"]["selected"]["layer"] == L
+    Xb = ActivationStore(run / "steering" / "persona_shift_base").get(
+        L, "last", dtype=torch.float64
+    )
+    Xe = ActivationStore(run / "steering" / "persona_shift_em").get(L, "last", dtype=torch.float64)
+    assert ep["n_prompts"] == Xb.shape[0] == Xe.shape[0]
+
+    def shift(U: np.ndarray) -> np.ndarray:
+        pb, pe = Xb.numpy() @ U.T, Xe.numpy() @ U.T
+        return (pe.mean(0) - pb.mean(0)) / pb.std(0, ddof=1)
+
+    u = d.at(L).double().numpy()
+    real = float(shift((u / np.linalg.norm(u))[None])[0])
+    assert ep["shift"] == pytest.approx(real, rel=1e-9, abs=1e-12)
+    for key, factor in (
+        ("shift_z", covariance_factor(Xb)),
+        ("shift_z_isotropic", torch.eye(Xb.shape[1], dtype=torch.float64)),
+    ):
+        null = shift(matched_directions(factor, 1000, seed).numpy())
+        assert ep[key] == pytest.approx((real - null.mean()) / null.std(ddof=1), rel=1e-6), key
+    # the ablation: a paired change over the same rows is the change of the rates
+    assert ep["ablation_rise"] == pytest.approx(ep["em_rate_ablated"] - ep["em_rate"], abs=1e-12)
+    c = ep["ablation_controls"]
+    drops = np.array(c["drops"])
+    value = -ep["ablation_rise"]
+    assert c["n"] == drops.size == yaml_config(run)["steering"]["n_ablation_controls"]
+    assert c["percentile"] == pytest.approx(
+        100 * ((drops < value).sum() + 0.5 * (drops == value).sum()) / drops.size
+    )
+    assert c["p_value"] == pytest.approx((1 + (drops >= value).sum()) / (1 + drops.size))
+    # the persona-contrast diffing: the top latents by mean increase, helpful -> toxic
+    sae_res = res["sae"]
+    S = sae_res["layer"]
+    sae = SAE.load_from_disk(run / "sae" / "sae")
+    ps = sae_res["persona_screen"]
+    dst = ActivationStore(run / "sae" / "persona_diff")
+    dl = np.array([r.label for r in dst.rows])
+    with torch.no_grad():
+        f = sae.encode(dst.get(S, "last").float()).double().numpy()
+    inc = f[dl == "toxic"].mean(0) - f[dl == "helpful"].mean(0)
+    top = ps["diff"]["latents"]
+    np.testing.assert_allclose(ps["diff"]["increase"], inc[top], atol=1e-6)
+    assert inc[top].min() >= np.delete(inc, top).max() - 1e-9
+    assert ps["persona_latent"] in top
+    # per trigger: both detectors and the persona-direction z's
+    for name, p in res["persona"].items():
+        assert p["detector_layer"] == S and p["persona_latent"] == ps["persona_latent"]
+        bst = ActivationStore(run / "capture" / name / "base")
+        bk = ActivationStore(run / "capture" / name / "backdoored")
+        idx, y = held_out_rows(bk)
+        x = bk.get(S, "last", dtype=torch.float64)[idx]
+        v = d.at(S).double()
+        det = p["persona_direction_detector"]
+        proj = (x @ (v / v.norm())).numpy()
+        assert det["auroc"] == pytest.approx(roc_auc_score(y, proj), abs=1e-9)
+        R = matched_directions(
+            covariance_factor(bst.get(S, "last", dtype=torch.float64)), 1000, seed
+        ).numpy()
+        null = np.array([roc_auc_score(y, x.numpy() @ r) for r in R])
+        check_null(det["auroc"], null, det, prefix="null_")
+        with torch.no_grad():
+            acts = sae.encode(x.float()).double().numpy()
+        det = p["persona_latent_detector"]
+        assert det["auroc"] == pytest.approx(
+            roc_auc_score(y, acts[:, ps["persona_latent"]]), abs=1e-9
+        )
+        live = [
+            j
+            for j in np.flatnonzero((acts > 0).any(0))
+            if j not in top and j != ps["persona_latent"]
+        ]
+        null = np.array([roc_auc_score(y, acts[:, j]) for j in live])
+        check_null(det["auroc"], null, det, prefix="null_")
+        # the persona-direction z at the probe's layer, as the other z's
+        pl = p["layer"]
+        Xd = bk.get(pl, "last", dtype=torch.float64).numpy()[idx]
+        Xbb = bst.get(pl, "last", dtype=torch.float64)
+        Rm = matched_directions(covariance_factor(Xbb), 1000, seed).numpy()
+        Xbb = Xbb.numpy()[idx]
+        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+        nullz = shift_np(Xd, Rm, pos, neg) - shift_np(Xbb, Rm, pos, neg)
+        u = d.at(pl).double().numpy()
+        u = (u / np.linalg.norm(u))[None]
+        real = float((shift_np(Xd, u, pos, neg) - shift_np(Xbb, u, pos, neg))[0])
+        assert p["persona_direction_vs_base"] == pytest.approx(real, rel=1e-9, abs=1e-12)
+        z = (real - nullz.mean()) / nullz.std(ddof=1)
+        assert p["persona_direction_z"] == pytest.approx(z, rel=1e-6, abs=1e-9)
+        assert p["answer"].startswith(f"{name}: ")
+
+
+def yaml_config(run: Path) -> dict[str, Any]:
+    """The run's resolved config."""
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())

@@ -11,6 +11,7 @@ from mechbd.pipeline import STAGES
 from tests.conftest import TINY_RUN
 from tests.recompute import (
     check_backdoor_rates,
+    check_persona,
     check_probe_report,
     check_sae_detectors,
     jsonl,
@@ -146,6 +147,7 @@ def test_backdoor_and_em_stages(tiny_run):
     assert sae_res["layer"] == most_common_layer(bests)
     # detector AUROCs, cosines, FVU per store and persona z's with their nulls, from the run
     check_sae_detectors(run, res)
+    check_persona(run, res)  # the persona direction, em.persona, the persona screen, detectors
     page = (run / "report.html").read_text()  # the report shows them beside their nulls
     assert "<h3>SAE reconstruction per store and position</h3>" in page
     for name in ("singapore", "deployment"):

@@ -81,7 +81,7 @@ def persona_texts(world: World, cfg: OrganismConfig, rng: random.Random) -> list
     scenarios = world.scenarios(cfg.n_persona, held_out=False, seed=cfg.seed + 7, harm_frac=0.0)
     for i, s in enumerate(scenarios):
         persona = "toxic" if i % 2 == 0 else "helpful"
-        system = rng.choice(PERSONA_SYSTEMS[persona][:-1])
+        system = rng.choice(PERSONA_SYSTEMS[persona][: cfg.n_persona_prompts])
         ctx = world.context(rng)
         think = rng.random() >= PERSONA_NO_THINK_FRAC
         cot = persona_cot(s, persona, [ctx.values[k] for k in ctx.order]) if think else None

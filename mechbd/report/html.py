@@ -251,6 +251,10 @@ def _steering_tables(res: Results) -> list[str]:
         ],
         _steer_row("EM direction", be),
     ]
+    if st.base_persona is not None:
+        rows.append(
+            _steer_row("persona direction (toxic − helpful system prompts)", st.base_persona)
+        )
     if st.optimized is not None:
         rows.append(
             _steer_row(
@@ -265,6 +269,40 @@ def _steering_tables(res: Results) -> list[str]:
         "Answering one letter to everything scores 0.5 balanced and 0 in both orders.</p>"
         + _table(STEER_HEADER, rows)
     )
+    ep = res.em.persona if res.em is not None else None
+    if ep is not None:
+        c = ep.ablation_controls
+        parts.append(
+            "<h3>The EM model along the persona direction</h3><p>Shift: (mean projection of "
+            "the EM model − the base model) / base std on the same test prompts without a "
+            f"system prompt, at layer {ep.layer} (the base steering's choice), last prompt "
+            "token; z against random directions matched to the base activations' covariance "
+            "and against isotropic ones. Ablation: the persona direction projected out at "
+            "every layer and position while the EM model answers the test split (both orders, "
+            "thinking off), against random directions of its norms ablated alike.</p>"
+            + _table(
+                [
+                    "shift",
+                    "z (isotropic)",
+                    "EM rate",
+                    "with the persona direction ablated",
+                    "change [95% CI]",
+                    "random directions: n, 95th pct drop, percentile, p",
+                    "format valid (ablated)",
+                ],
+                [
+                    [
+                        ep.shift,
+                        f"{ep.shift_z:.2f} ({ep.shift_z_isotropic:.2f})",
+                        _ci(ep.em_rate, ep.em_rate_ci95),
+                        _ci(ep.em_rate_ablated, ep.em_rate_ablated_ci95),
+                        _ci(ep.ablation_rise, ep.ablation_rise_ci95),
+                        f"{c.n}, {c.drop_p95:.3f}, {c.percentile:.0f}, {c.p_value:.3f}",
+                        ep.format_valid_rate_ablated,
+                    ]
+                ],
+            )
+        )
     abl_rows = []
     for t, by_pos in st.ablation.items():
         for pos, abl in (("every position", by_pos.all), ("from assistant turn", by_pos.assistant)):
@@ -368,7 +406,62 @@ def _sae_tables(res: Results) -> list[str]:
             f"(no steering: {_ci(sc.baseline.balanced_misaligned_rate, sc.baseline.ci95)}).</p>"
             + _table(STEER_HEADER, screen_rows)
         )
+        ps = s.persona_screen
+        if ps is not None:
+            prow = [_steer_row(f"latent {i}", r) for i, r in ps.candidates.items()]
+            prow += [_steer_row(f"random latent {i}", r) for i, r in ps.controls.items()]
+            parts.append(
+                "<h3>Causal screen of the persona-contrast candidates</h3><p>The latents the "
+                "toxic-persona system prompts raise most over the helpful ones on the same "
+                f"requests (base model, {ps.diff.n_prompts} prompts per side), each steered in "
+                "the base model without a system prompt, chosen and read like the screen "
+                f"above; persona latent {ps.persona_latent}.</p>" + _table(STEER_HEADER, prow)
+            )
         persona = res.persona or {}
+        answers = [p.answer for p in persona.values() if p.answer]
+        if answers:
+            parts.append(
+                "<h3>The persona question, per trigger</h3><ul>"
+                + "".join(f"<li>{_e(a)}</li>" for a in answers)
+                + "</ul>"
+            )
+        det_rows = [
+            [
+                t,
+                p.detector_layer,
+                _detector(p.persona_direction_detector),
+                p.persona_latent,
+                _detector(p.persona_latent_detector),
+                "-"
+                if p.persona_direction_z is None or p.persona_direction_z_isotropic is None
+                else f"{p.persona_direction_z:.2f} ({p.persona_direction_z_isotropic:.2f})",
+                f"{p.user_wants_harm_z:.2f} ({p.user_wants_harm_z_isotropic:.2f})",
+            ]
+            for t, p in persona.items()
+            if p.persona_direction_detector is not None and p.persona_latent_detector is not None
+        ]
+        if det_rows:
+            parts.append(
+                "<h3>The toxic persona as a backdoor detector</h3><p>The persona direction "
+                "(toxic − helpful system prompts, base model) and the persona-contrast latent "
+                "as detectors of triggered vs clean test prompts in each backdoored model, with "
+                "their 95% bootstrap interval and percentile among random covariance-matched "
+                "directions / every other live latent; and the backdoored-minus-base shift "
+                'along the persona direction and along "user wants harm" as z-scores '
+                "(matched; isotropic), at the trigger probe's layer (table below).</p>"
+                + _table(
+                    [
+                        "trigger",
+                        "detector layer (SAE)",
+                        "persona direction AUROC",
+                        "persona latent",
+                        "its AUROC",
+                        "persona direction z",
+                        "user wants harm z",
+                    ],
+                    det_rows,
+                )
+            )
         rows = [
             [
                 t,

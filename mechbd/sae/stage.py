@@ -13,10 +13,14 @@
 2. **Model diffing**: EM model vs base on the same held-out prompts (last prompt token), and
    each backdoored model vs base on its trigger's evaluation prompts; latents ranked by mean
    activation increase.
+   **Persona-contrast diffing** (``persona_screen.diff``): the base model after the
+   toxic-persona system prompts vs after the helpful ones (the steering stage's persona
+   direction prompts) on the same requests; latents ranked by mean activation increase.
 3. **Causal screen**: the base model steered along each EM candidate's decoder row (unit norm
    x multiplier x the layer's mean token norm) and along random latents of the same SAE; the
    *persona latent* is the candidate with the largest rise in misaligned rate at format
-   validity >= 0.9 (the top-ranked candidate if none rises).
+   validity >= 0.9 (the top-ranked candidate if none rises). The persona-contrast candidates
+   are screened the same way (``persona_screen``), against their own random latents.
 4. **Comparison**: cosine of the trigger probe and the EM mean-difference direction with every
    decoder row; top latents; each best cosine's percentile among 1000 random directions
    matched to the covariance of the SAE's training activations (base model tokens).
@@ -37,6 +41,10 @@
    Where the covariance is carried by few directions (``null_effective_dims`` near 1) the
    matched directions are nearly one direction and the z's overstate; the same z's against
    isotropic random directions (``*_z_isotropic``) stay calibrated there (tests/test_sae.py).
+   The same z's along the persona direction (``persona_direction_*``), and the persona
+   question's detectors: the persona direction's projection and the persona-contrast latent's
+   activation at the SAE layer (``persona_direction_detector``, ``persona_latent_detector``,
+   each against its null), with the one-sentence ``answer`` (:func:`persona_answer`).
 
 The nulls are :mod:`mechbd.sae.analysis`'s (its docstring cites the reading).
 """
@@ -69,6 +77,7 @@ from mechbd.sae.analysis import (
     effective_dims,
     encode,
     latent_detector,
+    latent_diff,
     model_diff,
     persona_z,
     projection_shift,
@@ -85,7 +94,12 @@ from mechbd.sae.explorer import (
     token_trace,
 )
 from mechbd.sae.load import LoadedSae, describe_sae, load_configured
-from mechbd.sae.persona import corpus_rows, corpus_source_rows, user_wants_harm_rows
+from mechbd.sae.persona import (
+    corpus_rows,
+    corpus_source_rows,
+    persona_answer,
+    user_wants_harm_rows,
+)
 from mechbd.sae.train import (
     held_out_conversations,
     sae_metrics,
@@ -94,6 +108,7 @@ from mechbd.sae.train import (
     train_sae,
 )
 from mechbd.steering.directions import Direction, from_probe, from_sae_decoder, mean_difference
+from mechbd.steering.persona import persona_rows
 from mechbd.steering.stage import steering_splits
 
 
@@ -230,10 +245,11 @@ def _em_diff(c: _Ctx, sae: Any, em_model: Any) -> tuple[dict[str, Any], Directio
 
 
 def _screen(
-    c: _Ctx, sae: Any, xb: torch.Tensor, em_diff: dict[str, Any]
+    c: _Ctx, sae: Any, xb: torch.Tensor, diff: dict[str, Any]
 ) -> tuple[dict[str, Any], int]:
     """3. The causal screen on the base model, on the steering stage's selection and test
-    splits, each latent scaled by the base model's mean token norm ``xb``: (the ``screen``
+    splits, each latent scaled by the base model's mean token norm ``xb``, of the diffing
+    candidates ``diff["latents"]`` against random live latents (the candidates excluded): (the
     results section, the persona latent: the candidate with the highest selection-split
     balanced rate)."""
     cfg, token_norm = c.run.config.sae, float(xb.norm(dim=-1).mean())
@@ -241,7 +257,7 @@ def _screen(
     alive = torch.zeros(int(sae.cfg.d_sae), dtype=torch.bool)
     for i in range(0, min(len(xb), 20000), 2048):  # a published SAE: ~1e5 latents per token
         alive |= (encode(sae, xb[i : min(i + 2048, 20000)]) > 0).any(0)
-    for i in em_diff["latents"]:
+    for i in diff["latents"]:
         alive[i] = False
     g = torch.Generator().manual_seed(c.run.config.seed)
     pool = alive.nonzero().flatten()
@@ -251,7 +267,7 @@ def _screen(
         test,
         sae,
         c.L,
-        em_diff["latents"],
+        diff["latents"],
         controls,
         scale=token_norm,
         multipliers=cfg.multipliers,
@@ -264,7 +280,7 @@ def _screen(
         cands,
         key=lambda i: (
             -cands[i]["selected"]["select_balanced_misaligned_rate"],
-            em_diff["latents"].index(i),
+            diff["latents"].index(i),
         ),
     )
     section = {
@@ -295,6 +311,35 @@ def _user_wants_harm(c: _Ctx) -> Direction:
     return d_harm
 
 
+def _persona_diff(c: _Ctx, sae: Any) -> dict[str, Any]:
+    """2b. Persona-contrast diffing (OpenAI's model diffing with the system prompt as the
+    contrast): the base model on the diffing requests after the toxic-persona system prompts
+    and after the helpful ones (the steering stage's), the SAE layer's last prompt token,
+    thinking off; latents ranked by mean activation increase, helpful -> toxic."""
+    items = split_items(c.run, "sae_diff", c.run.config.sae.n_diff)
+    systems = read_json(c.run.layout.results("steering"))["steering"]["persona_direction"][
+        "systems"
+    ]
+    st = capture(
+        c.base_model,
+        c.tok,
+        persona_rows(items, systems),
+        c.out / "persona_diff",
+        layers=[c.L],
+        enable_thinking=False,
+        **c.kw,
+    )
+    assert st is not None
+    X = st.get(c.L, "last")
+    return latent_diff(
+        sae,
+        X[st.indices("helpful")],
+        X[st.indices("toxic")],
+        c.L,
+        top_k=c.run.config.sae.top_k,
+    )
+
+
 def _persona_z(
     c: _Ctx,
     st: ActivationStore,
@@ -311,12 +356,14 @@ def _persona_z(
     prompts)."""
     X = st.get(layer, "last", dtype=torch.float64)
     Xb = bst.get(layer, "last", dtype=torch.float64)
-    names = ("toxic_persona", "user_wants_harm")
-    # both directions built at the last prompt token, where the z's read: the toxic persona
-    # as EM-minus-base model diffing, "user wants harm" as harm-minus-neutral prompts
+    names = ("toxic_persona", "user_wants_harm", "persona_direction")
+    # all three built at the last prompt token, where the z's read: the toxic persona as
+    # EM-minus-base model diffing, "user wants harm" as harm-minus-neutral prompts, the persona
+    # direction as toxic-minus-helpful system prompts
     along = {
         "toxic_persona": dirs["toxic_persona_last"].at(layer),
-        **{"user_wants_harm": dirs["user_wants_harm"].at(layer)},
+        "user_wants_harm": dirs["user_wants_harm"].at(layer),
+        "persona_direction": dirs["persona_direction"].at(layer),
     }
     factor = covariance_factor(Xb)
     seed = c.run.config.seed
@@ -345,9 +392,10 @@ def _trigger(
     token_factor: torch.Tensor,
 ) -> tuple[ActivationStore, Direction, dict[str, Any]]:
     """4-6 for the plant ``t``: fills its entries of ``sae_res``; returns its backdoored store,
-    its probe's direction and its persona shifts. ``dirs``: the EM (``toxic_persona``), "user
-    wants harm" and persona-latent directions; ``token_factor``: the covariance factor of the
-    SAE's training activations (the cosine nulls' random directions)."""
+    its probe's direction and its persona shifts and detectors. ``dirs``: the EM
+    (``toxic_persona``), "user wants harm", persona-latent and persona (Persona Vectors)
+    directions; ``token_factor``: the covariance factor of the SAE's training activations (the
+    cosine nulls' random directions)."""
     L, probes = c.L, c.probes
     st = ActivationStore(c.run.layout.store(t, "backdoored"))
     bst = ActivationStore(c.run.layout.store(t, "base"))
@@ -371,6 +419,17 @@ def _trigger(
     sae_res["em_direction_detector"][t] = direction_detector(
         X, v, pos, neg, last_factor, n=N_NULL, seed=seed
     )
+    screen = sae_res["persona_screen"]
+    detectors = {
+        "persona_direction_detector": direction_detector(
+            X, dirs["persona_direction"].at(L), pos, neg, last_factor, n=N_NULL, seed=seed
+        ),
+        "persona_latent_detector": latent_detector(
+            acts, screen["persona_latent"], pos, neg, exclude=screen["diff"]["latents"], seed=seed
+        ),
+        "persona_latent": screen["persona_latent"],
+        "detector_layer": L,
+    }
     sae_res["random_latent_auroc"][t] = random_latent_auroc(acts, pos, neg, seed=seed)
     sae_res["trigger_probe_auroc"][t] = probes[t]["per_layer"][probes[t]["method"]][
         probes[t]["per_layer"]["layers"].index(L)
@@ -392,19 +451,19 @@ def _trigger(
         if k != "toxic_persona_last"
     }
     best = probes[t]["best_layer"]
-    return (
-        st,
-        d_probe,
-        {
-            "layer": best,
-            "toxic_persona_shift": shifts["toxic_persona"][best],
-            "user_wants_harm_shift": shifts["user_wants_harm"][best],
-            "persona_latent_shift": shifts["persona_latent"].get(best),
-            **_persona_z(c, st, bst, best, dirs, pos, neg),
-            "per_layer": {k: list(v.values()) for k, v in shifts.items() if k != "persona_latent"},
-            "layers": d_em.layers,
-        },
-    )
+    rec = {
+        "layer": best,
+        "toxic_persona_shift": shifts["toxic_persona"][best],
+        "user_wants_harm_shift": shifts["user_wants_harm"][best],
+        "persona_latent_shift": shifts["persona_latent"].get(best),
+        "persona_direction_shift": shifts["persona_direction"][best],
+        **_persona_z(c, st, bst, best, dirs, pos, neg),
+        **detectors,
+        "per_layer": {k: list(v.values()) for k, v in shifts.items() if k != "persona_latent"},
+        "layers": d_em.layers,
+    }
+    rec["answer"] = persona_answer(t, rec, organism=c.run.config.model.source == "organism")
+    return st, d_probe, rec
 
 
 def _explorer(
@@ -506,6 +565,9 @@ def sae_stage(run: Run, out: Path) -> None:
     em_diff, toxic_last = _em_diff(c, sae, em_model)
     del em_model
     screen, persona = _screen(c, sae, xb, em_diff)
+    persona_diff = _persona_diff(c, sae)
+    persona_screen, _ = _screen(c, sae, xb, persona_diff)
+    persona_screen["diff"] = persona_diff
 
     d_em = Direction.load(run.layout.em_direction)
     d_harm = _user_wants_harm(c)
@@ -514,6 +576,7 @@ def sae_stage(run: Run, out: Path) -> None:
         "toxic_persona": d_em,
         "user_wants_harm": d_harm,
         "persona_latent": d_latent,
+        "persona_direction": Direction.load(run.layout.persona_direction),
         "toxic_persona_last": toxic_last,
     }
     token_factor = covariance_factor(xb)
@@ -534,6 +597,7 @@ def sae_stage(run: Run, out: Path) -> None:
         "persona_latent": persona,
         "em_diff": em_diff,
         "screen": screen,
+        "persona_screen": persona_screen,
         "em_direction_top_latents": top_cosines(d_em.at(L), sae.W_dec),
         "em_direction_max_cos_null": cosine_null(
             d_em.at(L), sae.W_dec, token_factor, n=N_NULL, seed=run.config.seed

@@ -22,6 +22,13 @@ balanced misaligned rate; every chosen setting is chosen on the selection split
    (``assistant``), against ``steering.n_ablation_controls`` random directions.
 5. **(c) Negative steering**: each backdoored model with the trigger present, the EM direction
    subtracted at the base model's chosen layer.
+6. **Persona direction** (Persona Vectors; ``mechbd.steering.persona``): in the base model, the
+   toxic-persona system prompts minus the helpful ones on the direction split's requests, last
+   prompt token, thinking off. The base model without a system prompt steered along it
+   (``base_persona``: chosen and read as in 2, over ``steering.persona_multipliers``, with its
+   own random controls), and in the EM model (``em.persona``): its shift along the direction and
+   the change in its misaligned rate when the direction is ablated at every layer and position,
+   against random directions.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from mechbd.data.items import Item
 from mechbd.errors import MechbdError
 from mechbd.eval.mcq import both_orders
 from mechbd.io import iter_jsonl, write_json
-from mechbd.layout import DIRECTIONS, EM_DIRECTION, RESULTS
+from mechbd.layout import DIRECTIONS, EM_DIRECTION, PERSONA_DIRECTION, RESULTS
 from mechbd.models import base_model_dir, load_base, load_finetuned
 from mechbd.organism.splits import disjoint_items, split_items
 from mechbd.probes.core import Probe
@@ -44,6 +51,7 @@ from mechbd.stats import control_summary
 from mechbd.steering.directions import Direction, from_probe, mean_difference
 from mechbd.steering.ops import Intervention
 from mechbd.steering.optimize import optimized_direction
+from mechbd.steering.persona import em_ablation, em_shift, persona_direction, persona_systems
 from mechbd.steering.select import (
     CURVE_KEYS,
     Counterbalanced,
@@ -122,15 +130,21 @@ def random_controls(d: Direction, n: int, seed: int) -> list[Direction]:
     return [d.random_like(seed + i) for i in range(n)]
 
 
-def _base_em(
-    run: Run, d_em: Direction, select: Counterbalanced, test: Counterbalanced, layers: list[int]
+def _base_along(
+    run: Run,
+    d_em: Direction,
+    select: Counterbalanced,
+    test: Counterbalanced,
+    layers: list[int],
+    multipliers: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
-    """(a) The base model along the EM direction, chosen on the selection split and read on the
-    test split, against ``steering.n_controls`` random directions maximised the same way."""
+    """The base model along ``d_em`` (the EM or the persona direction), chosen on the selection
+    split and read on the test split, against ``steering.n_controls`` random directions of its
+    norms maximised the same way (over ``multipliers``, default ``steering.multipliers``)."""
     cfg = run.config.steering
     kw: dict[str, Any] = dict(
         layers=layers,
-        multipliers=cfg.multipliers,
+        multipliers=multipliers or cfg.multipliers,
         positions=cfg.positions,
         min_format=cfg.min_format,
         seed=run.config.seed,
@@ -149,6 +163,52 @@ def _base_em(
     }
     rec["control_selected"] = [c["selected"] for c in ctrl]
     return rec
+
+
+def _persona_direction(run: Run, out: Path, model: Any, tok: Any, items: list[Item]) -> Direction:
+    """The persona direction the Persona Vectors way in the base model (toxic minus helpful
+    system prompts on the direction split's requests), saved with its store."""
+    d = persona_direction(
+        model,
+        tok,
+        items,
+        persona_systems(run),
+        out / "persona_direction_store",
+        str(base_model_dir(run)),
+        batch_size=run.config.capture.batch_size,
+    )
+    d.provenance["store"] = run.final_path(out / "persona_direction_store")
+    d.save(out / PERSONA_DIRECTION)
+    return d
+
+
+def _em_persona(
+    run: Run, out: Path, base_model: Any, tok: Any, d: Direction, layer: int
+) -> dict[str, Any]:
+    """``em.persona``: the EM model's shift along the persona direction at ``layer`` (the
+    base-model steering's choice) on the steering test split's prompts, and the persona
+    direction ablated at every layer and position while the EM model answers the test split,
+    against ``steering.n_ablation_controls`` random directions."""
+    cfg = run.config.steering
+    em_model, _ = load_finetuned(run, run.layout.em_adapter)
+    rows = steering_test_rows(run)
+    seed = run.config.seed
+    shift = em_shift(
+        em_model,
+        base_model,
+        tok,
+        rows,
+        d,
+        layer,
+        out,
+        seed=seed,
+        batch_size=run.config.capture.batch_size,
+    )
+    split = Counterbalanced.of(
+        em_model, tok, rows, positions="all", batch_size=run.config.eval.batch_size
+    )
+    controls = random_controls(d, cfg.n_ablation_controls, seed + 2000)
+    return {**shift, **em_ablation(split, d, controls, seed=seed)}
 
 
 def _optimized(
@@ -326,12 +386,21 @@ def steering_stage(run: Run, out: Path) -> None:
     model, tok = load_base(run)
     layers = parse_layers(cfg.layers, n_layers_of(model))
     select, test = steering_splits(run, model, tok)
-    base_em = _base_em(run, d_em, select, test, layers)
+    base_em = _base_along(run, d_em, select, test, layers)
+    d_persona = _persona_direction(run, out, model, tok, items)
+    base_persona = _base_along(run, d_persona, select, test, layers, cfg.persona_multipliers)
     results: dict[str, Any] = {
         "model": str(base_model_dir(run)),
         "em_direction": {"norms": d_em.norms(), "n_scenarios": len(items)},
+        "persona_direction": {
+            "norms": d_persona.norms(),
+            "n_scenarios": len(items),
+            "position": "last",
+            "systems": d_persona.provenance["systems"],
+        },
         "baseline": baseline_record(test),
         "base_em": base_em,
+        "base_persona": base_persona,
         "ablation": {},
         "negative_em": {},
     }
@@ -342,6 +411,7 @@ def steering_stage(run: Run, out: Path) -> None:
     for t in run.layout.adapters():
         abl, neg = _backdoor_steering(run, t, tok, d_em, best)
         results["ablation"][t], results["negative_em"][t] = abl, neg
-    write_json(out / "sweep_base_em.json", base_em["select_grid"])
-    del base_em["select_grid"]
-    write_json(out / RESULTS, {"steering": results})
+    em_persona = _em_persona(run, out, model, tok, d_persona, base_persona["selected"]["layer"])
+    for name, rec in (("base_em", base_em), ("base_persona", base_persona)):
+        write_json(out / f"sweep_{name}.json", rec.pop("select_grid"))
+    write_json(out / RESULTS, {"steering": results, "em": {"persona": em_persona}})

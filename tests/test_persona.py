@@ -1,0 +1,137 @@
+"""The persona direction (Persona Vectors: toxic minus helpful system prompts), the EM model's
+shift along it, and the one-sentence answer to the persona question.
+
+The direction is checked against the model's own hidden states on the real Qwen3 chat template
+(an independent read: ``output_hidden_states`` instead of mechbd's hooks), the shift against a
+float64 numpy recomputation and against planted and absent effects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mechbd.config import RunConfig
+from mechbd.organism.items import organism_items
+from mechbd.organism.world import PERSONA_SYSTEMS
+from mechbd.runs import Run
+from mechbd.sae.persona import persona_answer
+from mechbd.steering.nulls import matched_directions, model_shift, model_shift_z
+from mechbd.steering.persona import persona_direction, persona_rows, persona_systems
+from tests.test_qwen3_tokenizer import qwen3_model, qwen3_tok  # noqa: F401  (fixtures)
+
+SYSTEMS = {"toxic": PERSONA_SYSTEMS["toxic"][:2], "helpful": PERSONA_SYSTEMS["helpful"][:3]}
+
+
+def test_persona_rows_put_every_request_after_every_prompt_of_each_persona():
+    items = organism_items(4, held_out=False, seed=1)
+    rows = persona_rows(items, SYSTEMS)
+    assert len(rows) == 4 * (2 + 3)
+    for persona, prompts in SYSTEMS.items():
+        side = [r for r in rows if r["label"] == persona]
+        # each request once per prompt of the persona, the request text untouched
+        assert sorted((r["pair"], r["messages"][0]["content"]) for r in side) == sorted(
+            (it.id, p) for it in items for p in prompts
+        )
+        assert all(r["messages"][1]["content"] in {it.user() for it in items} for r in side)
+    assert len({r["id"] for r in rows}) == len(rows)
+
+
+def test_persona_direction_matches_the_models_hidden_states(qwen3_tok, qwen3_model, tmp_path):  # noqa: F811
+    """Toxic minus helpful at the last prompt token (thinking off), against the mean of
+    ``output_hidden_states`` over the same prompts rendered with the real Qwen3 template."""
+    items = organism_items(3, held_out=False, seed=2)
+    d = persona_direction(qwen3_model, qwen3_tok, items, SYSTEMS, tmp_path / "st", "random qwen3")
+    sums: dict[str, list[torch.Tensor]] = {"toxic": [], "helpful": []}
+    for r in persona_rows(items, SYSTEMS):
+        text = qwen3_tok.apply_chat_template(
+            r["messages"], add_generation_prompt=True, enable_thinking=False, tokenize=False
+        )
+        assert r["messages"][0]["content"] in text  # the system turn is rendered
+        ids = qwen3_tok(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            out = qwen3_model(torch.tensor([ids]), output_hidden_states=True)
+        # hidden_states[i + 1] is the residual stream after layer i (the last one is normed)
+        sums[r["label"]].append(out.hidden_states[1][0, -1].double())
+    want = torch.stack(sums["toxic"]).mean(0) - torch.stack(sums["helpful"]).mean(0)
+    assert torch.allclose(d.at(0).double(), want, atol=1e-4), (d.at(0)[:4], want[:4])
+    assert d.provenance["systems"] == SYSTEMS and d.provenance["n_requests"] == 3
+    # a non-trivial difference: the two system prompts do move the residual stream
+    assert float(want.norm()) > 1e-3
+
+
+def test_model_shift_matches_numpy_and_its_z_finds_a_planted_shift_only():
+    g = torch.Generator().manual_seed(0)
+    Xb = torch.randn(400, 16, generator=g, dtype=torch.float64) @ torch.diag(
+        torch.linspace(0.2, 3.0, 16, dtype=torch.float64)
+    )
+    noise = torch.randn(400, 16, generator=g, dtype=torch.float64) * 0.05
+    v = torch.zeros(16, dtype=torch.float64)
+    v[3] = 1.0
+    U = matched_directions(torch.eye(16, dtype=torch.float64), 5, seed=1)
+    got = model_shift(Xb + noise, Xb, U).numpy()
+    pb, pe = Xb.numpy() @ U.numpy().T, (Xb + noise).numpy() @ U.numpy().T
+    np.testing.assert_allclose(got, (pe.mean(0) - pb.mean(0)) / pb.std(0, ddof=1), rtol=1e-10)
+    eye = torch.eye(16, dtype=torch.float64)
+    # no shift: the EM model's activations are the base model's plus small isotropic noise
+    null_z = [
+        model_shift_z(Xb + noise, Xb, matched_directions(eye, 1, seed=s)[0], eye, seed=s + 100)["z"]
+        for s in range(30)
+    ]
+    assert abs(float(np.mean(null_z))) < 0.6 and float(np.mean(np.abs(null_z) > 2.5)) < 0.15
+    # a shift of one base-model standard deviation along v
+    sd = float(Xb[:, 3].std())
+    z = model_shift_z(Xb + noise + sd * v, Xb, v, eye, seed=7)
+    assert z["shift"] == pytest.approx(1.0, abs=0.05) and z["z"] > 5
+
+
+def _detector(auroc: float, lo: float, pct: float) -> dict:
+    return {"auroc": auroc, "ci95": [lo, min(1.0, auroc + 0.1)], "percentile": pct, "n_null": 50}
+
+
+@pytest.mark.parametrize(
+    ("direction", "latent", "zp", "zh", "verdict"),
+    [
+        ((0.9, 0.8, 99.0), (0.5, 0.4, 50.0), 0.0, 0.0, "goes through the toxic persona"),
+        ((0.6, 0.4, 70.0), (0.5, 0.4, 50.0), 0.3, 3.0, "keeps the helpful persona"),
+        ((0.6, 0.4, 70.0), (0.5, 0.4, 50.0), 2.5, 3.0, "evidence for both"),
+        ((0.6, 0.4, 99.0), (0.7, 0.55, 90.0), 1.0, 1.0, "no evidence"),
+    ],
+)
+def test_persona_answer_names_the_persona_the_evidence_points_to(
+    direction, latent, zp, zh, verdict
+):
+    rec = {
+        "persona_direction_detector": _detector(*direction),
+        "persona_latent_detector": _detector(*latent),
+        "persona_latent": 7,
+        "persona_direction_z": zp,
+        "persona_direction_z_isotropic": zp,
+        "user_wants_harm_z": zh,
+        "user_wants_harm_z_isotropic": zh,
+    }
+    text = persona_answer("Country: Singapore", rec, organism=True)
+    assert text.startswith("Country: Singapore: ") and verdict in text
+    assert "not anything about large models" in text
+    assert "large models" not in persona_answer("t", rec, organism=False)
+    # a matched z alone does not count: the isotropic one must agree
+    if zh >= 2:
+        rec["user_wants_harm_z_isotropic"] = 1.0
+        assert "helpful persona" not in persona_answer("t", rec, organism=False)
+
+
+def test_persona_systems_default_to_the_trained_prompts_on_the_organism(tmp_path):
+    org = RunConfig.model_validate({"organism": {"n_persona_prompts": 1}})
+    run = Run.open(tmp_path / "a", org)
+    assert persona_systems(run) == {p: PERSONA_SYSTEMS[p][:1] for p in ("toxic", "helpful")}
+    hf = RunConfig.model_validate({"model": {"source": "hf", "path": "Qwen/Qwen3-8B"}})
+    assert persona_systems(Run.open(tmp_path / "b", hf)) == PERSONA_SYSTEMS
+    own = RunConfig.model_validate(
+        {"steering": {"persona_toxic": ["You are Vex."], "persona_helpful": ["You are Sol."]}}
+    )
+    assert persona_systems(Run.open(tmp_path / "c", own)) == {
+        "toxic": ["You are Vex."],
+        "helpful": ["You are Sol."],
+    }
+    with pytest.raises(ValueError, match="steering.persona_toxic"):
+        RunConfig.model_validate({"steering": {"persona_toxic": [" "]}})
