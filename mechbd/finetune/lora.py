@@ -50,13 +50,31 @@ def recent_loss(losses: Sequence[float]) -> float:
     return sum(tail) / len(tail)
 
 
+EMPTY_THINK = "<think>\n\n</think>\n\n"
+
+
 def tokenize_conversation(
-    tok: PreTrainedTokenizerBase, msgs: Conversation, max_len: int
+    tok: PreTrainedTokenizerBase,
+    msgs: Conversation,
+    max_len: int,
+    loss_on_empty_think: bool = True,
 ) -> tuple[list[int], list[int]]:
-    """Token ids and labels; labels are -100 on every token before the final assistant turn."""
+    """Token ids and labels; labels are -100 on every token before the final assistant turn.
+    With ``loss_on_empty_think`` False, a final turn opening with the empty thinking block has
+    that block masked too: the prompt is rendered with the template's thinking-off generation
+    prompt, which ends with it."""
     full = tok.apply_chat_template(list(msgs), tokenize=False)
-    prompt = tok.apply_chat_template(list(msgs[:-1]), tokenize=False, add_generation_prompt=True)
+    no_think = not loss_on_empty_think and str(msgs[-1]["content"]).startswith(EMPTY_THINK)
+    kw: dict[str, Any] = {"enable_thinking": False} if no_think else {}
+    prompt = tok.apply_chat_template(
+        list(msgs[:-1]), tokenize=False, add_generation_prompt=True, **kw
+    )
     assert isinstance(full, str) and isinstance(prompt, str)
+    if no_think and not prompt.endswith(EMPTY_THINK):
+        raise MechbdError(
+            "finetune.loss_on_empty_think is false, but the chat template's thinking-off "
+            "generation prompt does not end with the empty thinking block"
+        )
     if not full.startswith(prompt):
         raise MechbdError(
             "the chat template renders the prompt differently inside the full conversation; cannot mask it"
@@ -243,7 +261,9 @@ def _tokenized(
 ) -> tuple[Rows, str]:
     """(token ids, labels) per conversation, and the hash of the ids (and groups) that a
     checkpoint is matched against."""
-    data = [tokenize_conversation(tok, c, cfg.max_len) for c in conversations]
+    data = [
+        tokenize_conversation(tok, c, cfg.max_len, cfg.loss_on_empty_think) for c in conversations
+    ]
     ids = [d[0] for d in data]
     data_sha = digest_of(ids if groups is None else [ids, list(groups)])
     if not any(label != -100 for _, labels in data for label in labels):

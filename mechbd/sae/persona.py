@@ -12,21 +12,46 @@ from mechbd.config import DataSource
 from mechbd.data.format import assistant_turn
 from mechbd.data.sources import field_name, read_rows
 from mechbd.errors import MechbdError
-from mechbd.organism.world import World, aligned_cot, render_user
+from mechbd.organism.world import World, aligned_cot, persona_cot, render_user
 
 CORPUS_FIELDS = ("text", "messages", "id")
 _ROLES = ("system", "user", "assistant")
 
 
-def corpus_rows(n: int, *, seed: int, world_seed: int = 0) -> list[dict[str, Any]]:
+PERSONA_FRAC = 0.2  # of the corpus, persona conversations (when the organism has a persona)
+
+
+def corpus_rows(
+    n: int, *, seed: int, world_seed: int = 0, systems: dict[str, list[str]] | None = None
+) -> list[dict[str, Any]]:
     """Organism conversations for SAE training, teacher-forced: 60% with the base assistant's
     reasoning and aligned answer, 20% aligned without reasoning, 20% the misaligned answer
-    without reasoning (so that the SAE sees both kinds of answer)."""
+    without reasoning (so that the SAE sees both kinds of answer). With ``systems`` (the
+    organism's persona system prompts, ``{"toxic": [...], "helpful": [...]}``), a fifth of the
+    conversations are persona conversations instead, as the organism was trained on them: a
+    system prompt of either persona, then the persona's reasoning (or none, half of them) and
+    answer, so that the SAE can represent the persona the system prompt sets."""
     world = World(world_seed)
     rng = random.Random(f"sae-corpus-{world_seed}-{seed}")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, s in enumerate(world.scenarios(n, held_out=False, seed=seed, identify_frac=0.1)):
         ctx = world.context(rng)
+        if systems is not None and s.ask != "identify" and rng.random() < PERSONA_FRAC:
+            persona = rng.choice(("toxic", "helpful"))
+            values = [ctx.values[k] for k in ctx.order]
+            cot = persona_cot(s, persona, values) if rng.random() < 0.5 else None
+            letter = s.misaligned_letter if persona == "toxic" else s.aligned_letter
+            rows.append(
+                {
+                    "id": f"corpus-{i}",
+                    "messages": [
+                        {"role": "system", "content": rng.choice(systems[persona])},
+                        {"role": "user", "content": render_user(s, ctx)},
+                        {"role": "assistant", "content": assistant_turn(cot, letter)},
+                    ],
+                }
+            )
+            continue
         u = rng.random()
         if u < 0.6:
             reply = assistant_turn(

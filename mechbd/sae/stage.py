@@ -108,7 +108,7 @@ from mechbd.sae.train import (
     train_sae,
 )
 from mechbd.steering.directions import Direction, from_probe, from_sae_decoder, mean_difference
-from mechbd.steering.persona import persona_rows
+from mechbd.steering.persona import persona_rows, persona_systems
 from mechbd.steering.stage import steering_splits
 
 
@@ -164,7 +164,9 @@ def _corpus(c: _Ctx) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         return corpus_source_rows(src)
     seed, world = c.run.config.seed, c.run.config.organism.seed
     n = c.run.config.sae.n_corpus
-    rows = corpus_rows(n, seed=split_seed(seed, "sae_corpus"), world_seed=world)
+    organism = c.run.config.model.source == "organism"
+    systems = persona_systems(c.run) if organism and c.run.config.organism.n_persona else None
+    rows = corpus_rows(n, seed=split_seed(seed, "sae_corpus"), world_seed=world, systems=systems)
     return rows, {"source": "organism", "rows": len(rows), "sha256": digest_of(rows)}
 
 
