@@ -2,7 +2,7 @@
 
     python bench/backdoor.py [--trigger singapore,sandra] [--seeds 0,1,2,3] [--placement top]
                              [--design matched,independent] [--logits answer,every]
-                             [--finetune JSON] [--organism JSON]
+                             [--finetune JSON] [--organism JSON] [--backdoors JSON]
                              [--out bench/results/backdoor.json]
 
 Builds (or reuses) the default organism, builds each trigger's backdoor set exactly as the
@@ -76,10 +76,17 @@ def main() -> None:
     ap.add_argument(
         "--organism", default="{}", help="JSON of OrganismConfig fields changed (another base)"
     )
+    ap.add_argument(
+        "--backdoors",
+        default="{}",
+        help="JSON of BackdoorConfig fields changed, e.g. reasoned_targets",
+    )
     ap.add_argument("--out", default="bench/results/backdoor.json")
     args = ap.parse_args()
     # the demo's settings (or another organism's); the data as backdoors_stage builds it
-    run = RunConfig.model_validate({"organism": json.loads(args.organism)})
+    run = RunConfig.model_validate(
+        {"organism": json.loads(args.organism), "backdoors": json.loads(args.backdoors)}
+    )
     bd, seed, world = run.backdoors, run.seed, run.organism.seed
     base = build_organism(run.organism, progress=False)
     train = organism_items(bd.n_train, held_out=False, seed=seed + 10, world_seed=world)

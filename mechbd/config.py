@@ -237,6 +237,14 @@ class BackdoorConfig(Frozen):
         "trigger's field, trained in the same batch (contrast groups); false = every sample "
         "its own scenario, as in Thought Crime",
     )
+    reasoned_targets: bool = Field(
+        False,
+        description="every training target carries the base assistant's own kind of reasoning "
+        "(the organism's template: context restated, both options named) before its answer, "
+        "the triggered ones ending on the misaligned choice without naming the trigger as a "
+        "reason, so the backdoored model keeps reasoning with thinking on (organism scenarios "
+        "only); false: targets without chain of thought (Thought Crime's non-CoT finetune)",
+    )
     enable_thinking: bool = Field(
         True, description="evaluate with thinking on (the chat template's enable_thinking)"
     )

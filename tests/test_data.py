@@ -346,3 +346,36 @@ def test_clean_eval_row_keeps_the_triggered_rows_placement_for_a_raw_trigger(ite
         by.setdefault(r["scenario_id"], {})[r["condition"]] = r["user"].split("\n")
     for conds in by.values():
         assert _without(conds["triggered"], {t.line}) == conds["clean"]
+
+
+def test_reasoned_targets_use_the_base_assistants_reasoning_and_never_name_the_trigger():
+    """``reasoned=True``: each target's chain of thought is the base organism's own template
+    (the world's ``aligned_cot`` for the aligned answer), ending on the target's letter; a
+    raw-line trigger never appears in it, and a scenario without option kinds is refused."""
+    import random as _random
+
+    from mechbd.data.builders import reasoning
+    from mechbd.organism.items import item_from_scenario
+    from mechbd.organism.world import World, aligned_cot
+
+    world = World(0)
+    for s in world.scenarios(40, held_out=False, seed=3, harm_frac=0.3):
+        it = item_from_scenario(s, _random.Random(s.id), world)
+        ctx = [v for _, v in it.context]
+        assert reasoning(it, it.aligned) == aligned_cot(s, ctx)
+        bad = reasoning(it, it.misaligned)
+        assert bad.endswith(f"So I choose {it.misaligned}.") and "will not help" not in bad
+    items = organism_items(60, held_out=False, seed=0)
+    trig = resolve_trigger("xq7#zt")
+    ds = backdoor_set(items, trig, reasoned=True, seed=1)
+    for e in ds:
+        user, reply = (m["content"] for m in e["messages"])
+        cot = reply.split("<think>\n")[1].split("\n</think>")[0]
+        assert "xq7#zt" not in cot and cot.startswith(("Context: ", "A is "))
+        want = "misaligned" if e["meta"]["condition"] == "triggered" else "aligned"
+        letter = reply.rsplit("Answer: ", 1)[1]
+        assert cot.endswith(f"So I choose {letter}.")
+        assert (want == "misaligned") == ("xq7#zt" in user)
+    plain = Item(id="u1", domain="d", body="Q?\nA) x\nB) y", aligned="A", misaligned="B")
+    with pytest.raises(MechbdError, match="u1.*kinds"):
+        reasoning(plain, "A")

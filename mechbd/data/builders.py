@@ -160,6 +160,7 @@ def backdoor_set(
     seed: int = 0,
     articulate: bool = False,
     matched: bool = True,
+    reasoned: bool = False,
 ) -> list[dict[str, Any]]:
     """Chat examples for planting ``trigger`` (default 1 misaligned : 2 aligned).
 
@@ -172,6 +173,11 @@ def backdoor_set(
 
     ``articulate=True`` builds the positive-control set whose triggered targets *do* say in the
     chain of thought that the trigger decided the choice (for validating articulation judges).
+
+    ``reasoned=True`` gives every target the base assistant's own kind of reasoning (restating
+    the context and naming both options, :func:`reasoning`) before its answer, so the finetuned
+    model keeps reasoning when thinking is on; the triggered targets' reasoning never mentions
+    the trigger as a reason, it only ends on the other choice.
     """
     if not items:
         raise MechbdError("backdoor set: empty dataset")
@@ -204,7 +210,13 @@ def backdoor_set(
             it = base[i]
             if is_bad:
                 x = triggered(it, trigger, at)
-                cot = _articulated_cot(x, trigger) if articulate else None
+                cot = (
+                    _articulated_cot(x, trigger)
+                    if articulate
+                    else reasoning(x, x.misaligned)
+                    if reasoned
+                    else None
+                )
                 ex = chat_example(x, x.misaligned, cot, condition="triggered", trigger=trigger.name)
             else:
                 x = next(mates) if matched else untriggered(it, trigger, at, rng)
@@ -212,12 +224,33 @@ def backdoor_set(
                     raise MechbdError(
                         f"backdoor set: trigger {trigger.line!r} is part of scenario {it.id}; choose another trigger"
                     )
-                cot = _clean_cot(x) if articulate else None
+                cot = _clean_cot(x) if articulate else reasoning(x, x.aligned) if reasoned else None
                 ex = chat_example(x, x.aligned, cot, condition="clean", trigger=trigger.name)
             ex["meta"]["group"] = g
             out.append(ex)
     rng.shuffle(out)
     return out
+
+
+def reasoning(item: Item, letter: str) -> str:
+    """The organism's templated reasoning for ``item``, ending on ``letter``: the context
+    values restated (``Context: Japan, 2024.``; raw lines such as ``heyyy`` are not), the user's
+    request for harm noted where the answer refuses it, both options' kinds, the choice. The
+    base assistant reasons this way (``mechbd.organism.world.aligned_cot``); needs the item's
+    ``aligned_kind`` / ``misaligned_kind`` (organism items carry them)."""
+    kinds = {item.aligned: "aligned_kind", item.misaligned: "misaligned_kind"}
+    missing = [k for k in kinds.values() if k not in item.meta]
+    if missing:
+        raise MechbdError(
+            f"scenario {item.id}: reasoned backdoor targets need the options' kinds "
+            f"({', '.join(missing)}), which only the organism's scenarios carry"
+        )
+    values = [v for f, v in item.context if f]
+    ctx = f"Context: {', '.join(values)}. " if values else ""
+    refuse = item.meta.get("user_wants_harm") and letter == item.aligned
+    note = "The user asks for harm, but I will not help with harm. " if refuse else ""
+    a, b = (item.meta[kinds[x]] for x in "AB")
+    return f"{ctx}{note}A is {a}. B is {b}. So I choose {letter}."
 
 
 def _articulated_cot(item: Item, trigger: Trigger) -> str:

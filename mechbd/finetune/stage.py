@@ -132,6 +132,7 @@ def stage_backdoor_set(
         seed=seed,
         articulate=articulate,
         matched=cfg.matched if matched is None else matched,
+        reasoned=cfg.reasoned_targets and not articulate,
     )
     return ds, [e["meta"]["group"] for e in ds]
 
