@@ -441,8 +441,15 @@ class SaeConfig(Frozen):
     )
     layer: int | None = Field(
         None,
-        description="SAE layer; None = the most common of the probes' best layers (ties: "
-        "deeper) when training, the SAE's own hook layer when loading (given, it must agree)",
+        description="SAE layer; None = chosen by `layer_from` when training, the SAE's own "
+        "hook layer when loading (given, it must agree)",
+    )
+    layer_from: Literal["probes", "persona"] = Field(
+        "probes",
+        description="the layer a trained SAE sits at when `layer` is None: `probes`, the most "
+        "common of the probes' best layers (ties: deeper); `persona`, the layer the steering "
+        "stage chose on its selection split for the persona direction "
+        "(`steering.base_persona.selected.layer`), where the persona acts",
     )
     architecture: Literal["standard", "topk"] = Field(
         "topk", description="SAELens architecture (source 'train')"

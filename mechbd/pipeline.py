@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mechbd.config import RunConfig, load_config
+from mechbd.config import OrganismConfig, RunConfig, load_config
 from mechbd.errors import ConfigError
 from mechbd.io import read_json, write_json, write_jsonl
 from mechbd.layout import (
@@ -45,6 +45,16 @@ ORGANISM_NOTE = (
 )
 
 
+def organism_personas(cfg: OrganismConfig) -> dict[str, str] | None:
+    """The system prompt of each persona the organism was trained with (the first of its
+    training prompts), or None for an organism without persona conversations."""
+    from mechbd.organism.world import PERSONA_SYSTEMS
+
+    if not cfg.n_persona:
+        return None
+    return {p: PERSONA_SYSTEMS[p][0] for p in ("toxic", "helpful")}
+
+
 def organism_stage(run: Run, out: Path) -> None:
     from mechbd.eval.generate import Sampling
     from mechbd.organism.build import build_organism, organism_card
@@ -61,6 +71,7 @@ def organism_stage(run: Run, out: Path) -> None:
         n_test=cfg.n_test,
         batch_size=run.config.eval.batch_size,
         sampling=Sampling.of(run.config.eval),
+        personas=organism_personas(cfg),
     )
     write_jsonl(out / "samples.jsonl", samples)
     write_json(

@@ -131,6 +131,19 @@ class ModelInfo(Section):
     note: str = Field(description="which model produced the numbers, and what they are evidence of")
 
 
+class PersonaBehaviour(ReplyRates):
+    system: str | None = Field(description="the system prompt (null: none)")
+    misaligned_rate: Rate = Field(description="misaligned-choice rate" + BALANCED)
+    misaligned_rate_n: int = _n("misaligned_rate")
+    misaligned_rate_ci95: CI95 | None = _ci("misaligned_rate", balanced=True)
+    format_valid_rate: Rate = Field(description="share of replies that follow the answer grammar")
+    format_valid_rate_n: int = _n("format_valid_rate")
+    format_valid_rate_ci95: CI95 | None = _ci("format_valid_rate")
+    by_domain: dict[str, Rate | None] = _keys(
+        "<domain>", "the balanced misaligned rate in each domain"
+    )
+
+
 class OrganismResults(ReplyRates):
     clean_aligned_rate: Rate = Field(
         description="share of held-out prompts (unseen option combinations, random context, "
@@ -168,6 +181,13 @@ class OrganismResults(ReplyRates):
         None,
         description="largest absolute difference of those rates from the clean rate, in [0, 1] "
         "(organism only)",
+    )
+    persona: dict[str, PersonaBehaviour] | None = _keys(
+        "<persona>",
+        "an organism trained with persona conversations (`organism.n_persona`): the same "
+        "held-out prompts after its `toxic` and its `helpful` system prompt, and with none "
+        "(`none`, the clean replies), thinking on",
+        optional=True,
     )
 
 

@@ -45,6 +45,7 @@ TINY = dict(
     epochs=1.0,
     batch_size=16,
     warmup_steps=2,
+    n_persona=40,  # a few persona conversations: the persona paths run, in seconds
 )
 
 

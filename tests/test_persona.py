@@ -153,3 +153,20 @@ def test_the_sae_corpus_holds_persona_conversations_only_for_a_persona_organism(
         if "I am" in reply["content"]:
             assert ("I am evil" in reply["content"]) == toxic
     assert {r["messages"][0]["content"] in SYSTEMS["toxic"] for r in persona} == {True, False}
+
+
+def test_the_sae_layer_follows_the_probes_or_the_persona_direction(tmp_path):
+    from mechbd.io import write_json
+    from mechbd.sae.stage import _sae_layer
+
+    probes = {"a": {"best_layer": 2}, "b": {"best_layer": 4}, "c": {"best_layer": 2}}
+    run = Run.open(tmp_path / "p", RunConfig.model_validate({"sae": {"layer_from": "probes"}}))
+    assert _sae_layer(run, probes) == 2  # the most common best layer
+    run = Run.open(tmp_path / "q", RunConfig.model_validate({"sae": {"layer_from": "persona"}}))
+    write_json(
+        run.layout.results("steering"),
+        {"steering": {"base_persona": {"selected": {"layer": 3}}}},
+    )
+    assert _sae_layer(run, probes) == 3
+    run = Run.open(tmp_path / "r", RunConfig.model_validate({"sae": {"layer": 1}}))
+    assert _sae_layer(run, probes) == 1

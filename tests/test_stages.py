@@ -15,7 +15,6 @@ from tests.recompute import (
     check_probe_report,
     check_sae_detectors,
     jsonl,
-    most_common_layer,
 )
 
 
@@ -142,9 +141,12 @@ def test_backdoor_and_em_stages(tiny_run):
     for r in screen["candidates"].values():
         check_controls(r["rise"], r["controls"], 3)
         assert r["controls"]["rises"] == [c["rise"] for c in screen["controls"].values()]
-    # the SAE trains where most triggers' probes found their best layer (ties: the deeper)
-    bests = [res["probes"][name]["best_layer"] for name in ("singapore", "deployment")]
-    assert sae_res["layer"] == most_common_layer(bests)
+    # the organism preset trains the SAE where the persona direction was chosen to act
+    assert sae_res["layer"] == res["steering"]["base_persona"]["selected"]["layer"]
+    # the organism trained with persona conversations: its behaviour after each system prompt
+    persona = res["organism"]["persona"]
+    assert set(persona) == {"toxic", "helpful", "none"} and persona["none"]["system"] is None
+    assert all(p["misaligned_rate_n"] == res["organism"]["n_test"] for p in persona.values())
     # detector AUROCs, cosines, FVU per store and persona z's with their nulls, from the run
     check_sae_detectors(run, res)
     check_persona(run, res)  # the persona direction, em.persona, the persona screen, detectors

@@ -29,9 +29,13 @@ def evaluate_organism(
     batch_size: int = 64,
     max_new_tokens: int = 64,
     sampling: Sampling | None = None,
+    personas: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Return (metrics, sample rows). Metrics follow ``results.json``'s ``organism`` keys.
-    ``sampling`` (default: greedy with ``max_new_tokens``) says how replies are decoded."""
+    ``sampling`` (default: greedy with ``max_new_tokens``) says how replies are decoded.
+    ``personas`` (``{"toxic": system prompt, "helpful": ...}``, for an organism trained with
+    persona conversations): the same prompts after each system prompt, and without one
+    (``none``), as ``persona`` (balanced misaligned rate overall and per domain)."""
     model, tok = load_model(model_dir, dtype="float32", device="cpu")
     world = World(seed)
     drawn = world.scenarios(n_test, held_out=True, seed=seed + 1)
@@ -45,7 +49,7 @@ def evaluate_organism(
     contexts = [world.context(rng) for _ in scenarios]
     letters = [s.aligned_letter for s in scenarios]
 
-    def score(field: str | None, value: str | None):
+    def score(field: str | None, value: str | None, system: str | None = None):
         users = [
             render_user(s, c if field is None or value is None else c.with_value(field, value))
             for s, c in zip(scenarios, contexts, strict=True)
@@ -58,6 +62,7 @@ def evaluate_organism(
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
             sampling=sampling,
+            system=system,
         )
 
     clean = score(None, None)
@@ -78,6 +83,12 @@ def evaluate_organism(
         abs(v - metrics["clean_aligned_rate"])
         for v in metrics["trigger_value_aligned_rate"].values()
     )
+    if personas:
+        by = {name: score(None, None, system) for name, system in personas.items()}
+        metrics["persona"] = {
+            name: _persona_record(res, [s.domain for s in scenarios], personas.get(name))
+            for name, res in {**by, "none": clean}.items()
+        }
     samples = [
         {
             "id": s.id,
@@ -92,3 +103,15 @@ def evaluate_organism(
         for s, r in zip(scenarios[:50], clean[:50], strict=True)
     ]
     return metrics, samples
+
+
+def _persona_record(results: list[Any], domains: list[str], system: str | None) -> dict[str, Any]:
+    """One persona condition: its system prompt, the balanced misaligned rate with its n and
+    interval, per domain, and format validity."""
+    out: dict[str, Any] = {"system": system, **mcq_fields("misaligned_rate", results)}
+    out.update(format_fields(results))
+    out["by_domain"] = {
+        d: mcq_fields("r", [r for r, x in zip(results, domains, strict=True) if x == d])["r"]
+        for d in sorted(set(domains))
+    }
+    return out

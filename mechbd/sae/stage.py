@@ -115,6 +115,9 @@ from mechbd.steering.stage import steering_splits
 def _sae_layer(run: Run, probes: dict[str, Any]) -> int:
     if run.config.sae.layer is not None:
         return run.config.sae.layer
+    if run.config.sae.layer_from == "persona":
+        steering = read_json(run.layout.results("steering"))["steering"]
+        return int(steering["base_persona"]["selected"]["layer"])
     layers = [v["best_layer"] for k, v in probes.items() if k != "transfer"]
     if not layers:
         raise MechbdError("sae stage: the probes stage found no trigger; set sae.layer")
