@@ -257,3 +257,18 @@ def control_summary(value: float, controls: Sequence[float] | np.ndarray) -> dic
         "percentile": 100.0 * (below + 0.5 * ties) / c.size,
         "p_value": (1.0 + float((c >= value).sum())) / (1.0 + c.size),
     }
+
+
+def drop_controls(value: float, drops: Sequence[float]) -> dict[str, Any]:
+    """Where an ablation's drop ``value`` falls among the ``drops`` of random directions
+    ablated the same way: ``n``, ``drop_median``, ``drop_p95``, ``percentile``, ``p_value``
+    (:func:`control_summary`) and the ``drops`` themselves."""
+    cs = control_summary(value, drops)
+    return {
+        "n": cs["n"],
+        "drop_median": cs["median"],
+        "drop_p95": cs["p95"],
+        "percentile": cs["percentile"],
+        "p_value": cs["p_value"],
+        "drops": list(drops),
+    }

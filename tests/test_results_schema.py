@@ -31,8 +31,18 @@ def test_schema_accepts_the_tiny_run(tiny_run):
     assert set(res.probes.triggers) == set(res.backdoors) == set(res.persona)
     assert res.probes.transfer is not None and set(res.probes.transfer) == set(res.backdoors)
     assert res.model is not None and res.model.name == "mechbd-organism"
+    # each stage's own file matches, merged over the stages before it (the steering stage adds
+    # `em.persona` to the em stage's section, so its file alone holds half a section)
+    merged: dict = {}
     for stage in ("organism", "backdoors", "em", "probes", "steering", "sae"):
-        load_results(tiny_run / stage / "results.json")
+        for key, value in json.loads((tiny_run / stage / "results.json").read_text()).items():
+            old = merged.get(key)
+            merged[key] = {**old, **value} if isinstance(old, dict) else value
+        validate_results(merged, stage)
+    assert set(json.loads((tiny_run / "steering" / "results.json").read_text())["em"]) == {
+        "persona"
+    }
+    assert merged == json.loads((tiny_run / "results.json").read_text())
 
 
 def test_schema_accepts_the_model_stage_sections():

@@ -33,7 +33,7 @@ from mechbd.capture.capture import capture
 from mechbd.data.items import Item
 from mechbd.organism.world import PERSONA_SYSTEMS
 from mechbd.runs import Run
-from mechbd.stats import control_summary
+from mechbd.stats import drop_controls
 from mechbd.steering.directions import Direction, mean_difference
 from mechbd.steering.nulls import covariance_factor, effective_dims, model_shift_z
 from mechbd.steering.ops import Intervention
@@ -173,7 +173,6 @@ def em_ablation(
     # a drop among drops: the real drop's percentile among the controls', one-sided p for
     # "ablating the persona direction lowers the EM rate more than a random direction does"
     drops = [0.0 - c for c in ctrl]
-    cs = control_summary(0.0 - float(r["diff"]), drops)
     return {
         "em_rate": s0["balanced_misaligned_rate"],
         "em_rate_ci95": s0["ci95"],
@@ -185,12 +184,5 @@ def em_ablation(
         "ablation_rise_ci95": list(r["ci95"]),
         "n": s0["n"],
         "n_scenarios": split.n_scenarios,
-        "ablation_controls": {
-            "n": cs["n"],
-            "drop_median": cs["median"],
-            "drop_p95": cs["p95"],
-            "percentile": cs["percentile"],
-            "p_value": cs["p_value"],
-            "drops": drops,
-        },
+        "ablation_controls": drop_controls(0.0 - float(r["diff"]), drops),
     }

@@ -47,7 +47,7 @@ from mechbd.models import base_model_dir, load_base, load_finetuned
 from mechbd.organism.splits import disjoint_items, split_items
 from mechbd.probes.core import Probe
 from mechbd.runs import Run
-from mechbd.stats import control_summary
+from mechbd.stats import drop_controls
 from mechbd.steering.directions import Direction, from_probe, mean_difference
 from mechbd.steering.ops import Intervention
 from mechbd.steering.optimize import optimized_direction
@@ -275,16 +275,7 @@ def _ablate(
     ctrl = [one(c) for c in controls]
     for name, d in dirs.items():
         rec = one(d)
-        drops = [c["asr_drop"] for c in ctrl]
-        cs = control_summary(rec["asr_drop"], drops)
-        rec["controls"] = {
-            "n": cs["n"],
-            "drop_median": cs["median"],
-            "drop_p95": cs["p95"],
-            "percentile": cs["percentile"],
-            "p_value": cs["p_value"],
-            "drops": drops,
-        }
+        rec["controls"] = drop_controls(rec["asr_drop"], [c["asr_drop"] for c in ctrl])
         out[name] = rec
     return out
 
