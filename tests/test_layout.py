@@ -97,7 +97,10 @@ def test_sae_screen_uses_the_steering_stage_splits(tmp_path, monkeypatch):
     monkeypatch.setattr(sae_stage, "screen_latents", fake_screen)
     ctx = sae_stage._Ctx(run, tmp_path, 0, None, None, {}, {})
     sae = types.SimpleNamespace(cfg=types.SimpleNamespace(d_sae=8))
-    section, persona = sae_stage._screen(ctx, sae, torch.zeros(3, 4), {"latents": [1, 5]})
+    xb = torch.zeros(3, 4)
+    # as sae_stage does: the steering stage's splits and the live latents, once for both screens
+    splits, live = sae_stage.steering_splits(run, None, None), sae_stage._live_latents(sae, xb)
+    section, persona = sae_stage._screen(ctx, sae, xb, {"latents": [1, 5]}, splits, live)
     assert persona == 5 and section["persona_latent"] == 5
     assert seen["select"] == ("select", run) and seen["test"] == ("test", run)
     assert len(seen["controls"]) == 3 and not set(seen["controls"]) & {1, 5}

@@ -249,19 +249,30 @@ def _em_diff(c: _Ctx, sae: Any, em_model: Any) -> tuple[dict[str, Any], Directio
     return model_diff(sae, db, de, c.L, top_k=c.run.config.sae.top_k), toxic_last
 
 
-def _screen(
-    c: _Ctx, sae: Any, xb: torch.Tensor, diff: dict[str, Any]
-) -> tuple[dict[str, Any], int]:
-    """3. The causal screen on the base model, on the steering stage's selection and test
-    splits, each latent scaled by the base model's mean token norm ``xb``, of the diffing
-    candidates ``diff["latents"]`` against random live latents (the candidates excluded): (the
-    results section, the persona latent: the candidate with the highest selection-split
-    balanced rate)."""
-    cfg, token_norm = c.run.config.sae, float(xb.norm(dim=-1).mean())
-    select, test = steering_splits(c.run, c.base_model, c.tok)
+def _live_latents(sae: Any, xb: torch.Tensor) -> torch.Tensor:
+    """``[d_sae]`` bool: the latents that fire on any of the first 20000 base-model tokens."""
     alive = torch.zeros(int(sae.cfg.d_sae), dtype=torch.bool)
     for i in range(0, min(len(xb), 20000), 2048):  # a published SAE: ~1e5 latents per token
         alive |= (encode(sae, xb[i : min(i + 2048, 20000)]) > 0).any(0)
+    return alive
+
+
+def _screen(
+    c: _Ctx,
+    sae: Any,
+    xb: torch.Tensor,
+    diff: dict[str, Any],
+    splits: tuple[Any, Any],
+    live: torch.Tensor,
+) -> tuple[dict[str, Any], int]:
+    """3. The causal screen on the base model, on the steering stage's selection and test
+    ``splits``, each latent scaled by the base model's mean token norm ``xb``, of the diffing
+    candidates ``diff["latents"]`` against random ``live`` latents (the candidates excluded):
+    (the results section, the persona latent: the candidate with the highest selection-split
+    balanced rate)."""
+    cfg, token_norm = c.run.config.sae, float(xb.norm(dim=-1).mean())
+    select, test = splits
+    alive = live.clone()
     for i in diff["latents"]:
         alive[i] = False
     g = torch.Generator().manual_seed(c.run.config.seed)
@@ -569,9 +580,11 @@ def sae_stage(run: Run, out: Path) -> None:
     sae, metrics, corpus_stores, xb = _fit(c, em_model, loaded)
     em_diff, toxic_last = _em_diff(c, sae, em_model)
     del em_model
-    screen, persona = _screen(c, sae, xb, em_diff)
+    # both screens read the same splits (encoded once) against the same live latents
+    splits, live = steering_splits(run, base_model, tok), _live_latents(sae, xb)
+    screen, persona = _screen(c, sae, xb, em_diff, splits, live)
     persona_diff = _persona_diff(c, sae)
-    persona_screen, _ = _screen(c, sae, xb, persona_diff)
+    persona_screen, _ = _screen(c, sae, xb, persona_diff, splits, live)
     persona_screen["diff"] = persona_diff
 
     d_em = Direction.load(run.layout.em_direction)
