@@ -358,6 +358,15 @@ class SteeringConfig(Frozen):
         le=1,
         description="a setting is eligible when its format validity is at least this",
     )
+    max_letter_bias: float = Field(
+        0.65,
+        ge=0.5,
+        le=1,
+        description="a setting is eligible when its letter bias (the larger share of A or B on "
+        "the selection split) is at most this, or at most the unsteered model's own: answers "
+        "on content leave it at 0.5 over both orders, one letter to everything makes it 1 and "
+        "fakes a balanced rise of 0.5 (docs/pipeline.md, the letter guard)",
+    )
     optimized_steps: int = Field(
         300,
         ge=0,
@@ -476,7 +485,9 @@ class SaeConfig(Frozen):
         "read as the candidates are; at least `top_k`",
     )
     multipliers: tuple[float, ...] = Field(
-        (0.0, 0.25, 0.5, 1.0, 2.0), description="in units of the layer's mean token norm"
+        (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0),
+        description="in units of the layer's mean token norm (finest between 0.5 and 2, where "
+        "a latent's effect on the choice and on the format both appear)",
     )
     n_persona: int = Field(400, gt=0, description="matched user-wants-harm / neutral pairs")
 

@@ -739,6 +739,16 @@ class Controls(Section):
     rises: list[float] = Field(description="every control's test rise, in seed order")
 
 
+class LetterGuard(Section):
+    max_letter_bias: float = Field(
+        description="settings with a higher selection-split letter bias were not eligible: "
+        "`steering.max_letter_bias` or the unsteered model's own, whichever is larger"
+    )
+    excluded: int = Field(
+        description="selection-grid settings that kept the format but were excluded by it"
+    )
+
+
 class SteerRecord(MCQSummary):
     """A steering setting chosen on the selection split and read on the test split."""
 
@@ -750,8 +760,13 @@ class SteerRecord(MCQSummary):
     n_test: int = Field(description="test-split scenarios it is reported on")
     selected: Selected = Field(description="the setting chosen on the selection split")
     format_guard_met: bool = Field(
-        description="some setting kept format validity ≥ `steering.min_format` on the selection "
-        "split (otherwise the best of all is reported, flagged)"
+        description="some setting kept format validity ≥ `steering.min_format` and the letter "
+        "guard on the selection split (otherwise the best of all is reported, flagged)"
+    )
+    letter_guard: LetterGuard | None = Field(
+        None,
+        description="the letter guard the setting was chosen under (docs/pipeline.md); absent "
+        "in runs made before it",
     )
     select_curve: list[CurvePoint] = Field(
         description="selection-split dose-response at the chosen layer (where it was chosen)"

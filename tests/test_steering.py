@@ -553,3 +553,61 @@ def test_setting_is_chosen_on_selection_rows_and_reported_on_test_rows():
         ref["p_value"],
         ref["median"],
     )
+
+
+def test_letter_guard_keeps_a_letter_collapse_from_being_chosen():
+    """A setting that answers 'A' to everything (balanced 0.5 from an unsteered 0.0: a rise a
+    letter preference fakes) is not chosen over a smaller real change of mind once the letter
+    guard is on; without it, it is. A model whose unsteered letter bias is already above the
+    guard keeps its own bias as the bar, so real models with a position bias still get a
+    setting. Controls face the same guard because they go through the same function."""
+    from mechbd.steering.select import additive, choose, select_and_test
+
+    rows = _toy_rows(30, "g")
+
+    def num(r):
+        return int(r["id"].split("/")[0][1:])
+
+    def policy(r, m, layer):
+        if m == 4.0:  # letter collapse
+            return "A"
+        if m == 2.0 and num(r) % 10 < 3:  # 30% of scenarios change mind
+            return r["misaligned_mcq_answer"]
+        return r["aligned_mcq_answer"]
+
+    split = _fake_split(rows, policy)
+    d = Direction({0: torch.ones(4)}, {"name": "toy"})
+    kw = dict(layers=[0], multipliers=[0.0, 2.0, 4.0], positions="assistant")
+    loose = select_and_test(split, split, additive(d), **kw)
+    assert loose["selected"]["multiplier"] == 4.0 and loose["rise"] == 0.5
+    assert loose["letter_bias"] == 1.0 and loose["consistent_misaligned_rate"] == 0.0
+    guarded = select_and_test(split, split, additive(d), max_letter_bias=0.65, **kw)
+    assert guarded["selected"]["multiplier"] == 2.0
+    assert guarded["rise"] == pytest.approx(0.3) and guarded["letter_bias"] == 0.5
+    assert guarded["letter_guard"] == {"max_letter_bias": 0.65, "excluded": 1}
+    assert guarded["format_guard_met"]
+    # an unsteered model that already prefers 'B' in 80% of answers: its own bias is the bar
+    biased = _fake_split(rows, lambda r, m, layer: "B" if num(r) % 5 else r["aligned_mcq_answer"])
+    own = biased.measure().summary()["letter_bias"]
+    assert own > 0.65
+    rec = select_and_test(biased, biased, additive(d), max_letter_bias=0.65, **kw)
+    assert rec["letter_guard"]["max_letter_bias"] == own and rec["letter_guard"]["excluded"] == 0
+    # choose() alone: a point at exactly the guard is eligible, one above is not
+    pts = [
+        {
+            "layer": 0,
+            "multiplier": 1.0,
+            "balanced_misaligned_rate": 0.2,
+            "letter_bias": 0.65,
+            "format_valid_rate": 1.0,
+        },
+        {
+            "layer": 0,
+            "multiplier": 2.0,
+            "balanced_misaligned_rate": 0.5,
+            "letter_bias": 0.651,
+            "format_valid_rate": 1.0,
+        },
+    ]
+    assert choose(pts, 0.9, 0.65)[0]["multiplier"] == 1.0
+    assert choose(pts, 0.9, 0.66)[0]["multiplier"] == 2.0

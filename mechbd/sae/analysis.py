@@ -163,6 +163,7 @@ def screen_latents(
     multipliers: Sequence[float],
     positions: str,
     min_format: float = 0.9,
+    max_letter_bias: float = 1.0,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Steer along each candidate's and each control latent's decoder row (unit norm x
@@ -181,6 +182,7 @@ def screen_latents(
         multipliers=multipliers,
         positions=positions,
         min_format=min_format,
+        max_letter_bias=max_letter_bias,
         seed=seed,
     )
 

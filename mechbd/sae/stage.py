@@ -289,6 +289,7 @@ def _screen(
         multipliers=cfg.multipliers,
         positions=c.run.config.steering.positions,
         min_format=c.run.config.steering.min_format,
+        max_letter_bias=c.run.config.steering.max_letter_bias,
         seed=c.run.config.seed,
     )
     cands = screen["candidates"]

@@ -147,6 +147,7 @@ def _base_along(
         multipliers=multipliers or cfg.multipliers,
         positions=cfg.positions,
         min_format=cfg.min_format,
+        max_letter_bias=cfg.max_letter_bias,
         seed=run.config.seed,
     )
     rec = select_and_test(select, test, additive(d_em), keep_grid=True, **kw)
@@ -246,6 +247,7 @@ def _optimized(
         multipliers=(0.0, *cfg.optimized_scales),
         positions=cfg.positions,
         min_format=cfg.min_format,
+        max_letter_bias=cfg.max_letter_bias,
         seed=run.config.seed,
     )
     fits = fit.provenance["fit"]
