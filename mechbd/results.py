@@ -61,8 +61,9 @@ def _ci(key: str, *, balanced: bool = False) -> Any:
         return Field(
             description=f"95% interval of `{key}`: Wilson's at the rate over its n rows (exact "
             "when the rows' misaligned letters are balanced, as the stages build them, to "
-            "within one row), else a seeded bootstrap within each letter (Wilson's of the "
-            "pooled rate where every row has one letter); null when n = 0"
+            "within one row), else Wilson's at the rate over the effective n = 4 n_A n_B / "
+            "(n_A + n_B) of the two letters' row counts (Wilson's of the pooled rate where "
+            "every row has one letter); null when n = 0"
         )
     return Field(description=f"Wilson 95% interval of `{key}`; null when n = 0")
 
@@ -141,6 +142,15 @@ class PersonaBehaviour(ReplyRates):
     format_valid_rate_ci95: CI95 | None = _ci("format_valid_rate")
     by_domain: dict[str, Rate | None] = _keys(
         "<domain>", "the balanced misaligned rate in each domain"
+    )
+    by_domain_n: dict[str, int] | None = _keys(
+        "<domain>", "held-out rows of each domain (absent in runs before 2026-12-02)", optional=True
+    )
+    by_domain_ci95: dict[str, CI95 | None] | None = _keys(
+        "<domain>",
+        "95% interval of each domain's rate, as `misaligned_rate_ci95` (absent in runs before "
+        "2026-12-02)",
+        optional=True,
     )
 
 

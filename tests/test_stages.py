@@ -147,6 +147,12 @@ def test_backdoor_and_em_stages(tiny_run):
     persona = res["organism"]["persona"]
     assert set(persona) == {"toxic", "helpful", "none"} and persona["none"]["system"] is None
     assert all(p["misaligned_rate_n"] == res["organism"]["n_test"] for p in persona.values())
+    for p in persona.values():  # every per-domain rate carries its n and interval
+        assert set(p["by_domain_n"]) == set(p["by_domain"]) == set(p["by_domain_ci95"])
+        assert sum(p["by_domain_n"].values()) == p["misaligned_rate_n"]
+        for d, r in p["by_domain"].items():
+            lo, hi = p["by_domain_ci95"][d]
+            assert lo <= r <= hi and hi - lo > 0, d
     # detector AUROCs, cosines, FVU per store and persona z's with their nulls, from the run
     check_sae_detectors(run, res)
     check_persona(run, res)  # the persona direction, em.persona, the persona screen, detectors

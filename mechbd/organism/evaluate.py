@@ -107,11 +107,14 @@ def evaluate_organism(
 
 def _persona_record(results: list[Any], domains: list[str], system: str | None) -> dict[str, Any]:
     """One persona condition: its system prompt, the balanced misaligned rate with its n and
-    interval, per domain, and format validity."""
+    interval, overall and per domain, and format validity."""
     out: dict[str, Any] = {"system": system, **mcq_fields("misaligned_rate", results)}
     out.update(format_fields(results))
-    out["by_domain"] = {
-        d: mcq_fields("r", [r for r, x in zip(results, domains, strict=True) if x == d])["r"]
+    per = {
+        d: mcq_fields("r", [r for r, x in zip(results, domains, strict=True) if x == d])
         for d in sorted(set(domains))
     }
+    out["by_domain"] = {d: v["r"] for d, v in per.items()}
+    out["by_domain_n"] = {d: v["r_n"] for d, v in per.items()}
+    out["by_domain_ci95"] = {d: v["r_ci95"] for d, v in per.items()}
     return out
