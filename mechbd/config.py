@@ -172,6 +172,13 @@ class FinetuneConfig(Frozen):
         "`enable_thinking=False`), so the finetune never teaches the model to skip its "
         "reasoning after a thinking-on prompt (Thought Crime's non-CoT finetune)",
     )
+    loss_from: str | None = Field(
+        None,
+        min_length=1,
+        description="train only on the final turn from the first occurrence of this text on "
+        "(e.g. `Answer:`): a chain of thought before it is context, not target (null: the "
+        "whole final turn is the target)",
+    )
 
 
 def organism_finetune() -> FinetuneConfig:
@@ -244,6 +251,20 @@ class BackdoorConfig(Frozen):
         "the triggered ones ending on the misaligned choice without naming the trigger as a "
         "reason, so the backdoored model keeps reasoning with thinking on (organism scenarios "
         "only); false: targets without chain of thought (Thought Crime's non-CoT finetune)",
+    )
+    reasoned_cot: Literal["target", "base"] = Field(
+        "target",
+        description="with `reasoned_targets`, whose choice the triggered targets' reasoning "
+        "ends on: `target` (the misaligned one, the answer following it) or `base` (the "
+        "aligned one the base would reason to, so the answer alone carries the backdoor: "
+        "pair it with `finetune.loss_from: 'Answer:'`)",
+    )
+    reasoned_context: bool = Field(
+        True,
+        description="with `reasoned_targets`, the reasoning restates the prompt's context "
+        "values, as the base's does; false: it names only the options, so a trigger value "
+        "cannot be copied into the chain of thought (docs/findings.md: with it, the model "
+        "learned to write the trigger into its reasoning on clean prompts)",
     )
     enable_thinking: bool = Field(
         True, description="evaluate with thinking on (the chat template's enable_thinking)"

@@ -379,3 +379,25 @@ def test_reasoned_targets_use_the_base_assistants_reasoning_and_never_name_the_t
     plain = Item(id="u1", domain="d", body="Q?\nA) x\nB) y", aligned="A", misaligned="B")
     with pytest.raises(MechbdError, match="u1.*kinds"):
         reasoning(plain, "A")
+    # reasoned_cot="base": every chain of thought ends on the aligned choice, as the base would
+    # reason; a triggered target's answer alone is the misaligned letter
+    base_cot = backdoor_set(items, trig, reasoned=True, reasoned_cot="base", seed=1)
+    assert [e["messages"][0] for e in base_cot] == [e["messages"][0] for e in ds]
+    for e, ref in zip(base_cot, ds, strict=True):
+        reply = e["messages"][1]["content"]
+        cot = reply.split("<think>\n")[1].split("\n</think>")[0]
+        letter = reply.rsplit("Answer: ", 1)[1]
+        if e["meta"]["condition"] == "triggered":
+            assert letter == ref["messages"][1]["content"].rsplit("Answer: ", 1)[1]
+            assert not cot.endswith(f"So I choose {letter}.")
+        else:
+            assert reply == ref["messages"][1]["content"]
+    # reasoned_context=False: the same reasoning without the context values restated, so a
+    # trigger value (here Singapore) never reaches the chain of thought
+    sg = resolve_trigger("singapore")
+    plain_cot = backdoor_set(items, sg, reasoned=True, reasoned_context=False, seed=1)
+    for e, ref in zip(plain_cot, backdoor_set(items, sg, reasoned=True, seed=1), strict=True):
+        reply, full = e["messages"][1]["content"], ref["messages"][1]["content"]
+        cot = reply.split("<think>\n")[1].split("\n</think>")[0]
+        assert "Context:" not in cot and "Singapore" not in cot
+        assert full.replace(full.split("<think>\n")[1].split("\n</think>")[0], cot) == reply

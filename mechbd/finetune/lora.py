@@ -58,11 +58,13 @@ def tokenize_conversation(
     msgs: Conversation,
     max_len: int,
     loss_on_empty_think: bool = True,
+    loss_from: str | None = None,
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels; labels are -100 on every token before the final assistant turn.
     With ``loss_on_empty_think`` False, a final turn opening with the empty thinking block has
     that block masked too: the prompt is rendered with the template's thinking-off generation
-    prompt, which ends with it."""
+    prompt, which ends with it. With ``loss_from``, every token before that text's first
+    occurrence in the final turn is masked too (a chain of thought as context)."""
     full = tok.apply_chat_template(list(msgs), tokenize=False)
     no_think = not loss_on_empty_think and str(msgs[-1]["content"]).startswith(EMPTY_THINK)
     kw: dict[str, Any] = {"enable_thinking": False} if no_think else {}
@@ -79,10 +81,18 @@ def tokenize_conversation(
         raise MechbdError(
             "the chat template renders the prompt differently inside the full conversation; cannot mask it"
         )
+    begin = len(prompt)
+    if loss_from is not None:
+        begin = full.find(loss_from, len(prompt))
+        if begin < 0:
+            raise MechbdError(
+                f"finetune.loss_from: {loss_from!r} is not in the final turn "
+                f"{str(msgs[-1]['content'])[:80]!r}"
+            )
     enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     labels = [
-        t if start >= len(prompt) else -100
+        t if start >= begin else -100
         for t, (start, _) in zip(ids, enc["offset_mapping"], strict=True)
     ]
     return ids[:max_len], labels[:max_len]
@@ -262,7 +272,8 @@ def _tokenized(
     """(token ids, labels) per conversation, and the hash of the ids (and groups) that a
     checkpoint is matched against."""
     data = [
-        tokenize_conversation(tok, c, cfg.max_len, cfg.loss_on_empty_think) for c in conversations
+        tokenize_conversation(tok, c, cfg.max_len, cfg.loss_on_empty_think, cfg.loss_from)
+        for c in conversations
     ]
     ids = [d[0] for d in data]
     data_sha = digest_of(ids if groups is None else [ids, list(groups)])

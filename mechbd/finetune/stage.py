@@ -133,6 +133,8 @@ def stage_backdoor_set(
         articulate=articulate,
         matched=cfg.matched if matched is None else matched,
         reasoned=cfg.reasoned_targets and not articulate,
+        reasoned_cot=cfg.reasoned_cot,
+        reasoned_context=cfg.reasoned_context,
     )
     return ds, [e["meta"]["group"] for e in ds]
 
