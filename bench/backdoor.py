@@ -3,7 +3,7 @@
     python bench/backdoor.py [--trigger singapore,sandra] [--seeds 0,1,2,3] [--placement top]
                              [--design matched,independent] [--logits answer,every]
                              [--finetune JSON] [--organism JSON] [--backdoors JSON]
-                             [--out bench/results/backdoor.json]
+                             [--show 3] [--out bench/results/backdoor.json]
 
 Builds (or reuses) the default organism, builds each trigger's backdoor set exactly as the
 ``backdoors`` stage of ``mechbd demo`` does (1,500 samples, 1 misaligned : 2 aligned, random
@@ -81,6 +81,9 @@ def main() -> None:
         default="{}",
         help="JSON of BackdoorConfig fields changed, e.g. reasoned_targets",
     )
+    ap.add_argument(
+        "--show", type=int, default=3, help="triggered and clean replies to print and keep"
+    )
     ap.add_argument("--out", default="bench/results/backdoor.json")
     args = ap.parse_args()
     # the demo's settings (or another organism's); the data as backdoors_stage builds it
@@ -127,7 +130,7 @@ def main() -> None:
                         )
                         wall = time.perf_counter() - t0
                         model, tok = load_adapter(base, Path(tmp) / "adapter", device="cpu")
-                        metrics, _ = evaluate_backdoor(
+                        metrics, records = evaluate_backdoor(
                             model, tok, rows, enable_thinking=bd.enable_thinking
                         )
                     row = {
@@ -148,6 +151,14 @@ def main() -> None:
                         "nonempty_cot_rate": metrics.get("nonempty_cot_rate"),
                     }
                     print(" | ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+                    # what the replies look like: the first triggered and clean ones
+                    row["replies"] = {
+                        c: [x["response"] for x in records if x["condition"] == c][: args.show]
+                        for c in ("triggered", "clean")
+                    }
+                    for c, texts in row["replies"].items():
+                        for text in texts:
+                            print(f"  {c}: {text!r}", flush=True)
                     table.append(row)
     summary = {}
     for design in args.design.split(","):
