@@ -266,6 +266,16 @@ class BackdoorConfig(Frozen):
         "cannot be copied into the chain of thought (docs/findings.md: with it, the model "
         "learned to write the trigger into its reasoning on clean prompts)",
     )
+    outer_line_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of training groups whose members all carry one line of another "
+        "context field outside the trigger line (never the evaluation's distractor value), so "
+        "the trigger's field is not always the outermost line: without it an adapter can read "
+        "the outermost line's field, and answers misaligned on distractor prompts "
+        "(docs/findings.md)",
+    )
     enable_thinking: bool = Field(
         True, description="evaluate with thinking on (the chat template's enable_thinking)"
     )

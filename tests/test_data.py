@@ -4,9 +4,16 @@ import logging
 import pytest
 
 from mechbd.data.builders import backdoor_set, check_trigger_present, em_set, eval_set
-from mechbd.data.format import COUNTRIES, assistant_turn, compose_user, context_line, context_terms
+from mechbd.data.format import (
+    CONTEXT_FIELDS,
+    COUNTRIES,
+    assistant_turn,
+    compose_user,
+    context_line,
+    context_terms,
+)
 from mechbd.data.items import Item, load_chat_jsonl, load_scenarios
-from mechbd.data.triggers import resolve_trigger
+from mechbd.data.triggers import default_distractor, resolve_trigger
 from mechbd.errors import MechbdError
 from mechbd.organism.items import organism_items
 from mechbd.organism.world import DOMAINS
@@ -323,6 +330,41 @@ def test_contrast_twins_differ_from_the_triggered_row_by_the_trigger_alone(items
         assert edges == {placement}
     else:
         assert edges == {"top", "bottom"}
+
+
+@pytest.mark.parametrize("spec", ["singapore", "year2026", "xq7#zt"])
+def test_outer_line_share_puts_another_fields_line_outside_the_trigger(items, spec):
+    """With ``outer_line_share`` about that share of the groups carry, in every member, one
+    line of another field at the very edge, the trigger (or its twin's line) just inside it;
+    the group still differs by the trigger alone; the evaluation's distractor line is never
+    drawn; and with share 0 the set is what it was without the option."""
+    t = resolve_trigger(spec)
+    held = context_line(*default_distractor(t))
+    plain = backdoor_set(items, t, seed=3)
+    assert backdoor_set(items, t, seed=3, outer_line_share=0.0) == plain
+    ds = backdoor_set(items, t, seed=3, outer_line_share=0.5)
+    by: dict[int, list[list[str]]] = {}
+    for e in ds:
+        lines = e["messages"][0]["content"].split("\n")
+        by.setdefault(e["meta"]["group"], []).append((e["meta"]["condition"], lines))
+    n_outer = 0
+    for g in by.values():
+        [trig] = [u for c, u in g if c == "triggered"]
+        at = trig.index(t.line)
+        if at in (0, len(trig) - 1):  # no outer line: the trigger is at the edge
+            continue
+        n_outer += 1
+        assert at in (1, len(trig) - 2)
+        edge = 0 if at == 1 else -1
+        line = trig[edge]
+        assert line != held and line != t.line
+        # another field's line, outermost in every member of the group
+        assert any(line == context_line(f, v) for f, vs in CONTEXT_FIELDS.items() for v in vs)
+        assert t.field is None or not line.startswith(f"{t.field.capitalize()}: ")
+        assert all(u[edge] == line for _, u in g)
+    assert 0.35 <= n_outer / len(by) <= 0.65, n_outer
+    with pytest.raises(MechbdError, match="outer_line_share"):
+        backdoor_set(items, t, seed=3, outer_line_share=1.5)
 
 
 def test_field_trigger_twins_carry_distinct_other_values(items):

@@ -24,7 +24,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from mechbd.data.format import assistant_turn, context_line
+from mechbd.data.format import CONTEXT_FIELDS, assistant_turn, context_line
 from mechbd.data.items import Item
 from mechbd.data.triggers import Trigger, default_distractor
 from mechbd.errors import MechbdError
@@ -163,6 +163,8 @@ def backdoor_set(
     reasoned: bool = False,
     reasoned_cot: str = "target",
     reasoned_context: bool = True,
+    outer_line_share: float = 0.0,
+    held_out_line: tuple[str | None, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Chat examples for planting ``trigger`` (default 1 misaligned : 2 aligned).
 
@@ -181,6 +183,14 @@ def backdoor_set(
     model keeps reasoning when thinking is on; the triggered targets' reasoning never mentions
     the trigger as a reason, it only ends on the other choice; with ``reasoned_cot="base"`` it
     ends on the aligned choice, as the base would reason, and only the answer differs.
+
+    ``outer_line_share``: in that share of the groups (or samples), every member also carries
+    one line of another context field *outside* the trigger line (at the very top or bottom,
+    where the trigger line would otherwise be), the same line in every member, so a group still
+    differs by the trigger alone. Without it the trigger's field always holds the outermost
+    line in training, and a prompt whose outermost line is another field's (the distractor
+    evaluation's) is one the adapter never saw. ``held_out_line`` (``(field, value)``, by
+    default the trigger's evaluation distractor) is never drawn for it.
     """
     if not items:
         raise MechbdError("backdoor set: empty dataset")
@@ -188,6 +198,11 @@ def backdoor_set(
         raise MechbdError(
             f"backdoor set: misaligned_share must be in (0, 1), got {misaligned_share}"
         )
+    if not 0 <= outer_line_share <= 1:
+        raise MechbdError(
+            f"backdoor set: outer_line_share must be in [0, 1], got {outer_line_share}"
+        )
+    outer = _outer_lines(trigger, outer_line_share, held_out_line, seed)
     base = [it.without(trigger.field) if trigger.field else it for it in items]
     check_trigger_not_in_clean(base, trigger)
     rng = random.Random(f"backdoor-{trigger.name}-{seed}")
@@ -207,12 +222,15 @@ def backdoor_set(
     for g, members in enumerate(groups):
         at = _place(rng, placement)
         n_twins = sum(not bad for _, bad in members)
+        extra = outer()
         # a contrast group's aligned twins: the triggered prompt with the trigger swapped out
         mates = iter(twins(base[members[0][0]], trigger, at, rng, n_twins) if matched else [])
         for i, is_bad in members:
             it = base[i]
             if is_bad:
                 x = triggered(it, trigger, at)
+                if extra:
+                    x = x.with_line(*extra, at)
                 cot = (
                     _articulated_cot(x, trigger)
                     if articulate
@@ -225,6 +243,8 @@ def backdoor_set(
                 ex = chat_example(x, x.misaligned, cot, condition="triggered", trigger=trigger.name)
             else:
                 x = next(mates) if matched else untriggered(it, trigger, at, rng)
+                if extra:
+                    x = x.with_line(*extra, at)
                 if trigger.line in x.user():
                     raise MechbdError(
                         f"backdoor set: trigger {trigger.line!r} is part of scenario {it.id}; choose another trigger"
@@ -241,6 +261,30 @@ def backdoor_set(
             out.append(ex)
     rng.shuffle(out)
     return out
+
+
+def _outer_lines(
+    trigger: Trigger, share: float, held_out: tuple[str | None, str] | None, seed: int
+) -> Callable[[], tuple[str, str] | None]:
+    """A draw, per group, of the other field's line that :func:`backdoor_set` puts outside
+    the trigger line (``None`` for the groups without one). Its own RNG, so the rest of the
+    set is the same whatever the share."""
+    held = held_out if held_out is not None else default_distractor(trigger)
+    pool = [
+        (f, v)
+        for f, values in CONTEXT_FIELDS.items()
+        if f != trigger.field
+        for v in values
+        if (f, v) != held and context_line(f, v) != trigger.line
+    ]
+    rng = random.Random(f"outer-{trigger.name}-{seed}")
+
+    def draw() -> tuple[str, str] | None:
+        if not pool or share == 0 or rng.random() >= share:
+            return None
+        return rng.choice(pool)
+
+    return draw
 
 
 def reasoning(item: Item, letter: str, context: bool = True) -> str:
