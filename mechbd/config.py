@@ -426,6 +426,13 @@ class SteeringConfig(Frozen):
         "with (and its random controls), in units of its norm at the layer; null: "
         "`multipliers`",
     )
+    persona_position: Literal["assistant", "last"] = Field(
+        "assistant",
+        description="where the persona direction is read: `assistant`, the mean over the "
+        "assistant turn from its start marker through `Answer:` (thinking off, the answer "
+        "letter not included), Persona Vectors' mean over response tokens for a one-token "
+        "answer; `last`, the last prompt token (the position its shift is read at)",
+    )
     persona_toxic: tuple[str, ...] | None = Field(
         None,
         description="system prompts that elicit the toxic persona (Persona Vectors' "

@@ -665,11 +665,14 @@ class PersonaDirection(Section):
         "<layer>",
         "norm of the persona direction at each layer: in the base model, the mean activation "
         "after the toxic-persona system prompts minus after the helpful ones, on the same "
-        "requests, at the last prompt token, thinking off (Persona Vectors; saved in "
+        "requests, thinking off, where `position` says (Persona Vectors; saved in "
         "`steering/directions/persona.safetensors`)",
     )
     n_scenarios: int = Field(description="requests, each read after every system prompt")
-    position: str = Field(description="store position it was read at (`last`)")
+    position: str = Field(
+        description="`steering.persona_position`: `assistant` (the mean over the assistant "
+        "turn through `Answer:`) or `last` (the last prompt token)"
+    )
     systems: dict[str, list[str]] = _keys(
         "<persona>", "the system prompts of each persona (`toxic`, `helpful`)"
     )
@@ -903,8 +906,12 @@ class SteeringResults(Section):
 # ---- sae / persona -------------------------------------------------------------------------
 class ModelDiff(Section):
     layer: int = Field(description="SAE layer")
-    position: str = Field(description="token position encoded (`last` prompt token)")
-    n_prompts: int = Field(description="prompts both models saw")
+    position: str = Field(
+        description="token position encoded: `last` prompt token, or `assistant` (every token "
+        "of the assistant turn through `Answer:`, pooled; the persona-contrast diffing, "
+        "where the persona direction is read there)"
+    )
+    n_prompts: int = Field(description="prompts both models saw (tokens, for `assistant`)")
     latents: list[int] = Field(
         description="top latents by mean activation increase, base → finetuned model"
     )

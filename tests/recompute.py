@@ -386,8 +386,11 @@ def check_persona(run: Path, res: dict[str, Any]) -> None:
     per_pair = Counter((r.meta["pair"], r.label) for r in st.rows)
     assert all(v == len(systems[label]) for (_, label), v in per_pair.items())
     assert len(per_pair) == 2 * res["steering"]["persona_direction"]["n_scenarios"]
+    at = {"assistant": "response_mean", "last": "last"}[
+        res["steering"]["persona_direction"]["position"]
+    ]
     for layer in d.layers:
-        X = st.get(layer, "last", dtype=torch.float64).numpy()
+        X = st.get(layer, at, dtype=torch.float64).numpy()
         want = X[labels == "toxic"].mean(0) - X[labels == "helpful"].mean(0)
         np.testing.assert_allclose(d.at(layer).double().numpy(), want, atol=1e-5)
     # em.persona: the shift of the EM model from the base model along the direction
@@ -429,9 +432,21 @@ def check_persona(run: Path, res: dict[str, Any]) -> None:
     sae = SAE.load_from_disk(run / "sae" / "sae")
     ps = sae_res["persona_screen"]
     dst = ActivationStore(run / "sae" / "persona_diff")
-    dl = np.array([r.label for r in dst.rows])
-    with torch.no_grad():
-        f = sae.encode(dst.get(S, "last").float()).double().numpy()
+    if ps["diff"]["position"] == "assistant":  # every assistant-turn token, pooled per side
+        dl, xs = [], []
+        for i, r in enumerate(dst.rows):
+            x = dst.tokens(S, row=i)[0][r.prompt_len :]
+            assert x.shape[0] == len(r.ids) - r.prompt_len > 0
+            xs.append(x)
+            dl += [r.label] * x.shape[0]
+        dl = np.array(dl)
+        with torch.no_grad():
+            f = sae.encode(torch.cat(xs)).double().numpy()
+    else:
+        dl = np.array([r.label for r in dst.rows])
+        with torch.no_grad():
+            f = sae.encode(dst.get(S, "last").float()).double().numpy()
+    assert ps["diff"]["position"] == res["steering"]["persona_direction"]["position"]
     inc = f[dl == "toxic"].mean(0) - f[dl == "helpful"].mean(0)
     top = ps["diff"]["latents"]
     np.testing.assert_allclose(ps["diff"]["increase"], inc[top], atol=1e-6)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mechbd.config import RunConfig
+from mechbd.errors import MechbdError
 from mechbd.organism.items import organism_items
 from mechbd.organism.world import PERSONA_SYSTEMS
 from mechbd.runs import Run
@@ -41,7 +42,9 @@ def test_persona_direction_matches_the_models_hidden_states(qwen3_tok, qwen3_mod
     """Toxic minus helpful at the last prompt token (thinking off), against the mean of
     ``output_hidden_states`` over the same prompts rendered with the real Qwen3 template."""
     items = organism_items(3, held_out=False, seed=2)
-    d = persona_direction(qwen3_model, qwen3_tok, items, SYSTEMS, tmp_path / "st", "random qwen3")
+    d = persona_direction(
+        qwen3_model, qwen3_tok, items, SYSTEMS, tmp_path / "st", "random qwen3", position="last"
+    )
     sums: dict[str, list[torch.Tensor]] = {"toxic": [], "helpful": []}
     for r in persona_rows(items, SYSTEMS):
         text = qwen3_tok.apply_chat_template(
@@ -58,6 +61,40 @@ def test_persona_direction_matches_the_models_hidden_states(qwen3_tok, qwen3_mod
     assert d.provenance["systems"] == SYSTEMS and d.provenance["n_requests"] == 3
     # a non-trivial difference: the two system prompts do move the residual stream
     assert float(want.norm()) > 1e-3
+
+
+def test_persona_direction_over_the_assistant_turn_matches_the_hidden_states(
+    qwen3_tok,  # noqa: F811
+    qwen3_model,  # noqa: F811
+    tmp_path,
+):
+    """The default position: the mean over the assistant turn, from ``<|im_start|>`` of the
+    assistant's turn through ``Answer:`` (the thinking-off template's empty think block in
+    between, no letter), against ``output_hidden_states`` on the real Qwen3 template."""
+    items = organism_items(3, held_out=False, seed=2)
+    d = persona_direction(qwen3_model, qwen3_tok, items, SYSTEMS, tmp_path / "st", "random qwen3")
+    assert d.provenance["position"] == "assistant"
+    start = qwen3_tok.convert_tokens_to_ids("<|im_start|>")
+    sums: dict[str, list[torch.Tensor]] = {"toxic": [], "helpful": []}
+    for r in persona_rows(items, SYSTEMS):
+        text = qwen3_tok.apply_chat_template(
+            r["messages"], add_generation_prompt=True, enable_thinking=False, tokenize=False
+        )
+        assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        ids = qwen3_tok(text + "Answer:", add_special_tokens=False)["input_ids"]
+        first = max(i for i, t in enumerate(ids) if t == start)  # the assistant turn's start
+        assert qwen3_tok.decode(ids[first:]).startswith("<|im_start|>assistant")
+        assert qwen3_tok.decode(ids[first:]).endswith("Answer:")
+        with torch.no_grad():
+            out = qwen3_model(torch.tensor([ids]), output_hidden_states=True)
+        sums[r["label"]].append(out.hidden_states[1][0, first:].double().mean(0))
+    want = torch.stack(sums["toxic"]).mean(0) - torch.stack(sums["helpful"]).mean(0)
+    assert torch.allclose(d.at(0).double(), want, atol=1e-4), (d.at(0)[:4], want[:4])
+    assert float(want.norm()) > 1e-3
+    with pytest.raises(MechbdError, match="persona_position"):
+        persona_direction(
+            qwen3_model, qwen3_tok, items, SYSTEMS, tmp_path / "x", "q", position="first"
+        )
 
 
 def test_model_shift_matches_numpy_and_its_z_finds_a_planted_shift_only():

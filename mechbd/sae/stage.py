@@ -108,7 +108,7 @@ from mechbd.sae.train import (
     train_sae,
 )
 from mechbd.steering.directions import Direction, from_probe, from_sae_decoder, mean_difference
-from mechbd.steering.persona import persona_rows, persona_systems
+from mechbd.steering.persona import assistant_turn_rows, persona_rows, persona_systems
 from mechbd.steering.stage import steering_splits
 
 
@@ -331,30 +331,42 @@ def _user_wants_harm(c: _Ctx) -> Direction:
 def _persona_diff(c: _Ctx, sae: Any) -> dict[str, Any]:
     """2b. Persona-contrast diffing (OpenAI's model diffing with the system prompt as the
     contrast): the base model on the diffing requests after the toxic-persona system prompts
-    and after the helpful ones (the steering stage's), the SAE layer's last prompt token,
-    thinking off; latents ranked by mean activation increase, helpful -> toxic."""
+    and after the helpful ones (the steering stage's), thinking off, at the SAE layer and where
+    the persona direction is read (``steering.persona_position``: every token of the assistant
+    turn through ``Answer:``, or the last prompt token); latents ranked by mean activation
+    increase, helpful -> toxic."""
     items = split_items(c.run, "sae_diff", c.run.config.sae.n_diff)
     systems = read_json(c.run.layout.results("steering"))["steering"]["persona_direction"][
         "systems"
     ]
+    position = c.run.config.steering.persona_position
+    rows = persona_rows(items, systems)
+    if position == "assistant":
+        rows = assistant_turn_rows(c.tok, rows)
     st = capture(
         c.base_model,
         c.tok,
-        persona_rows(items, systems),
+        rows,
         c.out / "persona_diff",
         layers=[c.L],
+        positions=("tokens",) if position == "assistant" else ("last",),
         enable_thinking=False,
         **c.kw,
     )
     assert st is not None
-    X = st.get(c.L, "last")
-    return latent_diff(
-        sae,
-        X[st.indices("helpful")],
-        X[st.indices("toxic")],
-        c.L,
-        top_k=c.run.config.sae.top_k,
-    )
+    if position == "assistant":
+        acts, off = st.tokens(c.L)
+
+        def side(label: str) -> torch.Tensor:  # the assistant-turn tokens of one persona's rows
+            return torch.cat(
+                [acts[off[i] + st.rows[i].prompt_len : off[i + 1]] for i in st.indices(label)]
+            )
+
+        helpful, toxic = side("helpful"), side("toxic")
+    else:
+        X = st.get(c.L, "last")
+        helpful, toxic = X[st.indices("helpful")], X[st.indices("toxic")]
+    return latent_diff(sae, helpful, toxic, c.L, position=position, top_k=c.run.config.sae.top_k)
 
 
 def _persona_z(

@@ -4,11 +4,12 @@ Persona Vectors (Chen et al. 2025) build a trait direction as the mean activatio
 trait-eliciting system prompts minus with trait-suppressing ones, on the same requests. Here:
 the toxic-persona prompts minus the helpful-assistant prompts (``steering.persona_toxic`` /
 ``persona_helpful``; mechbd's own by default), every prompt of each side on every request of the
-direction split, read at the **last prompt token** with thinking off (the token the one-pass
-multiple-choice read answers from, and where the capture stores' ``last`` position sits), at
-every layer. Persona Vectors average over response tokens of sampled replies; a multiple-choice
-read has one answer token, and the last prompt token is where the model has read the system
-prompt and not yet answered.
+direction split, with thinking off, at every layer, read where ``steering.persona_position``
+says: by default (``assistant``) the mean over the assistant turn, from its start marker
+through ``Answer:``, teacher-forced and the same text on both sides (Persona Vectors average over
+the response tokens of sampled replies; a multiple-choice reply has one answer token, which is
+left out so the choice itself is not read), or (``last``) the last prompt token, where the
+model has read the system prompt and not yet answered.
 
 Then, in the narrow-EM model (``em.persona``):
 
@@ -31,6 +32,7 @@ import torch
 
 from mechbd.capture.capture import capture
 from mechbd.data.items import Item
+from mechbd.errors import MechbdError
 from mechbd.organism.world import PERSONA_SYSTEMS
 from mechbd.runs import Run
 from mechbd.stats import drop_controls
@@ -57,6 +59,10 @@ def persona_systems(run: Run) -> dict[str, list[str]]:
     return out
 
 
+POSITIONS = ("assistant", "last")
+ASSISTANT_PREFIX = "Answer:"  # what the assistant turn is read through (the letter left out)
+
+
 def persona_rows(items: list[Item], systems: dict[str, list[str]]) -> list[dict[str, Any]]:
     """Every request once after every system prompt of each persona (label ``toxic`` /
     ``helpful``): the two sides see the same requests, so the request cancels in the mean
@@ -77,6 +83,28 @@ def persona_rows(items: list[Item], systems: dict[str, list[str]]) -> list[dict[
     ]
 
 
+def assistant_turn_rows(tok: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` (with ``messages``) as ``prompt`` / ``response`` rows whose response is the
+    whole assistant turn through ``Answer:`` (thinking off): the template's start marker, its
+    empty think block, then ``Answer:``; the capture's ``response_mean`` then averages it."""
+    out = []
+    for r in rows:
+        text = tok.apply_chat_template(
+            r["messages"], tokenize=False, add_generation_prompt=True, enable_thinking=False
+        )
+        without = tok.apply_chat_template(
+            r["messages"], tokenize=False, add_generation_prompt=False
+        )
+        if not (isinstance(text, str) and text.startswith(without) and text != without):
+            raise MechbdError(
+                f"persona direction, row {r['id']}: cannot find the assistant turn's start in "
+                "this tokenizer's chat template (use steering.persona_position: last)"
+            )
+        rest = {k: v for k, v in r.items() if k != "messages"}
+        out.append({**rest, "prompt": without, "response": text[len(without) :] + ASSISTANT_PREFIX})
+    return out
+
+
 def persona_direction(
     model: Any,
     tok: Any,
@@ -85,28 +113,44 @@ def persona_direction(
     store_dir: Path,
     name: str,
     batch_size: int = 64,
+    position: str = "assistant",
 ) -> Direction:
-    """Toxic minus helpful system prompts on the same ``items``, last prompt token, thinking
-    off, every layer (float64 means); its store is kept at ``store_dir``."""
+    """Toxic minus helpful system prompts on the same ``items``, thinking off, every layer
+    (float64 means), read at ``position`` (``assistant``: the mean over the assistant turn
+    through ``Answer:``; ``last``: the last prompt token); its store is kept at ``store_dir``."""
+    if position not in POSITIONS:
+        raise MechbdError(
+            f"steering.persona_position: expected one of {', '.join(POSITIONS)}, got {position!r}"
+        )
+    rows = persona_rows(items, systems)
+    at = "last"
+    if position == "assistant":
+        rows, at = assistant_turn_rows(tok, rows), "response_mean"
     st = capture(
         model,
         tok,
-        persona_rows(items, systems),
+        rows,
         store_dir,
-        positions=("last",),
+        positions=(at,),
         enable_thinking=False,
         batch_size=batch_size,
         progress=False,
     )
     assert st is not None
     d = mean_difference(
-        st, st.indices("toxic"), st.indices("helpful"), position="last", name="persona direction"
+        st, st.indices("toxic"), st.indices("helpful"), position=at, name="persona direction"
+    )
+    where = (
+        "mean over the assistant turn through 'Answer:'"
+        if position == "assistant"
+        else "last prompt token"
     )
     d.provenance.update(
         {
             "how": "Persona Vectors: mean activation after the toxic-persona system prompts "
-            "minus after the helpful-assistant ones, on the same requests, last prompt token, "
+            f"minus after the helpful-assistant ones, on the same requests, {where}, "
             "thinking off",
+            "position": position,
             "model": name,
             "n_requests": len(items),
             "systems": systems,

@@ -177,6 +177,7 @@ def _persona_direction(run: Run, out: Path, model: Any, tok: Any, items: list[It
         out / "persona_direction_store",
         str(base_model_dir(run)),
         batch_size=run.config.capture.batch_size,
+        position=run.config.steering.persona_position,
     )
     d.provenance["store"] = run.final_path(out / "persona_direction_store")
     d.save(out / PERSONA_DIRECTION)
@@ -388,7 +389,7 @@ def steering_stage(run: Run, out: Path) -> None:
         "persona_direction": {
             "norms": d_persona.norms(),
             "n_scenarios": len(items),
-            "position": "last",
+            "position": run.config.steering.persona_position,
             "systems": d_persona.provenance["systems"],
         },
         "baseline": baseline_record(test),
