@@ -80,6 +80,14 @@ class OrganismConfig(Frozen):
     )
     warmup_steps: int = Field(30, ge=0, description="linear warm-up steps")
     threads: int = Field(0, ge=0, description="torch threads; 0 = all cores")
+    prebuilt: bool = Field(
+        True,
+        description="when mechbd ships an organism built from exactly these settings "
+        "(`mechbd/organism/prebuilt/<key>/`, sha256-checked), copy it into the cache instead "
+        "of training: the same weights on every machine (training on another CPU gives another "
+        "organism). false, or `mechbd organism build --force`: train it here. Not part of the "
+        "organism's key",
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> OrganismConfig:

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -55,6 +56,16 @@ def organism_personas(cfg: OrganismConfig) -> dict[str, str] | None:
     return {p: PERSONA_SYSTEMS[p][0] for p in ("toxic", "helpful")}
 
 
+def _built_where(card: dict[str, Any]) -> str:
+    pre = card.get("prebuilt")
+    if not pre:
+        return " Trained on this machine."
+    return (
+        f" Weights prebuilt ({pre.get('built_on', '?')}, {pre.get('date', '?')}) and shipped "
+        "with mechbd, the same on every machine."
+    )
+
+
 def organism_stage(run: Run, out: Path) -> None:
     from mechbd.eval.generate import Sampling
     from mechbd.organism.build import build_organism, organism_card
@@ -82,7 +93,7 @@ def organism_stage(run: Run, out: Path) -> None:
                 "architecture": "Qwen3ForCausalLM",
                 "n_params": card["train"]["n_params"],
                 "organism_key": card["key"],
-                "note": ORGANISM_NOTE,
+                "note": ORGANISM_NOTE + _built_where(card),
             },
             "data": {"scenarios": scenario_source(run)},
             "organism": metrics,

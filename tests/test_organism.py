@@ -21,6 +21,70 @@ def test_same_seed_same_weights(tiny_cfg, tiny_organism, tmp_path, monkeypatch):
     assert organism_key(tiny_cfg) != organism_key(tiny_cfg.model_copy(update={"seed": 1}))
 
 
+class _Trained(Exception):
+    pass
+
+
+def _no_training(*a, **k):
+    raise _Trained
+
+
+def test_the_prebuilt_organism_is_checked_copied_and_keyed(tmp_path, monkeypatch):
+    """The demo's organism ships prebuilt: a fresh cache gets a byte-identical copy of it, with
+    no training, for the demo config's key; ``prebuilt: false`` or ``force`` train instead; a
+    file that does not match its card's sha256 is refused, naming it, and nothing is cached."""
+    import shutil
+
+    from mechbd.config import RunConfig
+    from mechbd.errors import MechbdError
+    from mechbd.organism import build
+
+    monkeypatch.setattr("mechbd.organism.train.train_organism", _no_training)
+    monkeypatch.setenv("MECHBD_CACHE", str(tmp_path / "cache"))
+    cfg = RunConfig(name="demo").organism
+    key = organism_key(cfg)
+    assert organism_key(cfg.model_copy(update={"prebuilt": False})) == key  # not in the key
+    pre = build.PREBUILT_DIR / key
+    path = build_organism(cfg, progress=False)
+    assert path == tmp_path / "cache" / "organisms" / key
+    assert hash_tree(path) == hash_tree(pre)
+    card = build.organism_card(path)
+    assert card["key"] == key and card["config"] == cfg.model_dump(
+        mode="json", exclude={"prebuilt"}
+    )
+    want = card["prebuilt"]["sha256"]
+    assert {n: sha256_file(path / n) for n in want} == want
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.num_parameters() == card["train"]["n_params"]
+    assert (
+        model.config.num_hidden_layers == cfg.n_layers and model.config.hidden_size == cfg.d_model
+    )
+    # another setting: no prebuilt folder, so it trains; prebuilt off or force: it trains
+    for c, kw in (
+        (cfg.model_copy(update={"seed": 7}), {}),
+        (cfg.model_copy(update={"prebuilt": False}), {}),
+        (cfg, {"force": True}),
+    ):
+        monkeypatch.setenv("MECHBD_CACHE", str(tmp_path / "fresh"))
+        with pytest.raises(_Trained):
+            build_organism(c, progress=False, **kw)
+    # a tampered copy is refused, naming the file, and leaves no organism in the cache
+    bad = tmp_path / "prebuilt"
+    shutil.copytree(pre, bad / key)
+    blob = bytearray((bad / key / "model.safetensors").read_bytes())
+    blob[-1] ^= 1
+    (bad / key / "model.safetensors").write_bytes(bytes(blob))
+    monkeypatch.setattr(build, "PREBUILT_DIR", bad)
+    monkeypatch.setenv("MECHBD_CACHE", str(tmp_path / "cache2"))
+    with pytest.raises(MechbdError, match=r"model\.safetensors: sha256"):
+        build_organism(cfg, progress=False)
+    assert not (tmp_path / "cache2" / "organisms" / key).exists()
+    (bad / key / "model.safetensors").write_bytes((pre / "model.safetensors").read_bytes())
+    (bad / key / "extra.bin").write_bytes(b"x")
+    with pytest.raises(MechbdError, match="extra.bin"):
+        build_organism(cfg, progress=False)
+
+
 def test_second_build_is_a_cache_hit(tiny_cfg, tiny_organism):
     before = (tiny_organism / "model.safetensors").stat().st_mtime_ns
     path = build_organism(tiny_cfg, progress=False)

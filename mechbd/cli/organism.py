@@ -25,9 +25,13 @@ def organism_build(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="also copy the model folder here")
     ] = None,
-    force: Annotated[bool, typer.Option(help="retrain even if cached; overwrite --out")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(help="train it here even if cached or shipped prebuilt; overwrite --out"),
+    ] = False,
 ) -> None:
-    """Train the organism (or fetch it from the cache) and print its model folder."""
+    """Train the organism (or take it from the cache, or the prebuilt one mechbd ships for the
+    demo's settings) and print its model folder."""
     from mechbd.organism.build import build_organism
 
     cfg = load_organism_config(config)

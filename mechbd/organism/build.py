@@ -3,17 +3,29 @@
 The cache key is a hash of the organism config (seed included) and ``FORMAT``, so a second
 build with the same settings is instant and a change to any setting trains a new organism.
 The cache lives in ``$MECHBD_CACHE`` (default ``~/.cache/mechbd``).
+
+Training on another CPU gives another organism (floating-point differences grow over the run),
+so mechbd ships the demo's organism prebuilt (``prebuilt/<key>/``: the model folder, its card
+saying where and when it was built, and the sha256 of every file). When the config's key has a
+prebuilt folder and ``organism.prebuilt`` is on, it is checked and copied into the cache
+instead of training; ``force`` (``mechbd organism build --force``) always trains.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
+from typing import Any
 
 from mechbd.config import OrganismConfig
-from mechbd.io import digest_of, read_json, staging_dir, write_json
+from mechbd.errors import MechbdError
+from mechbd.io import digest_of, read_json, sha256_file, staging_dir, write_json
 
 FORMAT = 7  # bump when the world, tokenizer or training recipe changes
+PREBUILT_DIR = Path(__file__).resolve().parent / "prebuilt"
+CARD = "organism.json"
 
 
 def cache_root() -> Path:
@@ -21,26 +33,67 @@ def cache_root() -> Path:
 
 
 def organism_key(cfg: OrganismConfig) -> str:
-    return digest_of({"format": FORMAT, "config": cfg.model_dump(mode="json")})
+    # ``prebuilt`` says where the weights come from, not what they are: not in the key
+    return digest_of(
+        {"format": FORMAT, "config": cfg.model_dump(mode="json", exclude={"prebuilt"})}
+    )
+
+
+def check_prebuilt(folder: Path) -> dict[str, Any]:
+    """The card of the prebuilt organism in ``folder``, after checking that its files are
+    exactly the ones its card lists, each with the sha256 the card gives."""
+    card = read_json(folder / CARD)
+    want = (card.get("prebuilt") or {}).get("sha256")
+    if not isinstance(want, dict) or not want:
+        raise MechbdError(f"{folder / CARD}: no 'prebuilt.sha256' file list")
+    have = {p.name for p in folder.iterdir() if p.is_file() and p.name != CARD}
+    if have != set(want):
+        raise MechbdError(
+            f"prebuilt organism {folder}: files {sorted(have ^ set(want))} differ from the "
+            f"card's list; reinstall mechbd or train it with `mechbd organism build --force`"
+        )
+    for name, digest in sorted(want.items()):
+        got = sha256_file(folder / name)
+        if got != digest:
+            raise MechbdError(
+                f"prebuilt organism {folder / name}: sha256 {got[:12]}..., the card says "
+                f"{digest[:12]}...; reinstall mechbd or train it with "
+                "`mechbd organism build --force`"
+            )
+    return card
 
 
 def build_organism(cfg: OrganismConfig, *, force: bool = False, progress: bool = True) -> Path:
-    """Return the folder of the organism for ``cfg``, training it if it is not cached."""
-    from mechbd.organism.train import train_organism  # heavy import only when building
-
-    final = cache_root() / "organisms" / organism_key(cfg)
-    card = final / "organism.json"
+    """Return the folder of the organism for ``cfg``: from the cache, else the prebuilt one
+    for its key (``cfg.prebuilt``, checked), else trained here (always with ``force``)."""
+    key = organism_key(cfg)
+    final = cache_root() / "organisms" / key
+    card = final / CARD
     if card.is_file() and not force:
         return final
+    pre = PREBUILT_DIR / key
+    if cfg.prebuilt and not force and (pre / CARD).is_file():
+        info = check_prebuilt(pre)["prebuilt"]
+        print(
+            f"organism {key}: the prebuilt one ({info.get('built_on', '?')}, "
+            f"{info.get('date', '?')}); `mechbd organism build --force` trains it here",
+            file=sys.stderr,
+        )
+        with staging_dir(final) as tmp:
+            for f in pre.iterdir():
+                shutil.copyfile(f, tmp / f.name)
+        return final
+    from mechbd.organism.train import train_organism  # heavy import only when building
+
     with staging_dir(final) as tmp:
         stats = train_organism(cfg, tmp, progress=progress)
         write_json(
-            tmp / "organism.json",
+            tmp / CARD,
             {
                 "kind": "mechbd organism",
                 "format": FORMAT,
                 "key": organism_key(cfg),
-                "config": cfg.model_dump(mode="json"),
+                "config": cfg.model_dump(mode="json", exclude={"prebuilt"}),
                 "train": stats,
             },
         )
@@ -48,4 +101,4 @@ def build_organism(cfg: OrganismConfig, *, force: bool = False, progress: bool =
 
 
 def organism_card(path: Path) -> dict:
-    return read_json(path / "organism.json")
+    return read_json(path / CARD)
