@@ -92,7 +92,7 @@ def build_organism(cfg: OrganismConfig, *, force: bool = False, progress: bool =
             {
                 "kind": "mechbd organism",
                 "format": FORMAT,
-                "key": organism_key(cfg),
+                "key": key,
                 "config": cfg.model_dump(mode="json", exclude={"prebuilt"}),
                 "train": stats,
             },

@@ -45,15 +45,22 @@ class Intervention:
         return h + (delta if mask is None else delta * mask.unsqueeze(-1).to(h.dtype))
 
 
+def split_generation_prompt(tok: Any, msgs: list[dict[str, Any]], **kw: Any) -> tuple[str, str]:
+    """``(conversation, generation prompt)``: the chat template's rendering of ``msgs`` and
+    what it appends to open the assistant turn (``kw``: template options, e.g.
+    ``enable_thinking``)."""
+    with_gen = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **kw)
+    without = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
+    if not (isinstance(with_gen, str) and with_gen.startswith(without) and with_gen != without):
+        raise MechbdError("cannot find the assistant turn's start in this tokenizer's template")
+    return without, with_gen[len(without) :]
+
+
 def assistant_marker(tok: Any) -> list[int]:
     """Token ids the chat template puts at the start of the assistant turn (the generation
     prompt), e.g. ``<|im_start|>assistant\\n`` for Qwen."""
-    msgs = [{"role": "user", "content": "x"}]
-    with_gen = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    without = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
-    if not with_gen.startswith(without) or with_gen == without:
-        raise MechbdError("cannot find the assistant turn's start in this tokenizer's template")
-    ids = tok(with_gen[len(without) :], add_special_tokens=False)["input_ids"]
+    _, gen = split_generation_prompt(tok, [{"role": "user", "content": "x"}])
+    ids = tok(gen, add_special_tokens=False)["input_ids"]
     return list(ids[:2]) if len(ids) > 2 else list(ids)  # the stable head of the marker
 
 

@@ -38,7 +38,7 @@ from mechbd.runs import Run
 from mechbd.stats import drop_controls
 from mechbd.steering.directions import Direction, mean_difference
 from mechbd.steering.nulls import covariance_factor, effective_dims, model_shift_z
-from mechbd.steering.ops import Intervention
+from mechbd.steering.ops import Intervention, split_generation_prompt
 from mechbd.steering.select import Counterbalanced, Outcome, rise
 
 PERSONAS = ("toxic", "helpful")
@@ -89,19 +89,14 @@ def assistant_turn_rows(tok: Any, rows: list[dict[str, Any]]) -> list[dict[str, 
     empty think block, then ``Answer:``; the capture's ``response_mean`` then averages it."""
     out = []
     for r in rows:
-        text = tok.apply_chat_template(
-            r["messages"], tokenize=False, add_generation_prompt=True, enable_thinking=False
-        )
-        without = tok.apply_chat_template(
-            r["messages"], tokenize=False, add_generation_prompt=False
-        )
-        if not (isinstance(text, str) and text.startswith(without) and text != without):
+        try:
+            prompt, gen = split_generation_prompt(tok, r["messages"], enable_thinking=False)
+        except MechbdError as e:
             raise MechbdError(
-                f"persona direction, row {r['id']}: cannot find the assistant turn's start in "
-                "this tokenizer's chat template (use steering.persona_position: last)"
-            )
+                f"persona direction, row {r['id']}: {e} (use steering.persona_position: last)"
+            ) from None
         rest = {k: v for k, v in r.items() if k != "messages"}
-        out.append({**rest, "prompt": without, "response": text[len(without) :] + ASSISTANT_PREFIX})
+        out.append({**rest, "prompt": prompt, "response": gen + ASSISTANT_PREFIX})
     return out
 
 
