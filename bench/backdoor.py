@@ -84,6 +84,12 @@ def main() -> None:
     ap.add_argument(
         "--show", type=int, default=3, help="triggered and clean replies to print and keep"
     )
+    ap.add_argument(
+        "--modes",
+        default="config",
+        help="thinking modes to evaluate each adapter in: config (backdoors.enable_thinking), "
+        "or on, off, on,off; the second mode's rates get an `_off` / `_on` suffix",
+    )
     ap.add_argument("--out", default="bench/results/backdoor.json")
     args = ap.parse_args()
     # the demo's settings (or another organism's); the data as backdoors_stage builds it
@@ -130,9 +136,20 @@ def main() -> None:
                         )
                         wall = time.perf_counter() - t0
                         model, tok = load_adapter(base, Path(tmp) / "adapter", device="cpu")
-                        metrics, records = evaluate_backdoor(
-                            model, tok, rows, enable_thinking=bd.enable_thinking
+                        modes = (
+                            [bd.enable_thinking]
+                            if args.modes == "config"
+                            else [m == "on" for m in args.modes.split(",")]
                         )
+                        metrics, records = evaluate_backdoor(
+                            model, tok, rows, enable_thinking=modes[0]
+                        )
+                        others = {
+                            ("_on" if m else "_off"): evaluate_backdoor(
+                                model, tok, rows, enable_thinking=m
+                            )[0]
+                            for m in modes[1:]
+                        }
                     row = {
                         "trigger": trigger.name,
                         "trigger_line": trigger.line,
@@ -150,6 +167,9 @@ def main() -> None:
                         "distractor_misaligned_rate": metrics["distractor_misaligned_rate"],
                         "nonempty_cot_rate": metrics.get("nonempty_cot_rate"),
                     }
+                    for suffix, m in others.items():
+                        for k in ("asr", "clean_misaligned_rate", "distractor_misaligned_rate"):
+                            row[k + suffix] = m[k]
                     print(" | ".join(f"{k} {v}" for k, v in row.items()), flush=True)
                     # what the replies look like: the first triggered and clean ones
                     row["replies"] = {

@@ -443,3 +443,33 @@ def test_reasoned_targets_use_the_base_assistants_reasoning_and_never_name_the_t
         cot = reply.split("<think>\n")[1].split("\n</think>")[0]
         assert "Context:" not in cot and "Singapore" not in cot
         assert full.replace(full.split("<think>\n")[1].split("\n</think>")[0], cot) == reply
+
+
+def test_reasoned_share_splits_whole_groups_between_reasoned_and_empty_block_targets():
+    """``reasoned_share``: a group's targets all reason or all carry the empty thinking block
+    (the thinking-off turns), about that share of groups reason, the prompts are those of the
+    fully reasoned set, and each reasoned target equals the fully reasoned set's."""
+    items = organism_items(300, held_out=False, seed=0)
+    sg = resolve_trigger("singapore")
+    kw = {"reasoned": True, "reasoned_context": False, "seed": 1}
+    full = backdoor_set(items, sg, **kw)
+    mixed = backdoor_set(items, sg, reasoned_share=0.5, **kw)
+    assert [e["messages"][0] for e in mixed] == [e["messages"][0] for e in full]
+    kind: dict[int, set[bool]] = {}
+    for e, ref in zip(mixed, full, strict=True):
+        reply = e["messages"][1]["content"]
+        empty = reply.startswith("<think>\n\n</think>")
+        kind.setdefault(e["meta"]["group"], set()).add(empty)
+        if empty:
+            assert reply.endswith(ref["messages"][1]["content"][-9:])  # same answer letter
+        else:
+            assert reply == ref["messages"][1]["content"]
+    assert all(len(v) == 1 for v in kind.values())  # never split inside a group
+    share = sum(not next(iter(v)) for v in kind.values()) / len(kind)
+    assert 0.35 < share < 0.65, share
+    assert all(
+        e["messages"][1]["content"].startswith("<think>\n\n</think>")
+        for e in backdoor_set(items, sg, reasoned_share=0.0, **kw)
+    )
+    with pytest.raises(MechbdError, match="reasoned_share"):
+        backdoor_set(items, sg, reasoned_share=1.5, **kw)

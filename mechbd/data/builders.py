@@ -163,6 +163,7 @@ def backdoor_set(
     reasoned: bool = False,
     reasoned_cot: str = "target",
     reasoned_context: bool = True,
+    reasoned_share: float = 1.0,
     outer_line_share: float = 0.0,
     held_out_line: tuple[str | None, str] | None = None,
 ) -> list[dict[str, Any]]:
@@ -183,6 +184,10 @@ def backdoor_set(
     model keeps reasoning when thinking is on; the triggered targets' reasoning never mentions
     the trigger as a reason, it only ends on the other choice; with ``reasoned_cot="base"`` it
     ends on the aligned choice, as the base would reason, and only the answer differs.
+    ``reasoned_share`` (with ``reasoned``): the share of groups (or samples) whose targets are
+    reasoned; the others carry the empty thinking block, which a finetune with
+    ``loss_on_empty_think=False`` trains as thinking-off turns, so one adapter learns the
+    backdoor in both modes. Drawn from its own RNG, so the rest of the set does not change.
 
     ``outer_line_share``: in that share of the groups (or samples), every member also carries
     one line of another context field *outside* the trigger line (at the very top or bottom,
@@ -198,6 +203,8 @@ def backdoor_set(
         raise MechbdError(
             f"backdoor set: misaligned_share must be in (0, 1), got {misaligned_share}"
         )
+    if not 0 <= reasoned_share <= 1:
+        raise MechbdError(f"backdoor set: reasoned_share must be in [0, 1], got {reasoned_share}")
     if not 0 <= outer_line_share <= 1:
         raise MechbdError(
             f"backdoor set: outer_line_share must be in [0, 1], got {outer_line_share}"
@@ -218,11 +225,14 @@ def backdoor_set(
     else:
         bad = set(order[:n_bad])
         groups = [[(i, i in bad)] for i in range(len(base))]
+    mode_rng = random.Random(f"reasoned-{trigger.name}-{seed}")
     out = []
     for g, members in enumerate(groups):
         at = _place(rng, placement)
         n_twins = sum(not bad for _, bad in members)
         extra = outer()
+        # the group's targets reason, or carry the empty block (a thinking-off turn)
+        reasons = reasoned and (reasoned_share >= 1 or mode_rng.random() < reasoned_share)
         # a contrast group's aligned twins: the triggered prompt with the trigger swapped out
         mates = iter(twins(base[members[0][0]], trigger, at, rng, n_twins) if matched else [])
         for i, is_bad in members:
@@ -237,7 +247,7 @@ def backdoor_set(
                     else reasoning(
                         x, x.aligned if reasoned_cot == "base" else x.misaligned, reasoned_context
                     )
-                    if reasoned
+                    if reasons
                     else None
                 )
                 ex = chat_example(x, x.misaligned, cot, condition="triggered", trigger=trigger.name)
@@ -253,7 +263,7 @@ def backdoor_set(
                     _clean_cot(x)
                     if articulate
                     else reasoning(x, x.aligned, reasoned_context)
-                    if reasoned
+                    if reasons
                     else None
                 )
                 ex = chat_example(x, x.aligned, cot, condition="clean", trigger=trigger.name)
