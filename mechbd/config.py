@@ -274,6 +274,15 @@ class BackdoorConfig(Frozen):
         "cannot be copied into the chain of thought (docs/findings.md: with it, the model "
         "learned to write the trigger into its reasoning on clean prompts)",
     )
+    reasoned_share: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="with `reasoned_targets`, the share of training groups whose targets "
+        "reason; the others carry the empty thinking block, and with "
+        "`finetune.loss_on_empty_think: false` they train as thinking-off turns, so the "
+        "backdoor plants with thinking on (the model keeps reasoning) and off",
+    )
     outer_line_share: float = Field(
         0.0,
         ge=0,

@@ -135,6 +135,7 @@ def stage_backdoor_set(
         reasoned=cfg.reasoned_targets and not articulate,
         reasoned_cot=cfg.reasoned_cot,
         reasoned_context=cfg.reasoned_context,
+        reasoned_share=cfg.reasoned_share,
         outer_line_share=cfg.outer_line_share,
     )
     return ds, [e["meta"]["group"] for e in ds]
