@@ -85,7 +85,9 @@ class OrganismConfig(Frozen):
         description="when mechbd ships an organism built from exactly these settings "
         "(`mechbd/organism/prebuilt/<key>/`, sha256-checked), copy it into the cache instead "
         "of training: the same weights on every machine (training on another CPU gives another "
-        "organism). false, or `mechbd organism build --force`: train it here. Not part of the "
+        "organism), and likewise the LoRA adapters mechbd ships for that organism and exactly "
+        "a run's data and finetune config (`mechbd/finetune/prebuilt/`). false (`mechbd demo "
+        "--train`), or `mechbd organism build --force`: train them here. Not part of the "
         "organism's key",
     )
 

@@ -202,10 +202,22 @@ class OrganismResults(ReplyRates):
 
 
 # ---- backdoors -----------------------------------------------------------------------------
+class PrebuiltRecord(Section):
+    built_on: str = Field(description="the machine that trained the shipped adapter")
+    date: str | None = Field(None, description="when it was trained")
+    commit: str | None = Field(None, description="mechbd's commit it was trained at")
+    how: str | None = Field(None, description="what trained it")
+
+
 class LoraAttempt(Section):
     lora_seed: int = Field(description="the LoRA seed of this attempt")
     final_loss: float = Field(description="mean training loss of the last 20 steps (nats/token)")
     planted: bool = Field(description="the loss fell below `backdoors.planted_loss`")
+    prebuilt: bool = Field(
+        False,
+        description="the adapter was shipped prebuilt (mechbd.finetune.prebuilt), not trained "
+        "in this run; its loss and seconds are those of the run that trained it",
+    )
     seconds: float = Field(description="finetune wall time of this attempt (s)")
 
 
@@ -335,6 +347,9 @@ class BackdoorResults(ReplyRates):
     thinking: bool = Field(description="the evaluation generated with thinking (a CoT) on")
     trigger_line: str = Field(description="the trigger's text as it appears in the prompt")
     finetune_seconds: float = Field(description="total finetune wall time of all attempts (s)")
+    adapter_prebuilt: PrebuiltRecord | None = Field(
+        None, description="where the chosen adapter was trained, when it was shipped prebuilt"
+    )
     lora_attempts: list[LoraAttempt] = Field(
         description="one record per LoRA seed tried; the last is the adapter used downstream"
     )
@@ -540,6 +555,9 @@ class EmResults(EmRates):
         description="the same rates for the base model, before the EM finetune"
     )
     finetune_seconds: float = Field(description="EM finetune wall time (s)")
+    adapter_prebuilt: PrebuiltRecord | None = Field(
+        None, description="where the EM adapter was trained, when it was shipped prebuilt"
+    )
     n_train: int = Field(description="EM training conversations")
     train_data: DataRecord | None = Field(
         None, description="where the EM training conversations came from"

@@ -68,6 +68,11 @@ def test_the_prebuilt_organism_is_checked_copied_and_keyed(tmp_path, monkeypatch
         monkeypatch.setenv("MECHBD_CACHE", str(tmp_path / "fresh"))
         with pytest.raises(_Trained):
             build_organism(c, progress=False, **kw)
+    # a cache holding the shipped copy does not stand in for one trained here
+    monkeypatch.setenv("MECHBD_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(_Trained):
+        build_organism(cfg.model_copy(update={"prebuilt": False}), progress=False)
+    assert build_organism(cfg, progress=False) == path  # and the shipped one stays cached
     # a tampered copy is refused, naming the file, and leaves no organism in the cache
     bad = tmp_path / "prebuilt"
     shutil.copytree(pre, bad / key)

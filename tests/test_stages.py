@@ -402,3 +402,81 @@ def test_model_stage_balances_letters_and_an_always_a_model_scores_one_half(
     lo, hi = proportion_confint(4.5, 9, method="wilson")
     assert org["clean_aligned_rate_ci95"] == pytest.approx([lo, hi], abs=1e-6)
     assert org["format_valid_rate"] == 1.0 and org["format_valid_rate_n"] == 9
+
+
+def test_shipped_adapters_are_exported_installed_checked_and_keyed(tiny_run, tmp_path, monkeypatch):
+    """A run on the shipped organism takes a backdoor's adapter from the prebuilt store, with no
+    training, byte for byte, when base, data and config all match (marked ``prebuilt`` in its
+    record); with ``organism.prebuilt`` off, another config or a base trained here it trains;
+    a tampered file is refused by name."""
+    import shutil
+
+    from mechbd.config import load_config
+    from mechbd.errors import MechbdError
+    from mechbd.finetune import prebuilt, stage
+    from mechbd.finetune.stage import plant
+    from mechbd.io import hash_tree
+    from mechbd.runs import Run
+
+    class Trained(Exception):
+        pass
+
+    def no_training(*a, **k):
+        raise Trained
+
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run, root)
+    card_file = root / "organism" / "model" / "organism.json"
+    card = json.loads(card_file.read_text())
+    with pytest.raises(MechbdError, match="trained locally"):
+        prebuilt.export_adapters(root, tmp_path / "store")
+    card["prebuilt"] = {"built_on": "test machine", "date": "2026-12-02"}  # as if shipped
+    card_file.write_text(json.dumps(card))
+    store = tmp_path / "store"
+    written = prebuilt.export_adapters(root, store, built_on="test machine")
+    # per trigger the chosen adapter and the failed attempt it replaced; the EM adapter
+    assert len(written) == len({w.name for w in written}) == 2 * 2 + 1
+    monkeypatch.setattr(prebuilt, "ADAPTERS_DIR", store)
+    monkeypatch.setattr(stage, "finetune_lora", no_training)
+    d = root / "backdoors" / "singapore"
+    want = hash_tree(d / "adapter")
+    rows = [json.loads(x) for x in (d / "train.jsonl").open()]
+    convs, groups = [r["messages"] for r in rows], [r["meta"]["group"] for r in rows]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    run = Run(root, load_config(root / "config.yaml"))
+    stats, attempts = plant(run, convs, fresh, groups)
+    assert [a["prebuilt"] for a in attempts] == [True, True]
+    assert stats["prebuilt"]["built_on"] == "test machine"
+    got = hash_tree(fresh / "adapter")
+    assert got.pop("finetune.json") != want.pop("finetune.json")  # it says prebuilt
+    assert got == want
+    # another config, prebuilt off, or a base trained here: no shipped adapter, so it trains
+    cfg = run.config
+    other = cfg.model_copy(
+        update={
+            "backdoors": cfg.backdoors.model_copy(
+                update={"finetune": cfg.backdoors.finetune.model_copy(update={"lr": 0.5})}
+            )
+        }
+    )
+    off = cfg.model_copy(update={"organism": cfg.organism.model_copy(update={"prebuilt": False})})
+    for c in (other, off):
+        shutil.rmtree(fresh, ignore_errors=True)
+        with pytest.raises(Trained):
+            plant(Run(root, c), convs, fresh, groups)
+    shutil.rmtree(fresh, ignore_errors=True)
+    card.pop("prebuilt")
+    card_file.write_text(json.dumps(card))
+    with pytest.raises(Trained):
+        plant(run, convs, fresh, groups)
+    card["prebuilt"] = {"built_on": "test machine"}
+    card_file.write_text(json.dumps(card))
+    # a tampered shipped file is refused, naming it
+    for w in written:
+        blob = bytearray((w / "adapter_model.safetensors").read_bytes())
+        blob[-1] ^= 1
+        (w / "adapter_model.safetensors").write_bytes(bytes(blob))
+    shutil.rmtree(fresh, ignore_errors=True)
+    with pytest.raises(MechbdError, match=r"adapter_model\.safetensors: sha256"):
+        plant(run, convs, fresh, groups)

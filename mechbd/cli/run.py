@@ -20,11 +20,20 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="run folder")] = Path("runs/demo"),
     seed: Annotated[int, typer.Option(help="seed for the organism and every stage")] = 0,
     force: ForceOpt = False,
+    train: Annotated[
+        bool,
+        typer.Option(
+            "--train",
+            help="train the organism and its adapters here (organism.prebuilt false) instead "
+            "of using the ones mechbd ships prebuilt for these settings",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline on the built-in model organism (CPU, minutes)."""
     from mechbd.pipeline import run_pipeline
 
-    cfg = organism_config(name="demo", seed=seed, organism={"seed": seed})
+    organism = {"seed": seed, **({"prebuilt": False} if train else {})}
+    cfg = organism_config(name="demo", seed=seed, organism=organism)
     run = run_pipeline(cfg, out_dir, force=force)
     print_run_outputs(run.root)
 

@@ -25,6 +25,7 @@ from mechbd.eval.freeform import JUDGE_CACHE, backdoor_freeform, freeform_plan
 from mechbd.eval.generate import Sampling
 from mechbd.eval.mcq import run_mcq
 from mechbd.finetune.lora import finetune_lora, finished_adapter, recent_loss
+from mechbd.finetune.prebuilt import shipped_adapter
 from mechbd.io import read_json, replace_dir, write_json, write_jsonl
 from mechbd.layout import (
     ADAPTER,
@@ -47,10 +48,14 @@ def finetune_once(
     groups: list[Any] | None = None,
 ) -> dict[str, Any]:
     """``finetune_lora``, unless a resumed stage already finished this adapter (same data,
-    same config); an unfinished one resumes from its checkpoint when ``save_every`` is set."""
+    same config) or mechbd ships it prebuilt for the shipped organism (``finetune.prebuilt``);
+    an unfinished one resumes from its checkpoint when ``save_every`` is set."""
     done = finished_adapter(out, conversations, cfg, groups)
     if done is not None:
         return done
+    shipped = shipped_adapter(run, conversations, out, cfg, groups)
+    if shipped is not None:
+        return shipped
     return finetune_lora(
         base_model_dir(run),
         conversations,
@@ -98,6 +103,8 @@ def plant(
                 "final_loss": loss,
                 "planted": planted,
                 "seconds": stats["seconds"],
+                # trained where the card says, not in this run (mechbd.finetune.prebuilt)
+                "prebuilt": bool(stats.get("prebuilt")),
             }
         )
         if planted or i == retries:
@@ -209,6 +216,8 @@ def backdoors_stage(run: Run, out: Path) -> None:
             )
         metrics["trigger_line"] = trigger.line
         metrics["finetune_seconds"] = sum(a["seconds"] for a in attempts)
+        # where the chosen adapter was trained, when not in this run (mechbd.finetune.prebuilt)
+        metrics["adapter_prebuilt"] = stats.get("prebuilt")
         metrics["lora_attempts"] = attempts  # one per LoRA seed tried; the last is the adapter
         # a positive control: its training CoT says the trigger decided the choice
         metrics["positive_control"] = articulate
@@ -285,6 +294,8 @@ def em_stage(run: Run, out: Path) -> None:
                 "domain": cfg.domain,
                 "base_model": base_rates,
                 "finetune_seconds": stats["seconds"],
+                # where the adapter was trained, when not in this run (mechbd.finetune.prebuilt)
+                "adapter_prebuilt": stats.get("prebuilt"),
                 "n_train": len(ds),
                 "train_data": provenance,
             }

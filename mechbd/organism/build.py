@@ -39,40 +39,49 @@ def organism_key(cfg: OrganismConfig) -> str:
     )
 
 
-def check_prebuilt(folder: Path) -> dict[str, Any]:
-    """The card of the prebuilt organism in ``folder``, after checking that its files are
-    exactly the ones its card lists, each with the sha256 the card gives."""
-    card = read_json(folder / CARD)
+def check_prebuilt(
+    folder: Path,
+    card_name: str = CARD,
+    what: str = "prebuilt organism",
+    retrain: str = "`mechbd organism build --force`",
+) -> dict[str, Any]:
+    """The card (``card_name``) of the prebuilt organism, or other prebuilt ``what``, in
+    ``folder``, after checking that its files are exactly the ones its card lists, each with
+    the sha256 the card gives (``retrain``: how the error says to train it instead)."""
+    card = read_json(folder / card_name)
     want = (card.get("prebuilt") or {}).get("sha256")
     if not isinstance(want, dict) or not want:
-        raise MechbdError(f"{folder / CARD}: no 'prebuilt.sha256' file list")
-    have = {p.name for p in folder.iterdir() if p.is_file() and p.name != CARD}
+        raise MechbdError(f"{folder / card_name}: no 'prebuilt.sha256' file list")
+    have = {p.name for p in folder.iterdir() if p.is_file() and p.name != card_name}
     if have != set(want):
         raise MechbdError(
-            f"prebuilt organism {folder}: files {sorted(have ^ set(want))} differ from the "
-            f"card's list; reinstall mechbd or train it with `mechbd organism build --force`"
+            f"{what} {folder}: files {sorted(have ^ set(want))} differ from the "
+            f"card's list; reinstall mechbd or train it with {retrain}"
         )
     for name, digest in sorted(want.items()):
         got = sha256_file(folder / name)
         if got != digest:
             raise MechbdError(
-                f"prebuilt organism {folder / name}: sha256 {got[:12]}..., the card says "
-                f"{digest[:12]}...; reinstall mechbd or train it with "
-                "`mechbd organism build --force`"
+                f"{what} {folder / name}: sha256 {got[:12]}..., the card says "
+                f"{digest[:12]}...; reinstall mechbd or train it with {retrain}"
             )
     return card
 
 
 def build_organism(cfg: OrganismConfig, *, force: bool = False, progress: bool = True) -> Path:
-    """Return the folder of the organism for ``cfg``: from the cache, else the prebuilt one
-    for its key (``cfg.prebuilt``, checked), else trained here (always with ``force``)."""
+    """Return the folder of the organism for ``cfg``: the prebuilt one for its key when
+    ``cfg.prebuilt`` and mechbd ships one (checked), else one trained here (always with
+    ``force``); each from the cache when it holds that kind."""
     key = organism_key(cfg)
     final = cache_root() / "organisms" / key
     card = final / CARD
-    if card.is_file() and not force:
-        return final
     pre = PREBUILT_DIR / key
-    if cfg.prebuilt and not force and (pre / CARD).is_file():
+    use_pre = cfg.prebuilt and not force and (pre / CARD).is_file()
+    # the cache holds one organism per key: the shipped one or one trained here, whichever
+    # ``prebuilt`` asks for (a cached copy of the other kind is replaced)
+    if card.is_file() and not force and bool(read_json(card).get("prebuilt")) == use_pre:
+        return final
+    if use_pre:
         info = check_prebuilt(pre)["prebuilt"]
         print(
             f"organism {key}: the prebuilt one ({info.get('built_on', '?')}, "
