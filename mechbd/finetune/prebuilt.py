@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import platform
 import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from datetime import date
@@ -100,17 +99,12 @@ def shipped_adapter(
     return done
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
+def _run_made(run_dir: Path) -> tuple[str, str]:
+    """The commit (short) and the date the run was made at, from its manifest."""
+    manifest = run_dir / "manifest.json"
+    m = read_json(manifest) if manifest.is_file() else {}
+    commit = str(m.get("git_commit") or "?")[:7]
+    return commit, str(m.get("created") or date.today().isoformat())[:10]
 
 
 def machine() -> str:
@@ -143,7 +137,7 @@ def export_adapters(
         | {p.parent for p in run_dir.glob("backdoors/*/attempts/*/finetune.json")}
         | {p.parent for p in run_dir.glob("em/adapter/finetune.json")}
     )
-    written = []
+    written, made = [], _run_made(run_dir)
     for src in found:
         stats = read_json(src / "finetune.json")
         if stats.get("prebuilt"):
@@ -161,8 +155,8 @@ def export_adapters(
                     "trained_as": src.relative_to(run_dir).as_posix(),
                     "prebuilt": {
                         "built_on": built_on or machine(),
-                        "date": date.today().isoformat(),
-                        "commit": _commit(),
+                        "date": made[1],
+                        "commit": made[0],
                         "how": "mechbd demo (its backdoors and em stages)",
                         "sha256": {f.name: sha256_file(f) for f in files},
                     },
