@@ -458,6 +458,57 @@ def _compare_reads(model, tok, users, reader, positions):
     assert len(kinds) >= 2, kinds
 
 
+@pytest.mark.parametrize("positions", ["assistant", "all"])
+def test_reads_steered_from_block_l_skip_the_blocks_below_exactly(positions, monkeypatch):
+    """A read steered from block L runs blocks L.. only, from the kept unsteered output of
+    block L-1: on the shipped 6-layer organism its letters, formats and P(letter), and the
+    fitted vector's loss and gradient, equal those of the full pass at every layer; with the
+    cache over its memory budget nothing is skipped."""
+    from mechbd.config import RunConfig
+    from mechbd.eval.mcq import both_orders
+    from mechbd.organism.build import build_organism
+    from mechbd.steering import read as read_mod
+    from mechbd.steering.read import MCQReader
+
+    model, tok = load_model(build_organism(RunConfig(name="demo").organism), dtype="float32")
+    users = [r["user"] for r in both_orders(_cb_rows(12, 3))]
+    fast = MCQReader(model, tok, users, positions=positions, batch_size=10)
+    assert fast.cache_blocks()
+    monkeypatch.setattr(read_mod, "BLOCK_CACHE_BYTES", 0)
+    full = MCQReader(model, tok, users, positions=positions, batch_size=10)
+    assert not full.cache_blocks()
+    g = torch.Generator().manual_seed(0)
+    d = model.config.hidden_size
+    calls = []
+    hooks = [
+        blk.register_forward_pre_hook(lambda m, a, i=i: calls.append(i))
+        for i, blk in enumerate(fast.blocks)
+    ]
+    try:
+        for layer in range(model.config.num_hidden_layers):
+            v = torch.randn(d, generator=g)
+            ivs = [Intervention(layer, v * 30 / v.norm(), "add", 1.0)]
+            calls.clear()
+            a = fast.read(ivs)
+            assert min(calls) == layer  # the blocks below were not run
+            b = full.read(ivs)
+            assert a.answer == b.answer and a.well_formed.tolist() == b.well_formed.tolist()
+            assert a.p_letter == pytest.approx(b.p_letter, abs=1e-5)
+            targets = ["A" if i % 3 else "B" for i in range(len(users))]
+            grads = []
+            for reader, skip in ((fast, layer), (full, 0)):
+                w = v.clone().requires_grad_(True)
+                with steer(model, [Intervention(layer, w)], positions=positions, tokenizer=tok):
+                    loss = reader.reply_loss(targets, from_layer=skip)
+                loss.backward()
+                grads.append((float(loss.detach()), w.grad.clone()))
+            assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
+            torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def _fake_split(rows, policy):
     """A Counterbalanced split whose 'model' answers by ``policy(row, multiplier, layer)``."""
     from mechbd.eval.mcq import both_orders

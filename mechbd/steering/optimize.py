@@ -62,9 +62,10 @@ def _fit_layer(
     opt = torch.optim.Adam([v], lr=lr)
     history: list[float] = []
     best, best_v, reason = float("inf"), v.detach().clone(), "max_steps"
+    reader.cache_blocks()  # the blocks below ``layer`` are then not run (no hooks yet)
     for _ in range(max_steps + 1):
         with steer(model, [Intervention(layer, v)], positions=reader.positions, tokenizer=tok):
-            loss = reader.reply_loss(targets)
+            loss = reader.reply_loss(targets, from_layer=layer)
         now = float(loss.detach())
         if not torch.isfinite(loss):
             raise MechbdError(f"optimised steering at layer {layer}: the loss became {now}")

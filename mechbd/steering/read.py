@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from mechbd.capture.names import decoder_blocks
 from mechbd.errors import MechbdError
 from mechbd.eval.generate import chat_prompts
 from mechbd.models import position_ids
@@ -87,11 +88,34 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
+BLOCK_CACHE_BYTES = 1 << 30  # at most 1 GiB of kept block outputs per reader
+
+
 @dataclass
 class _Batch:
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None  # the prefix's cache (assistant mode)
     prefix_mask: torch.Tensor | None
     suffix: dict[str, tuple[torch.Tensor, torch.Tensor]]  # letter -> (ids, mask), left padded
+    # letter -> every block's unsteered output on that suffix (filled on first use)
+    blocks_out: dict[str, list[torch.Tensor] | None] = field(default_factory=dict)
+
+
+class _Pass(nn.Module):
+    """Stands in for a block below the steered one: nothing to compute."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states
+
+
+class _Cached(nn.Module):
+    """Stands in for the block just below the steered one: its unsteered output."""
+
+    def __init__(self, out: torch.Tensor):
+        super().__init__()
+        self.out = out
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.out
 
 
 class MCQReader:
@@ -131,6 +155,8 @@ class MCQReader:
         self.h = h  # the replies' shared head ("Answer:"); they part at the letter
         self.single = len(ra) == len(rb) == h + 2  # one token per letter, then the end
         self.pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.blocks = decoder_blocks(model)[1]
+        self._blocks_cached: bool | None = None  # cache_blocks() not called yet
         prompts = chat_prompts(tok, list(users), enable_thinking=False)
         ids = [tok.encode(p, add_special_tokens=False) for p in prompts]
         marker = assistant_marker(tok) if positions == "assistant" else None
@@ -172,15 +198,45 @@ class MCQReader:
         cache = out.cache if hasattr(out, "cache") else out.past_key_values
         return _Batch(_cache_kv(cache), p_mask, suffix)
 
-    def _logits(self, b: _Batch, letter: str, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def _logits(
+        self, b: _Batch, letter: str, rows: torch.Tensor | None = None, from_layer: int = 0
+    ) -> torch.Tensor:
         """Logits ``[rows, k, vocab]`` at the positions that predict the reply's ``k`` tokens
-        (of the batch's ``rows`` only, when given)."""
+        (of the batch's ``rows`` only, when given). ``from_layer`` L > 0 says no active
+        intervention acts below block L: blocks 0..L-1 are then not run, block L-1's unsteered
+        output on this suffix (computed once per batch and letter) standing in for them. The
+        logits are the full pass's (``tests/test_steering.py`` compares them)."""
         s_ids, s_mask = b.suffix[letter]
         kv, p_mask = b.kv, b.prefix_mask
+        below: torch.Tensor | None = None
+        outs = self._blocks_out(b, letter) if from_layer > 0 else None
+        if outs is not None:
+            below = outs[from_layer - 1]
         if rows is not None:
             s_ids, s_mask = s_ids[rows], s_mask[rows]
             if kv is not None and p_mask is not None:
                 kv, p_mask = [(k[rows], v[rows]) for k, v in kv], p_mask[rows]
+            if below is not None:
+                below = below[rows]
+        if below is None:
+            return self._forward(s_ids, s_mask, kv, p_mask, letter)
+        real = [self.blocks[i] for i in range(from_layer)]
+        for i in range(from_layer):
+            self.blocks[i] = _Cached(below) if i == from_layer - 1 else _Pass()
+        try:
+            return self._forward(s_ids, s_mask, kv, p_mask, letter)
+        finally:
+            for i, block in enumerate(real):
+                self.blocks[i] = block
+
+    def _forward(
+        self,
+        s_ids: torch.Tensor,
+        s_mask: torch.Tensor,
+        kv: list[tuple[torch.Tensor, torch.Tensor]] | None,
+        p_mask: torch.Tensor | None,
+        letter: str,
+    ) -> torch.Tensor:
         kw: dict[str, Any] = {}
         if kv is None:
             mask = s_mask
@@ -197,6 +253,53 @@ class MCQReader:
             **kw,
         )
         return out.logits[:, -k - 1 : -1]
+
+    def _blocks_out(self, b: _Batch, letter: str) -> list[torch.Tensor] | None:
+        return b.blocks_out.get(letter)
+
+    @torch.no_grad()
+    def cache_blocks(self) -> bool:
+        """Keep every block's unsteered output on every suffix, so passes steered from block
+        L on skip blocks 0..L-1 (``read`` calls it; call it before ``reply_loss(from_layer=)``,
+        with no hooks active). Skipped, returning False, when the kept outputs would take more
+        than ``BLOCK_CACHE_BYTES`` or the blocks return more than a tensor."""
+        if self._blocks_cached is None:
+            first = self.batches[0].suffix["A"][0]
+            d = int(self.model.get_input_embeddings().weight.shape[1])  # type: ignore[operator]
+            per_row = sum(s[0].shape[1] for s in self.batches[0].suffix.values()) / len(first)
+            itemsize = next(self.model.parameters()).element_size()
+            size = self.n * per_row * d * len(self.blocks) * itemsize
+            ok = size <= BLOCK_CACHE_BYTES
+            for b in self.batches if ok else []:
+                for letter in "AB":
+                    outs: list[Any] = []
+                    hooks = [
+                        blk.register_forward_hook(lambda m, a, o, outs=outs: outs.append(o))
+                        for blk in self.blocks
+                    ]
+                    try:
+                        self._forward(*b.suffix[letter], b.kv, b.prefix_mask, letter)
+                    finally:
+                        for h in hooks:
+                            h.remove()
+                    if len(outs) != len(self.blocks) or not all(
+                        isinstance(o, torch.Tensor) for o in outs
+                    ):
+                        ok = False
+                        break
+                    b.blocks_out[letter] = [o.detach() for o in outs]
+                if not ok:
+                    break
+            if not ok:
+                for b in self.batches:
+                    b.blocks_out.clear()
+            self._blocks_cached = ok
+        return self._blocks_cached
+
+    @staticmethod
+    def _skip_to(interventions: Sequence[Intervention]) -> int:
+        """The lowest block any intervention acts in (0 without interventions)."""
+        return min((iv.layer for iv in interventions), default=0)
 
     def _greedy(
         self, logits: torch.Tensor, letter: str
@@ -216,9 +319,10 @@ class MCQReader:
         well: list[bool] = []
         probs: list[np.ndarray] = []
         first_b = self.reply["B"][self.h]
+        skip = self._skip_to(interventions) if self.cache_blocks() else 0
         with steer(self.model, interventions, positions=self.positions, tokenizer=self.tok):
             for b in self.batches:
-                la = self._logits(b, "A")
+                la = self._logits(b, "A", from_layer=skip)
                 says_a, ends_a, lp_a = self._greedy(la, "A")
                 says_b = torch.zeros_like(says_a)
                 ends_b = torch.zeros_like(ends_a)
@@ -228,7 +332,7 @@ class MCQReader:
                 else:  # to check its end of turn, on the rows that would write it
                     rows = torch.arange(len(la), device=la.device)
                 if rows.numel():
-                    sb, eb, lb = self._greedy(self._logits(b, "B", rows), "B")
+                    sb, eb, lb = self._greedy(self._logits(b, "B", rows, skip), "B")
                     says_b[rows], ends_b[rows] = sb, eb
                     if not self.single:
                         lp_b = lb
@@ -242,10 +346,13 @@ class MCQReader:
                 probs.append(torch.softmax(pair, -1).double().cpu().numpy())
         return Reading(answers, np.asarray(well, dtype=bool), np.concatenate(probs))
 
-    def reply_loss(self, targets: Sequence[str]) -> torch.Tensor:
+    def reply_loss(self, targets: Sequence[str], from_layer: int = 0) -> torch.Tensor:
         """Mean over prompts of the negative log-probability of the whole canonical reply
         ``Answer: <targets[i]>`` and the end of the turn, differentiable in whatever the active
-        hooks add (call it inside ``steer``)."""
+        hooks add (call it inside ``steer``). ``from_layer``: no hook acts below that block,
+        so after ``cache_blocks()`` the blocks below it are skipped."""
+        if from_layer and not self._blocks_cached:
+            from_layer = 0
         if len(targets) != self.n:
             raise MechbdError(f"MCQ read: {len(targets)} targets for {self.n} prompts")
         total = torch.zeros((), device=self.device)
@@ -258,7 +365,7 @@ class MCQReader:
                 if not idx.numel():
                     continue
                 idx = idx.to(self.device)
-                logp = torch.log_softmax(self._logits(b, letter, idx).float(), dim=-1)
+                logp = torch.log_softmax(self._logits(b, letter, idx, from_layer).float(), dim=-1)
                 want = torch.tensor(self.reply[letter], device=self.device).expand(len(idx), -1)
                 total = total - logp.gather(-1, want.unsqueeze(-1)).sum()
             start += rows
