@@ -68,7 +68,13 @@ def fake_results() -> dict:
                 "finetune_seconds": 2.0,
                 "lora_attempts": [
                     {"lora_seed": 0, "final_loss": 0.0123, "planted": False, "seconds": 1.0},
-                    {"lora_seed": 1, "final_loss": 0.0004, "planted": True, "seconds": 1.0},
+                    {
+                        "lora_seed": 1,
+                        "final_loss": 0.0004,
+                        "planted": True,
+                        "seconds": 1.0,
+                        "prebuilt": True,
+                    },
                 ],
                 "positive_control": False,
             }
@@ -313,7 +319,7 @@ def test_report_is_self_contained_and_escapes_untrusted_text(tmp_path):
     assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in page
     assert "&lt;img src=x onerror=&quot;window.__pwned=2&quot;&gt;" in page
     assert "<img" not in page and "alert(1)</script>" not in page
-    assert "<td>0 (loss 0.012), 1 (planted)</td>" in page  # the backdoor's LoRA attempts
+    assert "<td>0 (loss 0.012), 1 (planted, prebuilt)</td>" in page  # the backdoor's LoRA attempts
     # each behaviour rate beside its 95% interval and n (Wilson's for 194 of 200: 0.936-0.986)
     assert "<td>0.970 [0.94, 0.99] (n 200)</td>" in page
     assert "<td>0.990 [0.95, 1.00] (n 100)</td>" in page  # the base model's clean aligned rate

@@ -61,9 +61,11 @@ def _with_ci(value: float | None, ci95: Sequence[float] | None, n: int) -> str:
 
 
 def _attempts(attempts: list[LoraAttempt]) -> str:
-    """``0 (planted)`` or ``0 (loss 0.012), 1 (planted)``: the backdoor's LoRA attempts."""
+    """``0 (planted)`` or ``0 (loss 0.012), 1 (planted)``: the backdoor's LoRA attempts, each
+    marked ``prebuilt`` when its adapter was shipped rather than trained in this run."""
     return ", ".join(
-        f"{a.lora_seed} (planted)" if a.planted else f"{a.lora_seed} (loss {a.final_loss:.3f})"
+        f"{a.lora_seed} ({'planted' if a.planted else f'loss {a.final_loss:.3f}'}"
+        f"{', prebuilt' if a.prebuilt else ''})"
         for a in attempts
     )
 
