@@ -189,6 +189,13 @@ class FinetuneConfig(Frozen):
         "(e.g. `Answer:`): a chain of thought before it is context, not target (null: the "
         "whole final turn is the target)",
     )
+    loss_mean: Literal["token", "row"] = Field(
+        "token",
+        description="the loss of a batch: `token`, the mean over all its target tokens (as "
+        "`model(**batch).loss`); `row`, the mean over rows of each row's mean over its own, so "
+        "a short target (a thinking-off `Answer: B`) weighs as much as a reasoned one five "
+        "times longer (docs/findings.md, mixed-mode backdoors)",
+    )
 
 
 def organism_finetune() -> FinetuneConfig:

@@ -140,15 +140,18 @@ LAUNCHES = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize(
+    ("mode", "loss_mean"), [("ddp", "token"), ("fsdp", "token"), ("ddp", "row")]
+)
 def test_accelerate_two_process_finetune_equals_one_process_with_the_whole_batch(
-    tiny_organism, tmp_path, mode
+    tiny_organism, tmp_path, mode, loss_mean
 ):
     """`accelerate launch --num_processes 2` (DDP over gloo on the CPU, or FSDP2 from
     configs/accelerate/fsdp.yaml, every parameter sharded) with batch_size 2 per process trains
     the same adapter as one process with batch_size 4: same data order, and each rank's loss is
-    weighted by its share of the target tokens. 5 examples and batch 4 leave one row for the
-    last micro-batch of each epoch: rank 1 joins it with a zero-weight pass."""
+    weighted by its share of the target tokens (with ``loss_mean: row``, of the rows). 5
+    examples and batch 4 leave one row for the last micro-batch of each epoch: rank 1 joins it
+    with a zero-weight pass."""
     from safetensors.torch import load_file
 
     from mechbd.data.builders import backdoor_set
@@ -159,6 +162,7 @@ def test_accelerate_two_process_finetune_equals_one_process_with_the_whole_batch
     assert len(ds) == 5
     write_jsonl(tmp_path / "train.jsonl", ds)
     common = dict(rank=2, alpha=4, lr=0.01, epochs=2.0, warmup_steps=1, lr_schedule="constant")
+    common["loss_mean"] = loss_mean
     one, _ = _finetune(
         [sys.executable],
         tiny_organism,

@@ -288,3 +288,44 @@ def test_grouped_finetune_trains_each_group_in_one_batch(tmp_path, tiny_organism
     assert finished_adapter(tmp_path / "ad", convs, cfg, list(range(len(convs)))) is None
     with pytest.raises(MechbdError, match="29 group labels for 30 conversations"):
         finetune_lora(base, convs, tmp_path / "x", cfg, progress=False, groups=groups[:-1])
+
+
+def test_per_row_loss_is_the_mean_of_each_rows_own_loss(tiny_organism, convs):
+    """``loss_mean: row``: the mean over rows of each row's own HF loss (float64 reference),
+    with the same gradient, on both logits paths; a row without targets does not count."""
+    from peft import LoraConfig, get_peft_model
+
+    tok = AutoTokenizer.from_pretrained(tiny_organism)
+    model = AutoModelForCausalLM.from_pretrained(tiny_organism)
+    model = get_peft_model(
+        model, LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False)
+    )
+    rows = [tokenize_conversation(tok, c, 512) for c in convs[:5]]
+    # a long target beside short ones, so the per-row and per-token means differ
+    rows[1] = (rows[1][0] + rows[0][0][-30:], rows[1][1] + rows[0][0][-30:])
+    rows.append((rows[2][0], [-100] * len(rows[2][0])))  # no target tokens at all
+    batch = _collate(rows, tok.pad_token_id, torch.device("cpu"))
+
+    model.zero_grad()
+    own = [model(**_collate([r], tok.pad_token_id, torch.device("cpu"))).loss for r in rows[:-1]]
+    ref = torch.stack(own).double().mean()
+    ref.backward()
+    g_ref = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    token_mean = target_loss(model, batch, True).item()
+    assert abs(token_mean - ref.item()) > 1e-3  # the two means really differ here
+    for keep in (False, True):
+        model.zero_grad()
+        loss = target_loss(model, batch, keep, per_row=True)
+        loss.backward()
+        assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+        for p, g in zip([p for p in model.parameters() if p.requires_grad], g_ref, strict=True):
+            torch.testing.assert_close(p.grad, g.to(p.grad.dtype), rtol=1e-4, atol=1e-6)
+
+
+def test_per_row_loss_trains_and_is_recorded(tmp_path, tiny_organism, convs):
+    cfg = CFG.model_copy(update={"loss_mean": "row"})
+    base = make_llama(tmp_path, tiny_organism)
+    stats = finetune_lora(base, convs, tmp_path / "a", cfg, progress=False, device="cpu")
+    assert stats["config"]["loss_mean"] == "row"
+    token = finetune_lora(base, convs, tmp_path / "b", CFG, progress=False, device="cpu")
+    assert stats["losses"][0] != token["losses"][0]  # the first step's loss is another mean

@@ -142,22 +142,40 @@ def accepts_logits_to_keep(model: Any) -> bool:
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
-def target_loss(model: Any, batch: dict[str, torch.Tensor], keep: bool) -> torch.Tensor:
-    """Mean next-token cross-entropy over the labelled tokens, as ``model(**batch).loss``.
+def target_loss(
+    model: Any, batch: dict[str, torch.Tensor], keep: bool, per_row: bool = False
+) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled tokens, as ``model(**batch).loss``;
+    with ``per_row`` the mean over rows of each row's mean over its own labelled tokens
+    (``finetune.loss_mean: row``), so a long target weighs as much as a short one.
 
     With ``keep`` the vocabulary projection runs only at positions that predict a labelled
     token (the union over the rows), not at every prompt token: with a large vocabulary and
     short answers after long prompts that is most of the unembedding and softmax work."""
-    if not keep:
-        return model(**batch).loss
     labels = batch["labels"]
-    pos = (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)  # position p predicts p + 1
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=pos
-    ).logits
-    return F.cross_entropy(
-        logits.float().flatten(0, 1), labels[:, pos + 1].flatten(), ignore_index=-100
+    if not keep and not per_row:
+        return model(**batch).loss
+    if keep:
+        pos = (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)  # position p predicts p + 1
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            logits_to_keep=pos,
+        ).logits
+        target = labels[:, pos + 1]
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[
+            :, :-1
+        ]
+        target = labels[:, 1:]
+    if not per_row:
+        return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100)
+    nll = F.cross_entropy(
+        logits.float().transpose(1, 2), target, ignore_index=-100, reduction="none"
     )
+    counted = (target != -100).sum(1)
+    has = counted > 0
+    return (nll.sum(1)[has] / counted[has]).mean()
 
 
 def conversations_digest(
@@ -440,6 +458,7 @@ class _Trainer:
     def step(self, step: int) -> float:
         """One optimizer step over ``grad_accum`` micro-batches; the step's loss."""
         cfg, acc, world = self.cfg, self.acc, self.world
+        per_row = cfg.loss_mean == "row"
         step_loss = 0.0
         for k in range(cfg.grad_accum):
             rows = [self.data[i] for i in self.micro[step * cfg.grad_accum + k]]
@@ -450,7 +469,7 @@ class _Trainer:
             mine, share, sync = rows, 1.0, contextlib.nullcontext()
             if acc is not None:
                 mine = rows[acc.process_index :: world]
-                share = _n_targets(mine) / max(1, _n_targets(rows))
+                share = _n_targets(mine, per_row) / max(1, _n_targets(rows, per_row))
                 if not mine:  # fewer rows than ranks: a zero-weight pass joins the collectives
                     mine, share = rows[:1], 0.0  # (FSDP gathers weights in the forward)
                 if k < cfg.grad_accum - 1:
@@ -459,7 +478,7 @@ class _Trainer:
                 batch = _collate(mine, self.pad, self.dev)
                 if share:
                     self.n_tokens += int(batch["attention_mask"].sum())
-                part = target_loss(self.model, batch, self.keep) * share / cfg.grad_accum
+                part = target_loss(self.model, batch, self.keep, per_row) * share / cfg.grad_accum
                 if acc is None:
                     part.backward()
                 else:
@@ -534,9 +553,11 @@ def _accelerator() -> tuple[Any, int]:
     return acc, acc.num_processes
 
 
-def _n_targets(rows: Sequence[tuple[list[int], list[int]]]) -> int:
-    """Target tokens of a micro-batch as the causal-LM loss counts them (labels shift by one)."""
-    return sum(sum(1 for y in labels[1:] if y != -100) for _, labels in rows)
+def _n_targets(rows: Sequence[tuple[list[int], list[int]]], per_row: bool = False) -> int:
+    """Target tokens of a micro-batch as the causal-LM loss counts them (labels shift by one);
+    with ``per_row``, the rows that have any (what a per-row mean averages over)."""
+    counts = [sum(1 for y in labels[1:] if y != -100) for _, labels in rows]
+    return sum(1 for c in counts if c) if per_row else sum(counts)
 
 
 def _save_checkpoint(
