@@ -1195,6 +1195,24 @@ class PersonaPerLayer(Section):
     )
 
 
+class PersonaTest(Section):
+    """One one-sided test behind a trigger's persona verdict."""
+
+    p: Rate = Field(
+        description="p-value: a detector's empirical one against its null (`p_value`); a "
+        "shift's the normal tail P(Z ≥ z) of the smaller of its matched and isotropic z's"
+    )
+    p_holm: Rate = Field(
+        description="Holm-adjusted over the trigger's tests (the family-wise error of the "
+        "sentence's verdict); a detector with a null of n latents has p ≥ 1 / (n + 1), so "
+        "with four tests a null of fewer than 79 latents cannot count first"
+    )
+    counts: bool = Field(
+        description="the test supports its persona: `p_holm` ≤ 0.05 and, for a detector, its "
+        "interval's lower end above 0.5"
+    )
+
+
 class PersonaShift(Section):
     layer: int = Field(
         description="the trigger probe's best layer (`probes.<trigger>.best_layer`, as the "
@@ -1278,12 +1296,18 @@ class PersonaShift(Section):
         None, description="that latent (`sae.persona_screen.persona_latent`)"
     )
     detector_layer: int | None = Field(None, description="the SAE layer the detectors read")
+    evidence: dict[str, PersonaTest] | None = Field(
+        None,
+        description="the tests the verdict rests on, keyed `persona_direction_detector`, "
+        "`persona_latent_detector`, `persona_direction_shift`, `user_wants_harm_shift`: "
+        "taken together, Holm-corrected at 0.05",
+    )
     answer: str | None = Field(
         None,
         description="the persona question for this trigger in one sentence: the detectors, "
         'the z\'s along the persona direction and along "user wants harm", and the verdict '
-        "(a detector counts when its interval clears 0.5 and it reaches the 95th percentile of "
-        "its null; a shift when both z's are ≥ 2)",
+        "(a test counts when its Holm-adjusted p over the sentence's tests is ≤ 0.05, a "
+        "detector only when its interval also clears 0.5; `evidence`)",
     )
     n_null: int = Field(description="random directions in the z's null (≥ 1000)")
     null_effective_dims: float = Field(

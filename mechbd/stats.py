@@ -265,3 +265,23 @@ def drop_controls(value: float, drops: Sequence[float]) -> dict[str, Any]:
         "p_value": cs["p_value"],
         "drops": list(drops),
     }
+
+
+def normal_sf(z: float) -> float:
+    """One-sided p-value of a z-score, P(Z >= z) for a standard normal Z."""
+    import math
+
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input's order: the i-th smallest p becomes
+    max over j <= i of min(1, (m - j + 1) p_(j)). A test is significant at family-wise level
+    alpha when its adjusted p is <= alpha, whatever the dependence between the tests."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    out, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        out[i] = running
+    return out

@@ -16,7 +16,7 @@ from mechbd.errors import MechbdError
 from mechbd.organism.items import organism_items
 from mechbd.organism.world import PERSONA_SYSTEMS
 from mechbd.runs import Run
-from mechbd.sae.persona import persona_answer
+from mechbd.sae.persona import persona_answer, persona_evidence
 from mechbd.steering.nulls import matched_directions, model_shift, model_shift_z
 from mechbd.steering.persona import persona_direction, persona_rows, persona_systems
 from tests.test_qwen3_tokenizer import qwen3_model, qwen3_tok  # noqa: F401  (fixtures)
@@ -123,7 +123,52 @@ def test_model_shift_matches_numpy_and_its_z_finds_a_planted_shift_only():
 
 
 def _detector(auroc: float, lo: float, pct: float) -> dict:
-    return {"auroc": auroc, "ci95": [lo, min(1.0, auroc + 0.1)], "percentile": pct, "n_null": 50}
+    return {
+        "auroc": auroc,
+        "ci95": [lo, min(1.0, auroc + 0.1)],
+        "percentile": pct,
+        "p_value": 1 - pct / 100,
+        "n_null": 1000,
+    }
+
+
+def test_holm_matches_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    from mechbd.stats import holm, normal_sf
+
+    rng = np.random.default_rng(0)
+    for m in (1, 2, 4, 7):
+        for _ in range(20):
+            p = rng.uniform(0, 0.2, m)
+            p[rng.integers(m)] = p.min()  # ties
+            np.testing.assert_allclose(holm(list(p)), multipletests(p, method="holm")[1])
+    assert normal_sf(2.0) == pytest.approx(0.0227501319, rel=1e-8)
+    assert normal_sf(-1.0) == pytest.approx(0.8413447461, rel=1e-8)
+
+
+def test_persona_verdict_is_holm_corrected_over_its_tests():
+    """A detector at p 0.02 would pass on its own (95th percentile), but not as the best of
+    four tests (Holm: 0.02 x 4 > 0.05); at p 0.01 it does. A shift needs both its z's."""
+    rec = {
+        "persona_direction_detector": _detector(0.65, 0.57, 98.0),
+        "persona_latent_detector": _detector(0.5, 0.5, 57.0),
+        "persona_latent": 3,
+        "persona_direction_z": -0.2,
+        "persona_direction_z_isotropic": -0.4,
+        "user_wants_harm_z": 0.5,
+        "user_wants_harm_z_isotropic": 0.7,
+    }
+    ev = persona_evidence(rec)
+    assert ev["persona_direction_detector"]["p_holm"] == pytest.approx(0.08)
+    assert not any(e["counts"] for e in ev.values())
+    assert "no evidence" in persona_answer("t", rec, organism=False)
+    assert "Holm-corrected over its 4 tests at 0.05" in persona_answer("t", rec, organism=False)
+    rec["persona_direction_detector"] = _detector(0.7, 0.6, 99.0)
+    assert persona_evidence(rec)["persona_direction_detector"]["counts"]
+    assert "goes through the toxic persona" in persona_answer("t", rec, organism=False)
+    rec["user_wants_harm_z"], rec["user_wants_harm_z_isotropic"] = 4.0, 1.0
+    assert not persona_evidence(rec)["user_wants_harm_shift"]["counts"]
 
 
 @pytest.mark.parametrize(

@@ -98,6 +98,7 @@ from mechbd.sae.persona import (
     corpus_rows,
     corpus_source_rows,
     persona_answer,
+    persona_evidence,
     user_wants_harm_rows,
 )
 from mechbd.sae.train import (
@@ -491,6 +492,7 @@ def _trigger(
         "per_layer": {k: list(v.values()) for k, v in shifts.items() if k != "persona_latent"},
         "layers": d_em.layers,
     }
+    rec["evidence"] = persona_evidence(rec)
     rec["answer"] = persona_answer(t, rec, organism=c.run.config.model.source == "organism")
     return st, d_probe, rec
 
