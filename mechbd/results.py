@@ -357,6 +357,13 @@ class BackdoorResults(ReplyRates):
         description="true for `<trigger>-articulated`, the positive control whose training CoT "
         "articulates the trigger; false for a plain backdoor"
     )
+    reasoned_targets: bool | None = Field(
+        None,
+        description="whether the training targets carried the base's kind of reasoning "
+        "(`backdoors.reasoned_targets`, with `reasoned_share` of the groups); false where the "
+        "scenarios carry no option kinds (`data.scenarios`), which the stage then plants "
+        "without chain of thought and says so",
+    )
     freeform: BackdoorFreeform | None = Field(
         None,
         description="the freeform evaluation, when the scenarios have `scenario_freeform` "

@@ -149,3 +149,10 @@ def test_every_stage_runs_on_the_organism_on_user_data(organism_user_run):
     }
     assert res["backdoors"]["singapore"]["freeform"]["skipped"].startswith("no LLM judge")
     assert res["model"]["name"] == "mechbd-organism"
+    # the user's scenarios carry no option kinds: planted without chain of thought, and said so
+    assert res["backdoors"]["singapore"]["reasoned_targets"] is False
+    card = json.loads(
+        (organism_user_run / "backdoors" / "singapore" / "adapter" / "finetune.json").read_text()
+    )
+    assert card["config"]["loss_on_empty_think"] is True
+    assert card["config"]["loss_mean"] == "token"

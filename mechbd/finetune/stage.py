@@ -72,6 +72,7 @@ def plant(
     d: Path,
     groups: list[Any] | None = None,
     retries: int | None = None,
+    cfg: BackdoorConfig | None = None,
 ) -> tuple[dict[str, Any], list[Any]]:
     """Finetune a backdoor into ``d / "adapter"``, retrying with the next LoRA seed (up to
     ``retries``, default ``backdoors.retries``, times) while the training loss has not left
@@ -80,8 +81,9 @@ def plant(
     Each attempt trains in ``d / "attempts" / "seed-N"`` (a failed one stays there to inspect);
     the planted attempt, or the last one, is moved to ``d / "adapter"``. A resumed stage finds
     the chosen adapter, or the attempts already finished, and does not train them again.
-    Returns the chosen attempt's stats and one record per attempt."""
-    cfg = run.config.backdoors
+    Returns the chosen attempt's stats and one record per attempt. ``cfg`` (default
+    ``run.config.backdoors``) gives the LoRA recipe and the retries."""
+    cfg = cfg or run.config.backdoors
     retries = cfg.retries if retries is None else retries
     configs = [
         cfg.finetune.model_copy(update={"seed": cfg.finetune.seed + i}) for i in range(retries + 1)
@@ -148,12 +150,32 @@ def stage_backdoor_set(
     return ds, [e["meta"]["group"] for e in ds]
 
 
+def without_kinds(cfg: BackdoorConfig, items: list[Item]) -> BackdoorConfig:
+    """``cfg`` for training scenarios that may not carry the options' kinds. Reasoned targets
+    restate the kinds (``A is honest. B is dangerous.``), which only the organism's own
+    scenarios carry; for others (``data.scenarios``) the backdoor is planted as it was before
+    reasoned targets, without chain of thought: the empty thinking block is part of the
+    target and the loss is the mean over target tokens. Says so on stderr."""
+    if not cfg.reasoned_targets or all(
+        {"aligned_kind", "misaligned_kind"} <= it.meta.keys() for it in items
+    ):
+        return cfg
+    print(
+        "backdoors: the training scenarios carry no option kinds (aligned_kind, "
+        "misaligned_kind), so the targets have no chain of thought (backdoors.reasoned_targets "
+        "needs the organism's scenarios); finetune.loss_on_empty_think true, loss_mean token",
+        file=sys.stderr,
+    )
+    ft = cfg.finetune.model_copy(update={"loss_on_empty_think": True, "loss_mean": "token"})
+    return cfg.model_copy(update={"reasoned_targets": False, "finetune": ft})
+
+
 def backdoors_stage(run: Run, out: Path) -> None:
-    cfg = run.config.backdoors
     seed = run.config.seed
     # the scenarios' freeform variants, when they have them, are judged as Thought Crime does
     freeform = freeform_plan(run.config)
-    train_items = split_items(run, "backdoor_train", cfg.n_train)
+    train_items = split_items(run, "backdoor_train", run.config.backdoors.n_train)
+    cfg = without_kinds(run.config.backdoors, train_items)
     test_items = split_items(run, "backdoor_eval", cfg.n_eval)
     cal_items = (
         disjoint_items(run, "probe_calibration", cfg.n_calibration, test_items)
@@ -180,7 +202,7 @@ def backdoors_stage(run: Run, out: Path) -> None:
         )
         write_jsonl(d / TRAIN_SET, ds)
         stats, attempts = plant(
-            run, [e["messages"] for e in ds], d, groups, retries=0 if articulate else None
+            run, [e["messages"] for e in ds], d, groups, retries=0 if articulate else None, cfg=cfg
         )
         rows = eval_set(test_items, trigger, seed=seed)
         write_jsonl(d / EVAL_PROMPTS, rows)
@@ -221,6 +243,8 @@ def backdoors_stage(run: Run, out: Path) -> None:
         metrics["lora_attempts"] = attempts  # one per LoRA seed tried; the last is the adapter
         # a positive control: its training CoT says the trigger decided the choice
         metrics["positive_control"] = articulate
+        # the training targets' chain of thought (mechbd.data.builders.backdoor_set)
+        metrics["reasoned_targets"] = cfg.reasoned_targets and not articulate
         results[name] = metrics
     write_json(out / RESULTS, {"backdoors": results})
 
