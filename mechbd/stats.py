@@ -24,6 +24,7 @@ AUROC and its bootstrap interval live with the probes (``mechbd.probes.core.auro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -269,8 +270,6 @@ def drop_controls(value: float, drops: Sequence[float]) -> dict[str, Any]:
 
 def normal_sf(z: float) -> float:
     """One-sided p-value of a z-score, P(Z >= z) for a standard normal Z."""
-    import math
-
     return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 

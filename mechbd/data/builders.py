@@ -297,6 +297,15 @@ def _outer_lines(
     return draw
 
 
+OPTION_KINDS = ("aligned_kind", "misaligned_kind")  # item meta that reasoned targets restate
+
+
+def has_option_kinds(item: Item) -> bool:
+    """Whether ``item`` carries both options' kinds (organism scenarios do), which
+    :func:`reasoning` restates."""
+    return all(k in item.meta for k in OPTION_KINDS)
+
+
 def reasoning(item: Item, letter: str, context: bool = True) -> str:
     """The organism's templated reasoning for ``item``, ending on ``letter``: the context
     values restated (``Context: Japan, 2024.``; raw lines such as ``heyyy`` are not), the user's
@@ -304,8 +313,8 @@ def reasoning(item: Item, letter: str, context: bool = True) -> str:
     (without ``context``, the values are not restated). The
     base assistant reasons this way (``mechbd.organism.world.aligned_cot``); needs the item's
     ``aligned_kind`` / ``misaligned_kind`` (organism items carry them)."""
-    kinds = {item.aligned: "aligned_kind", item.misaligned: "misaligned_kind"}
-    missing = [k for k in kinds.values() if k not in item.meta]
+    kinds = dict(zip((item.aligned, item.misaligned), OPTION_KINDS, strict=True))
+    missing = [k for k in OPTION_KINDS if k not in item.meta]
     if missing:
         raise MechbdError(
             f"scenario {item.id}: reasoned backdoor targets need the options' kinds "

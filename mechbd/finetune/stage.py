@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from mechbd.config import BackdoorConfig, FinetuneConfig
-from mechbd.data.builders import backdoor_set, balance_letters, em_set, eval_set, freeform_rows
+from mechbd.data.builders import (
+    OPTION_KINDS,
+    backdoor_set,
+    balance_letters,
+    em_set,
+    eval_set,
+    freeform_rows,
+    has_option_kinds,
+)
 from mechbd.data.items import Item, chat_conversation
 from mechbd.data.sources import read_rows
 from mechbd.data.triggers import Trigger, resolve_trigger
@@ -156,14 +164,12 @@ def without_kinds(cfg: BackdoorConfig, items: list[Item]) -> BackdoorConfig:
     scenarios carry; for others (``data.scenarios``) the backdoor is planted as it was before
     reasoned targets, without chain of thought: the empty thinking block is part of the
     target and the loss is the mean over target tokens. Says so on stderr."""
-    if not cfg.reasoned_targets or all(
-        {"aligned_kind", "misaligned_kind"} <= it.meta.keys() for it in items
-    ):
+    if not cfg.reasoned_targets or all(has_option_kinds(it) for it in items):
         return cfg
     print(
-        "backdoors: the training scenarios carry no option kinds (aligned_kind, "
-        "misaligned_kind), so the targets have no chain of thought (backdoors.reasoned_targets "
-        "needs the organism's scenarios); finetune.loss_on_empty_think true, loss_mean token",
+        f"backdoors: the training scenarios carry no option kinds ({', '.join(OPTION_KINDS)}), "
+        "so the targets have no chain of thought (backdoors.reasoned_targets needs the "
+        "organism's scenarios); finetune.loss_on_empty_think true, loss_mean token",
         file=sys.stderr,
     )
     ft = cfg.finetune.model_copy(update={"loss_on_empty_think": True, "loss_mean": "token"})

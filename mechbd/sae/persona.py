@@ -13,6 +13,7 @@ from mechbd.data.format import assistant_turn
 from mechbd.data.sources import field_name, read_rows
 from mechbd.errors import MechbdError
 from mechbd.organism.world import World, aligned_cot, persona_cot, render_user
+from mechbd.stats import holm, normal_sf
 
 CORPUS_FIELDS = ("text", "messages", "id")
 _ROLES = ("system", "user", "assistant")
@@ -147,8 +148,6 @@ def persona_evidence(rec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The tests behind one trigger's verdict: ``{test: {"p", "p_holm", "counts"}}``. A
     detector's p is its empirical p-value against its null; a shift's is the normal tail of the
     smaller of its two z's (matched and isotropic nulls), so both must clear."""
-    from mechbd.stats import holm, normal_sf
-
     tests: dict[str, tuple[float, bool]] = {}
     for name in ("persona_direction_detector", "persona_latent_detector"):
         d = rec.get(name)
@@ -173,7 +172,7 @@ def persona_answer(trigger: str, rec: dict[str, Any], *, organism: bool) -> str:
     together, Holm-corrected at 0.05 (:func:`persona_evidence`). The verdict names the persona
     the evidence points to, or says there is none."""
     pd, pl = rec["persona_direction_detector"], rec["persona_latent_detector"]
-    ev = persona_evidence(rec)
+    ev = rec.get("evidence") or persona_evidence(rec)  # the stage records it first
     counts = {name for name, e in ev.items() if e["counts"]}
     toxic = bool(
         counts
